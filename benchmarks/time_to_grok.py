@@ -44,7 +44,17 @@ VARIANTS: dict[str, dict[str, object]] = {
     "grokfast5": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0},
     "lr3": {"optim.lr": "x3", "optim.warmup_steps": 100},
     "grokfast-lr3": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 2.0, "optim.lr": "x3", "optim.warmup_steps": 100},
+    "grokfast5-lr3": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": "x3", "optim.warmup_steps": 100},
+    "grokfast-lr10": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 2.0, "optim.lr": "x10", "optim.warmup_steps": 100},
+    "grokfast5-lr10": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": "x10", "optim.warmup_steps": 100},
+    "grokfast5-lr3-wd3": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": "x3", "optim.warmup_steps": 100,
+                          "optim.weight_decay": "x3"},
+    "grokfast5-lr10-wd3": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": "x10", "optim.warmup_steps": 100,
+                           "optim.weight_decay": "x3"},
+    "grokfast5-lr20": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": "x20", "optim.warmup_steps": 100},
+    "grokfast8-lr10": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 8.0, "optim.lr": "x10", "optim.warmup_steps": 100},
 }
+# "xK": K times the preset's value of that field
 
 # budgets (steps) and evaluation cadence per preset; the transformer's plain run is ~10k+ steps
 # at ~0.1-0.3 s/step on a shared 2-core CPU, so it gets one seed by default
@@ -57,8 +67,9 @@ DEFAULTS = {
 def variant_config(base: RunConfig, name: str, seed: int) -> RunConfig:
     over: dict[str, object] = {"train.seed": seed}
     for key, value in VARIANTS[name].items():
-        if value == "x3":
-            value = 3 * base.optim.lr
+        if isinstance(value, str) and value.startswith("x"):
+            section, field = key.split(".")
+            value = float(value[1:]) * getattr(getattr(base, section), field)
         over[key] = value
     return base.with_overrides(over).with_overrides({"name": f"{base.name}:{name}"})
 

@@ -83,6 +83,27 @@ def test_batched_equals_single_parity_bce_and_cossin(tiny_parity):
     _check(_per_member(cossin, [{"train.seed": 0}, {"train.seed": 1, "optim.lr": 3e-3}]))
 
 
+@pytest.mark.parametrize("bias,n_out", [(True, 2), (False, 2), (True, 1), (False, 1)])
+def test_parity_shared_inputs_wide_kernel(tiny_parity, bias, n_out):
+    """Members sharing one training set go through the wide-GEMM path of the fused parity MLP,
+    with steps that skip the float64 metrics (log_every > 1): same weights as the single trainer
+    after every member's run, and the same logged rows where both log."""
+    base = tiny_parity.with_overrides({"model.bias": bias, "model.n_out": n_out, "train.steps": 80, "train.eval_every": 8})
+    configs = _per_member(base, [{"train.seed": s, "optim.weight_decay": w, "optim.lr": lr}
+                                 for s, w, lr in [(0, 0.1, 1e-2), (1, 1.0, 3e-3), (2, 0.0, 1e-2)]])
+    results = train_batch(configs, engine=EngineConfig(log_every=5), progress=False)
+    for cfg, res in zip(configs, results):
+        ref = train(cfg, progress=False)
+        rows = {int(s): i for i, s in enumerate(ref.metrics["step"])}
+        assert list(res.metrics["step"]) == sorted(set(range(0, 81, 8)) | set(range(0, 81, 5)))
+        for key in ("train_loss", "test_loss", "weight_norm"):
+            ours = np.asarray(res.metrics[key], float)
+            theirs = np.asarray([ref.metrics[key][rows[int(s)]] for s in res.metrics["step"]], float)
+            np.testing.assert_allclose(ours[~np.isnan(theirs)], theirs[~np.isnan(theirs)], rtol=1e-4, atol=1e-5, err_msg=key)
+        for k, v in ref.model.state_dict().items():
+            torch.testing.assert_close(res.model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_batched_equals_single_transformer_and_rnn():
     tr = preset("modadd-transformer").with_overrides(
         {"task.p": 7, "model.d_model": 16, "model.d_mlp": 16, "model.d_head": 4, "train.steps": 15, "train.eval_every": 5})

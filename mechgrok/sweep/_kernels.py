@@ -65,8 +65,13 @@ class BatchedModel:
         mask: torch.Tensor | None,
         count: torch.Tensor,
         shared: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Per-member loss [c], accuracy [c] and gradients ``{name: [c, ...]}`` of the mean loss."""
+        metrics: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Per-member loss [c], accuracy [c] and gradients ``{name: [c, ...]}`` of the mean loss.
+
+        ``metrics=False`` lets a model skip the float64 loss and accuracy (``None`` then) where
+        the gradient does not need them; the gradient is the same either way.
+        """
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
             logits = self(leaves, x, shared)
@@ -141,9 +146,9 @@ class _FusedModular(BatchedModel):
             logits = torch.matmul(out, W_U)
         return logits
 
-    def loss_grad(self, params, x, y, mask, count, shared):
+    def loss_grad(self, params, x, y, mask, count, shared, metrics=True):
         if self.cossin or not self.tied or self.bias or not self.fold:
-            return super().loss_grad(params, x, y, mask, count, shared)
+            return super().loss_grad(params, x, y, mask, count, shared, metrics)
         return self._tied_loss_grad(params, x, y, mask, count)
 
     def _tied_loss_grad(self, params, S, y, mask, count):
@@ -184,6 +189,11 @@ class _FusedParity(BatchedModel):
     same with ``d = z``. So the second layer is one matrix-vector product per member instead of a
     skinny ``[n, m] @ [m, 2]`` product, and the backward pass never forms ``[n, 2]`` gradients.
     (The difference is rounded once instead of the two logits: float-level differences only.)
+
+    When the members of a chunk share their inputs (the usual sweep: one training set), the first
+    layer of all of them is *one* wide GEMM ``x [n, k] @ [k, c*m]`` and its gradient another
+    (``x^T @ [n, c*m]``), instead of ``c`` thin ``[n, k] @ [k, m]`` products: on a CPU the wide
+    ones run near matmul peak, the thin ones at about half of it.
     """
 
     name = "fused"
@@ -208,23 +218,36 @@ class _FusedParity(BatchedModel):
         W_in = params["blocks.0.mlp.W_in"]
         return torch.cat([W_in, params["blocks.0.mlp.b_in"][:, None]], dim=1) if self.bias else W_in
 
-    def loss_grad(self, params, x, y, mask, count, shared):
+    def loss_grad(self, params, x, y, mask, count, shared, metrics=True):
         W_out = params["blocks.0.mlp.W_out"]
         with torch.no_grad():
-            post = torch.matmul(x, self._w_aug(params)).relu_()  # [c, n, m]
+            W = self._w_aug(params)  # [c, k, m]
+            c, k, m = W.shape
+            if shared:
+                n = x.shape[0]
+                wide = torch.mm(x, W.transpose(0, 1).reshape(k, c * m)).relu_()  # [n, c*m]
+                post = wide.view(n, c, m).transpose(0, 1)  # [c, n, m], a strided view (no copy)
+            else:
+                post = torch.bmm(x, W).relu_()  # [c, n, m]
             w_d = W_out[..., 1] - W_out[..., 0] if self.n_out == 2 else W_out[..., 0]  # [c, m]
             # [1, m] @ [m, n] per member: MKL runs this orientation ~5x faster than [n, m] @ [m, 1]
             d = torch.bmm(w_d[:, None, :], post.transpose(1, 2))[:, 0]  # [c, n]
             if self.bias:
                 b_out = params["blocks.0.mlp.b_out"]
                 d += (b_out[:, 1] - b_out[:, 0] if self.n_out == 2 else b_out[:, 0])[:, None]
-            loss, acc, g_d = _binary_loss_grad(d, y, mask, count)  # g_d [c, n] float32
+            loss, acc = _binary_metrics(d, y, mask, count) if metrics else (None, None)
+            g_d = _binary_grad(d, y, mask, count)  # [c, n]
             g_wd = torch.bmm(g_d[:, None, :], post)[:, 0]  # [c, m] = sum_n g_d post
             # dL/dW[k, j] = sum_n x[n, k] g_d[n] w_d[j] [post[n, j] > 0]
-            #            = w_d[j] * ((x * g_d)^T @ [post > 0])[k, j]: the [n, m] gradient is never formed
-            relu_mask = post.sign_()  # post >= 0, so sign is the 0/1 ReLU derivative (in place)
-            xg = x * g_d[..., None]  # [c, n, n_bits (+1)]
-            g_w = torch.bmm(xg.transpose(1, 2), relu_mask).mul_(w_d[:, None, :])  # [c, n_bits (+1), m]
+            #            = w_d[j] * (x^T @ (g_d [post > 0]))[k, j]: the ReLU mask times g_d is one
+            #              [n, m] tensor per member, and w_d is applied to the small [k, m] result
+            if shared:
+                G = wide.sign_()  # post >= 0, so sign is the 0/1 ReLU derivative (in place)
+                G.view(n, c, m).mul_(g_d.t()[:, :, None])
+                g_w = torch.mm(x.t(), G).view(k, c, m).transpose(0, 1).mul(w_d[:, None, :])  # [c, k, m]
+            else:
+                xg = x * g_d[..., None]  # [c, n, k]
+                g_w = torch.bmm(xg.transpose(1, 2), post.sign_()).mul_(w_d[:, None, :])  # [c, k, m]
             if self.bias:
                 grads = {"blocks.0.mlp.W_in": g_w[:, :-1], "blocks.0.mlp.b_in": g_w[:, -1]}
             else:
@@ -239,29 +262,31 @@ class _FusedParity(BatchedModel):
         return loss, acc, grads
 
 
-def _binary_loss_grad(
-    d: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, count: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Loss, accuracy and d(loss)/d(d) for a logit difference ``d [c, n]`` (float64 loss).
+def _binary_grad(d: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, count: torch.Tensor) -> torch.Tensor:
+    """d(mean BCE)/d(d) for a logit difference ``d [c, n]``, in d's float32.
 
-    With the margin ``t = (2y - 1) d``: loss ``-log sigmoid(t)`` and gradient
-    ``sigmoid(d) - y = -(2y - 1) sigmoid(-t)``, both accurate for large margins.
+    ``sigmoid(d) - y = -s sigmoid(-s d)`` with ``s = 2y - 1``: the sign flip is exact and the
+    sigmoid of a large margin is a tiny number computed directly (no ``1 - p`` cancellation), so
+    this matches a float64 gradient rounded to float32 to an ulp or two.
     """
-    z = d.double()
-    sgn = y.to(z.dtype).mul_(2).sub_(1)  # +1 / -1
-    t = z * sgn
+    neg = y.to(d.dtype).mul_(-2).add_(1)  # -(2y - 1)
+    g = torch.sigmoid(d * neg).mul_(neg)
+    scale = (1.0 / count.to(torch.float64)).to(d.dtype)[:, None]
+    return g.mul_(mask.to(d.dtype) * scale if mask is not None else scale)
+
+
+def _binary_metrics(
+    d: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, count: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean BCE (float64, like the single trainer's loss) and accuracy of a logit difference."""
+    t = d.double() * y.double().mul_(2).sub_(1)  # the margin (2y - 1) d
     nll = F.logsigmoid(t).neg_()
-    g = torch.sigmoid(t.neg_()).mul_(sgn.neg_())
     correct = (d > 0).long() == y  # two logits: argmax picks 1 only if z1 > z0
-    n = count.to(z.dtype)
+    n = count.to(torch.float64)
     if mask is not None:
-        maskd = mask.to(z.dtype)
-        nll = nll * maskd
+        nll = nll * mask
         correct = correct & mask
-        g.mul_(maskd / n[:, None])
-    else:
-        g.mul_((1.0 / n)[:, None])
-    return nll.sum(1) / n, correct.sum(1).double() / n, g.float()
+    return nll.sum(1) / n, correct.sum(1).double() / n
 
 
 class _VmapForward(BatchedModel):
@@ -338,8 +363,9 @@ def ce_loss_grad(
     when it flows back through ``logits.double()``.
     """
     if logits.shape[-1] == 1:
-        loss, acc, g = _binary_loss_grad(logits.detach()[..., 0], y, mask, count)
-        return loss, acc, (g[..., None] if want_grad else None)
+        d = logits.detach()[..., 0]
+        loss, acc = _binary_metrics(d, y, mask, count)
+        return loss, acc, (_binary_grad(d, y, mask, count)[..., None] if want_grad else None)
     z = logits.detach()
     n = count.to(torch.float64)
     zmax = z.amax(-1, keepdim=True)  # [c, n, 1]

@@ -517,28 +517,60 @@ class _Pool:
         l1: np.ndarray,
         want_norms: bool,
         decide: Callable[[int, float, float], bool],
+        want_metrics: bool = True,
     ) -> tuple[list[float], list[float], list[float]]:
-        """One update of every row, chunk by chunk: forward/backward, then (while the chunk's
-        gradients are still in cache) L1, Grokfast, clipping and AdamW for the chunk's rows.
+        """One update of every row: forward/backward chunk by chunk (activations sized to stay in
+        cache), then L1, Grokfast, clipping and AdamW once per *block* of consecutive chunks
+        (:meth:`_blocks`: few, large elementwise ops when members are small, the chunk itself when
+        they are large, so its gradients are still in cache).
 
-        Returns train loss, train accuracy and (pre-update) weight norms per row. ``decide(row,
-        loss, acc)`` says whether a row stops *before* this update (early stop): it is skipped.
+        Returns train loss, train accuracy (NaN unless ``want_metrics``: the float64 loss is only
+        computed on steps that log or when early stopping needs it) and (pre-update) weight norms
+        per row. ``decide(row, loss, acc)`` says whether a row stops *before* this update (early
+        stop): it is skipped.
         """
         R = len(self.slots)
-        loss_all, acc_all, norm_all = [0.0] * R, [0.0] * R, [math.nan] * R
-        chunks = self._chunks(list(range(R)))
-        if self.executor is not None and len(chunks) > 1:
-            # chunks touch disjoint rows (parameters, moments, slots): safe to run side by side
-            jobs = [self.executor.submit(self._train_chunk, c, steps, lr, wd, l1, want_norms, decide,
-                                         loss_all, acc_all, norm_all) for c in chunks]
-            for job in jobs:
+        loss_all, acc_all, norm_all = [math.nan] * R, [math.nan] * R, [math.nan] * R
+        blocks = self._blocks(self._chunks(list(range(R))))
+        args = (steps, lr, wd, l1, want_norms, want_metrics, decide, loss_all, acc_all, norm_all)
+        if self.executor is not None and len(blocks) > 1:
+            # blocks touch disjoint rows (parameters, moments, slots): safe to run side by side
+            for job in [self.executor.submit(self._train_block, b, *args) for b in blocks]:
                 job.result()
         else:
-            for chunk in chunks:
-                self._train_chunk(chunk, steps, lr, wd, l1, want_norms, decide, loss_all, acc_all, norm_all)
+            for block in blocks:
+                self._train_block(block, *args)
         return loss_all, acc_all, norm_all
 
-    def _train_chunk(self, chunk, steps, lr, wd, l1, want_norms, decide, loss_all, acc_all, norm_all) -> None:
+    def _blocks(self, chunks: list[list[int]]) -> list[list[list[int]]]:
+        """Consecutive chunks grouped for the optimiser step: up to ~1 MiB of parameters per block
+        (one chunk per block when a chunk alone is larger), and at least one block per worker."""
+        if not chunks:
+            return []
+        per_row = sum(v[0].numel() * v.element_size() for v in self.P.values())
+        budget = max(2**20, per_row)
+        rows = sum(len(c) for c in chunks)
+        if self.executor is not None:
+            budget = min(budget, max(per_row, per_row * rows // self.engine.workers))
+        out: list[list[list[int]]] = [[chunks[0]]]
+        size = len(chunks[0]) * per_row
+        for chunk in chunks[1:]:
+            if size + len(chunk) * per_row > budget:
+                out.append([chunk])
+                size = len(chunk) * per_row
+            else:
+                out[-1].append(chunk)
+                size += len(chunk) * per_row
+        return out
+
+    def _train_block(self, block, steps, lr, wd, l1, want_norms, want_metrics, decide, loss_all, acc_all, norm_all) -> None:
+        grads = [self._chunk_grads(c, want_norms, want_metrics, loss_all, acc_all, norm_all) for c in block]
+        G = grads[0] if len(grads) == 1 else {k: torch.cat([g[k] for g in grads]) for k in grads[0]}
+        rows = [r for c in block for r in c]
+        stopping = [r for r in rows if decide(r, loss_all[r], acc_all[r])]
+        self._update(rows[0], rows[-1] + 1, G, steps, lr, wd, l1, stopping)
+
+    def _chunk_grads(self, chunk, want_norms, want_metrics, loss_all, acc_all, norm_all) -> dict[str, torch.Tensor]:
         s0, s1 = chunk[0], chunk[-1] + 1
         params = {k: v[s0:s1] for k, v in self.P.items()}
         ids = [self.slots[r].data_id for r in chunk]
@@ -554,12 +586,12 @@ class _Pool:
                 n_train = self.bank.sets[s.data_id].n("train")
                 idx.append(torch.randint(0, n_train, (bs,), generator=s.gen).to(self.device))
             x, y, mask, count, shared = self.bank.minibatch(ids, idx)
-        lo, ac, grads = self.model.loss_grad(params, x, y, mask, count, shared)
-        loss_all[s0:s1], acc_all[s0:s1] = lo.tolist(), ac.tolist()
+        lo, ac, grads = self.model.loss_grad(params, x, y, mask, count, shared, metrics=want_metrics)
+        if lo is not None:
+            loss_all[s0:s1], acc_all[s0:s1] = lo.tolist(), ac.tolist()
         if want_norms:
             norm_all[s0:s1] = row_norms(list(params.values())).tolist()
-        stopping = [r for r in chunk if decide(r, loss_all[r], acc_all[r])]
-        self._update(s0, s1, grads, steps, lr, wd, l1, stopping)
+        return grads
 
     def _update(self, s0: int, s1: int, grads: dict[str, torch.Tensor], steps: np.ndarray, lr: np.ndarray,
                 wd: np.ndarray, l1: np.ndarray, stopping: list[int]) -> None:
@@ -797,7 +829,8 @@ class _Pool:
                         s.stop = "generalised"
                 return s.stop is not None
 
-            loss_l, acc_l, wn = self._train_step(steps, lr, wd, l1, bool(log_rows), decide)
+            loss_l, acc_l, wn = self._train_step(steps, lr, wd, l1, bool(log_rows), decide,
+                                                 want_metrics=bool(log_rows) or eng.early_stop)
             for r in log_rows:
                 s = slots[r]
                 tl, ta = mini_train[r] if r in mini_train else (loss_l[r], acc_l[r])
