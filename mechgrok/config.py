@@ -30,6 +30,9 @@ __all__ = [
     "RunConfig",
     "parse_schedule",
     "schedule_value",
+    "check_types",
+    "resolve_key",
+    "SECTIONS",
 ]
 
 
@@ -41,7 +44,7 @@ def _fail(owner: str, name: str, msg: str) -> None:
     raise ConfigError(f"{owner}.{name}: {msg}")
 
 
-def _check_types(obj: Any) -> None:
+def check_types(obj: Any) -> None:
     """Reject values whose type does not match the annotation (configs come from JSON and CLIs)."""
     hints = typing.get_type_hints(type(obj))
     owner = _SECTION_NAMES.get(type(obj).__name__, type(obj).__name__)
@@ -167,7 +170,7 @@ class TaskConfig:
     """Seed of the data split / the random strings (independent of the model seed)."""
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         object.__setattr__(self, "relevant_bits", tuple(int(b) for b in self.relevant_bits))
         if self.kind == "modular":
             if self.p < 2:
@@ -239,7 +242,7 @@ class ModelConfig:
     """Multiplier on every parameter's initial values (larger -> later grokking)."""
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         for name in ("d_model", "d_mlp", "n_heads", "d_head"):
             if getattr(self, name) < 1:
                 _fail("model", name, f"must be >= 1, got {getattr(self, name)}")
@@ -282,7 +285,7 @@ class OptimConfig:
     """Minibatch size; 0 = full batch."""
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             _fail("optim", "lr", f"must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= float(b) < 1 for b in self.betas):
@@ -335,7 +338,7 @@ class TrainConfig:
     """torch device for training ('cpu', 'cuda', 'cuda:0', ...)."""
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         if self.steps < 1:
             _fail("train", "steps", f"must be >= 1, got {self.steps}")
         for name in ("eval_every", "checkpoint_every", "resume_every"):
@@ -357,13 +360,13 @@ class TrainConfig:
         return sorted(steps)
 
 
-_SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type] = {
     "task": TaskConfig,
     "model": ModelConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
 }
-_SECTION_NAMES = {cls.__name__: name for name, cls in _SECTIONS.items()}
+_SECTION_NAMES = {cls.__name__: name for name, cls in SECTIONS.items()}
 
 # which input formats each model family reads
 _MODEL_FORMATS = {
@@ -414,11 +417,11 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"config: expected a JSON object, got {type(data).__name__}")
-        unknown = set(data) - {"name", *_SECTIONS}
+        unknown = set(data) - {"name", *SECTIONS}
         if unknown:
-            raise ConfigError(f"config: unknown section(s) {sorted(unknown)}; allowed: name, {', '.join(_SECTIONS)}")
+            raise ConfigError(f"config: unknown section(s) {sorted(unknown)}; allowed: name, {', '.join(SECTIONS)}")
         kwargs: dict[str, Any] = {"name": str(data.get("name", "run"))}
-        for section, section_cls in _SECTIONS.items():
+        for section, section_cls in SECTIONS.items():
             values = data.get(section, {})
             if not isinstance(values, dict):
                 raise ConfigError(f"{section}: expected an object, got {values!r}")
@@ -450,7 +453,7 @@ class RunConfig:
         """
         data = self.to_dict()
         for key, raw in overrides.items():
-            section, name = _resolve_key(key)
+            section, name = resolve_key(key)
             if section == "name":
                 data["name"] = str(raw)
                 continue
@@ -459,19 +462,20 @@ class RunConfig:
         return RunConfig.from_dict(data)
 
 
-def _resolve_key(key: str) -> tuple[str, str]:
+def resolve_key(key: str) -> tuple[str, str]:
+    """``"optim.lr"`` or a bare unique field name (``"lr"``) -> ``("optim", "lr")``."""
     if key == "name":
         return "name", "name"
     if "." in key:
         section, name = key.split(".", 1)
-        if section not in _SECTIONS:
-            raise ConfigError(f"{key}: unknown section {section!r}; allowed: {', '.join(_SECTIONS)}")
-        if name not in {f.name for f in fields(_SECTIONS[section])}:
-            raise ConfigError(f"{key}: unknown key; {section} has {', '.join(f.name for f in fields(_SECTIONS[section]))}")
+        if section not in SECTIONS:
+            raise ConfigError(f"{key}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
+        if name not in {f.name for f in fields(SECTIONS[section])}:
+            raise ConfigError(f"{key}: unknown key; {section} has {', '.join(f.name for f in fields(SECTIONS[section]))}")
         return section, name
-    owners = [s for s, cls in _SECTIONS.items() if key in {f.name for f in fields(cls)}]
+    owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in fields(cls)}]
     if not owners:
-        raise ConfigError(f"{key}: unknown config key (use section.key, sections: {', '.join(_SECTIONS)})")
+        raise ConfigError(f"{key}: unknown config key (use section.key, sections: {', '.join(SECTIONS)})")
     if len(owners) > 1:
         raise ConfigError(f"{key}: ambiguous, write one of {', '.join(f'{o}.{key}' for o in owners)}")
     return owners[0], key
@@ -480,7 +484,7 @@ def _resolve_key(key: str) -> tuple[str, str]:
 def _coerce(section: str, name: str, raw: Any, base: float) -> Any:
     if not isinstance(raw, str):
         return raw
-    hint = typing.get_type_hints(_SECTIONS[section])[name]
+    hint = typing.get_type_hints(SECTIONS[section])[name]
     try:
         if hint is bool:
             if raw.lower() in ("1", "true", "yes", "on"):

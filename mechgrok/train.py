@@ -28,7 +28,9 @@ from .models import build_model
 from .store import FILES, Run, StoreError
 from .tasks import Dataset, make_dataset
 
-__all__ = ["TrainResult", "train", "loss_and_accuracy", "weight_norm", "grokfast_update", "summarize_metrics"]
+__all__ = [
+    "TrainResult", "train", "loss_and_accuracy", "weight_norm", "grokfast_update", "summarize_metrics", "resume_tensors",
+]
 
 
 def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +118,9 @@ class _MetricsWriter:
             self.buffer.clear()
 
 
-def _resume_tensors(model, opt, ema, gen) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def resume_tensors(model, opt, ema, gen) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Resume state (tensors, JSON meta) in the trainer's format: parameters, AdamW moments and
+    step, the Grokfast EMA and the minibatch generator (also written by the sweep engine)."""
     tensors = {f"param.{k}": v for k, v in model.state_dict().items()}
     names = [n for n, _ in model.named_parameters()]
     state = opt.state_dict()
@@ -229,7 +233,7 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
     for step in range(start, tc.steps):
         if run is not None and step % tc.resume_every == 0 and step > start:
             writer.flush()
-            tensors, meta = _resume_tensors(model, opt, ema, gen)
+            tensors, meta = resume_tensors(model, opt, ema, gen)
             run.write_resume(step, tensors, meta)
         if run is not None and step in ckpt_steps:
             writer.flush()
@@ -271,7 +275,7 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
     summary.update(seconds=elapsed, steps_per_second=(tc.steps - start) / max(elapsed, 1e-9), resumed_from=start or None)
     if run is not None:
         run.write_checkpoint(tc.steps, model.state_dict())
-        tensors, meta = _resume_tensors(model, opt, ema, gen)
+        tensors, meta = resume_tensors(model, opt, ema, gen)
         run.write_resume(tc.steps, tensors, meta)
         run.write_summary(summary)
     return TrainResult(config, model.eval(), history, summary, run, data)

@@ -104,6 +104,20 @@ def test_parity_shared_inputs_wide_kernel(tiny_parity, bias, n_out):
             torch.testing.assert_close(res.model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_member_trajectory_does_not_depend_on_its_chunk(tiny_parity):
+    """Bitwise: a member trains the same whether it shares its chunk (and the wide GEMMs) with
+    four others, with one other, or runs alone; resume and slot refills rely on this."""
+    base = tiny_parity.with_overrides({"train.steps": 150, "train.eval_every": 10})
+    configs = _per_member(base, [{"train.seed": s, "optim.weight_decay": w} for s, w in
+                                 [(0, 0.1), (1, 1.0), (2, 0.3), (3, 0.0), (4, 0.1)]])
+    runs = [train_batch(configs, engine=EngineConfig(max_batch=b), progress=False) for b in (5, 2, 1)]
+    for i in range(len(configs)):
+        for other in runs[1:]:
+            assert np.array_equal(runs[0][i].metrics["train_loss"], other[i].metrics["train_loss"])
+            for k, v in runs[0][i].model.state_dict().items():
+                assert torch.equal(v, other[i].model.state_dict()[k]), (i, k)
+
+
 def test_batched_equals_single_transformer_and_rnn():
     tr = preset("modadd-transformer").with_overrides(
         {"task.p": 7, "model.d_model": 16, "model.d_mlp": 16, "model.d_head": 4, "train.steps": 15, "train.eval_every": 5})

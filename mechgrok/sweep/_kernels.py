@@ -224,9 +224,11 @@ class _FusedParity(BatchedModel):
             W = self._w_aug(params)  # [c, k, m]
             c, k, m = W.shape
             if shared:
-                n = x.shape[0]
-                wide = torch.mm(x, W.transpose(0, 1).reshape(k, c * m)).relu_()  # [n, c*m]
-                post = wide.view(n, c, m).transpose(0, 1)  # [c, n, m], a strided view (no copy)
+                # a member's columns come out bitwise the same whatever the GEMM's width (checked
+                # for widths 1-64 here; tests/test_sweep_engine.py checks whole trajectories)
+                n, C = x.shape[0], c
+                wide = torch.mm(x, W.transpose(0, 1).reshape(k, C * m)).relu_()  # [n, C*m]
+                post = wide.view(n, C, m)[:, :c].transpose(0, 1)  # [c, n, m], a strided view (no copy)
             else:
                 post = torch.bmm(x, W).relu_()  # [c, n, m]
             w_d = W_out[..., 1] - W_out[..., 0] if self.n_out == 2 else W_out[..., 0]  # [c, m]
@@ -243,8 +245,8 @@ class _FusedParity(BatchedModel):
             #              [n, m] tensor per member, and w_d is applied to the small [k, m] result
             if shared:
                 G = wide.sign_()  # post >= 0, so sign is the 0/1 ReLU derivative (in place)
-                G.view(n, c, m).mul_(g_d.t()[:, :, None])
-                g_w = torch.mm(x.t(), G).view(k, c, m).transpose(0, 1).mul(w_d[:, None, :])  # [c, k, m]
+                G.view(n, C, m)[:, :c].mul_(g_d.t()[:, :, None])  # the padding's G is 0 (pre = 0)
+                g_w = torch.mm(x.t(), G).view(k, C, m)[:, :c].transpose(0, 1).mul(w_d[:, None, :])  # [c, k, m]
             else:
                 xg = x * g_d[..., None]  # [c, n, k]
                 g_w = torch.bmm(xg.transpose(1, 2), post.sign_()).mul_(w_d[:, None, :])  # [c, k, m]
@@ -263,16 +265,19 @@ class _FusedParity(BatchedModel):
 
 
 def _binary_grad(d: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, count: torch.Tensor) -> torch.Tensor:
-    """d(mean BCE)/d(d) for a logit difference ``d [c, n]``, in d's float32.
+    """d(mean BCE)/d(d) for a logit difference ``d [c, n]``, computed in float64, returned float32.
 
     ``sigmoid(d) - y = -s sigmoid(-s d)`` with ``s = 2y - 1``: the sign flip is exact and the
-    sigmoid of a large margin is a tiny number computed directly (no ``1 - p`` cancellation), so
-    this matches a float64 gradient rounded to float32 to an ulp or two.
+    sigmoid of a large margin is a tiny number computed directly (no ``1 - p`` cancellation).
+    (float64 because torch's float32 ``sigmoid`` is not bitwise reproducible across tensor
+    layouts here: a member's trajectory must not depend on its neighbours in the chunk.)
     """
-    neg = y.to(d.dtype).mul_(-2).add_(1)  # -(2y - 1)
-    g = torch.sigmoid(d * neg).mul_(neg)
-    scale = (1.0 / count.to(torch.float64)).to(d.dtype)[:, None]
-    return g.mul_(mask.to(d.dtype) * scale if mask is not None else scale)
+    z = d.double()
+    neg = y.to(z.dtype).mul_(-2).add_(1)  # -(2y - 1)
+    g = torch.sigmoid(z.mul_(neg)).mul_(neg)
+    n = count.to(z.dtype)
+    g.mul_(mask.to(z.dtype) / n[:, None] if mask is not None else (1.0 / n)[:, None])
+    return g.float()
 
 
 def _binary_metrics(

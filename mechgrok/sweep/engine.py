@@ -29,12 +29,12 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 
-from ..config import ConfigError, RunConfig, _check_types
+from ..config import ConfigError, RunConfig, check_types
 from ..models import build_model
 from ..probes.events import detect_events
 from ..store import FILES, Run, StoreError, atomic_save_tensors, atomic_write_json
 from ..tasks import Dataset, make_dataset
-from ..train import TrainResult, _resume_tensors, grokfast_update, summarize_metrics
+from ..train import TrainResult, resume_tensors, grokfast_update, summarize_metrics
 from ._kernels import BatchedModel, adamw_step, clip_grad_norms, make_model, row_norms
 
 __all__ = ["EngineConfig", "train_batch", "group_key", "GROUP_FIELDS"]
@@ -73,7 +73,7 @@ class EngineConfig:
     when other processes share the cores."""
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         if self.max_batch < 1:
             raise ConfigError(f"engine.max_batch: must be >= 1, got {self.max_batch}")
         if self.log_every < 1:
@@ -683,7 +683,7 @@ class _Pool:
         ema = None
         if self.E is not None and not s.fresh:
             ema = [self.E[name][r].detach().to("cpu", copy=True) for name in self.names]
-        return _resume_tensors(model, opt, ema, s.gen)
+        return resume_tensors(model, opt, ema, s.gen)
 
     def _finish(self, r: int, elapsed: float) -> None:
         s = self.slots[r]

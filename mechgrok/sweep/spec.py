@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import _SECTIONS, ConfigError, RunConfig, _resolve_key
+from ..config import SECTIONS, ConfigError, RunConfig, resolve_key
 
 __all__ = ["SweepSpec", "parse_axis", "log_range", "lin_range", "column_name"]
 
@@ -45,12 +45,12 @@ def lin_range(lo: float, hi: float, n: int) -> list[float]:
 
 
 def _field_type(section: str, name: str) -> Any:
-    return typing.get_type_hints(_SECTIONS[section])[name]
+    return typing.get_type_hints(SECTIONS[section])[name]
 
 
 def _canonical(key: str) -> tuple[str, str, str]:
     """``(section.name, section, name)`` for a ``--grid`` / ``--set`` key."""
-    section, name = _resolve_key(key)
+    section, name = resolve_key(key)
     if section == "name":
         raise ConfigError("grid: 'name' is a label, not a hyperparameter")
     return f"{section}.{name}", section, name
@@ -105,7 +105,7 @@ def column_name(key: str) -> str:
     if key == "train.seed":
         return "seed"
     section, name = key.split(".", 1)
-    owners = [s for s, cls in _SECTIONS.items() if name in {f.name for f in fields(cls)}]
+    owners = [s for s, cls in SECTIONS.items() if name in {f.name for f in fields(cls)}]
     return name if owners == [section] else key
 
 
