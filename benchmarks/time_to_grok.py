@@ -10,7 +10,11 @@ plain / variant. Variants (``--variants``, names below) are overrides of the pre
   algorithmic task; their README: ``--filter ema --alpha 0.98 --lamb 2.0``);
 * ``grokfast5``    - Grokfast-EMA, alpha 0.98, lambda 5 (lambda 5 is their MA-filter setting);
 * ``lr3``          - 3x the preset's learning rate with 100 warmup steps;
-* ``grokfast-lr3`` - both.
+* ``grokfast-lr3`` - both;
+* ``grokfast5-lr3``, ``grokfast-lr10``, ``grokfast5-lr10``, ``grokfast5-lr20``, ``grokfast8-lr10`` -
+  Grokfast-EMA (alpha 0.98) with lambda 2/5/8 and 3x/10x/20x the learning rate (100 warmup steps);
+* ``grokfast5-lr3-wd3``, ``grokfast5-lr10-wd3`` - the same with 3x the weight decay.
+  ``grokfast5-lr10-wd3`` is the fastest found for the transformer (RESULTS.md, section 2).
 
 Each run repeats the trainer's update exactly (same model init, AdamW, float64 loss, Grokfast,
 warmup, schedules) in a loop that can stop at the threshold; ``--verify`` (on by default) first
@@ -160,11 +164,17 @@ def plain_from_run(run_dir: str, cfg: RunConfig, threshold: float) -> tuple[int 
     if same(run.config) != same(cfg):
         raise SystemExit(f"--plain-from {run_dir}: its config differs from {cfg.name} (task/model/optim/seed)")
     summary = run.summary()
-    if summary is None:
-        raise SystemExit(f"--plain-from {run_dir}: the run has not finished (no summary.json)")
     steps = next((int(r["step"]) for r in run.metrics_rows() if r.get("test_acc", 0.0) >= threshold), None)
     acc = max(r.get("test_acc", 0.0) for r in run.metrics_rows())
-    secs = (steps if steps is not None else summary["steps"]) / summary["steps_per_second"]
+    if summary is not None:
+        secs = (steps if steps is not None else summary["steps"]) / summary["steps_per_second"]
+    else:
+        # a run stopped before its end (no summary): time between the checkpoint files of step 0
+        # and of the first checkpoint at or after the threshold step
+        if steps is None:
+            raise SystemExit(f"--plain-from {run_dir}: unfinished and never reached the threshold")
+        at = min(s for s in run.steps if s >= steps)
+        secs = run.checkpoint_path(at).stat().st_mtime - run.checkpoint_path(0).stat().st_mtime
     return steps, secs, acc, run.model(run.steps[-1])
 
 
