@@ -21,6 +21,7 @@ key frequencies, Fourier sparsity (Gini of the embedding spectrum) rising over t
     python analyses/nanda_transformer.py                       # plain preset -> checkpoints/nanda
     python analyses/nanda_transformer.py --steps 16000         # shorter run
     python analyses/nanda_transformer.py --accelerated         # Grokfast-EMA + 3x lr (see RESULTS.md)
+    python analyses/nanda_transformer.py --fast --steps 1000   # Grokfast-EMA lambda 5 + 10x lr + 3x wd
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from mechgrok import Run, preset, train
 from mechgrok.probes import analyze, load_analysis
 
 ACCELERATED = {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 2.0, "optim.lr": 3e-3, "optim.warmup_steps": 100}
+# benchmarks/time_to_grok.py's fastest variant (grokfast5-lr10-wd3)
+FAST = {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": 1e-2, "optim.warmup_steps": 100,
+        "optim.weight_decay": 3.0}
 
 
 def first_stable_step(steps: torch.Tensor, cond: torch.Tensor) -> int | None:
@@ -67,6 +71,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="override train.steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--accelerated", action="store_true", help="Grokfast-EMA (0.98, 2) and lr 3e-3 with 100 warmup steps")
+    ap.add_argument("--fast", action="store_true", help="Grokfast-EMA (0.98, 5), lr 1e-2 with 100 warmup steps, wd 3")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--analyse-only", action="store_true", help="analyse the run folder as it is (e.g. stopped early)")
@@ -78,10 +83,15 @@ def main() -> None:
     over: dict[str, object] = {"train.seed": args.seed, "train.device": args.device}
     if args.steps:
         over["train.steps"] = args.steps
+    if args.accelerated and args.fast:
+        raise SystemExit("--accelerated and --fast: choose one")
     if args.accelerated:
         over.update(ACCELERATED)
+    if args.fast:
+        over.update(FAST)
     cfg = preset("modadd-transformer").with_overrides(over)
-    out = args.out or Path("checkpoints") / ("nanda-accelerated" if args.accelerated else "nanda")
+    name = "nanda-accelerated" if args.accelerated else "nanda-fast" if args.fast else "nanda"
+    out = args.out or Path("checkpoints") / name
 
     # train, continue a killed run, or reuse a finished one (--analyse-only: as it stands)
     if args.analyse_only:
