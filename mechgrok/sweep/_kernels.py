@@ -226,9 +226,9 @@ class _FusedParity(BatchedModel):
             if shared:
                 # a member's columns come out bitwise the same whatever the GEMM's width (checked
                 # for widths 1-64 here; tests/test_sweep_engine.py checks whole trajectories)
-                n, C = x.shape[0], c
-                wide = torch.mm(x, W.transpose(0, 1).reshape(k, C * m)).relu_()  # [n, C*m]
-                post = wide.view(n, C, m)[:, :c].transpose(0, 1)  # [c, n, m], a strided view (no copy)
+                n = x.shape[0]
+                wide = torch.mm(x, W.transpose(0, 1).reshape(k, c * m)).relu_()  # [n, c*m]
+                post = wide.view(n, c, m).transpose(0, 1)  # [c, n, m], a strided view (no copy)
             else:
                 post = torch.bmm(x, W).relu_()  # [c, n, m]
             w_d = W_out[..., 1] - W_out[..., 0] if self.n_out == 2 else W_out[..., 0]  # [c, m]
@@ -245,8 +245,8 @@ class _FusedParity(BatchedModel):
             #              [n, m] tensor per member, and w_d is applied to the small [k, m] result
             if shared:
                 G = wide.sign_()  # post >= 0, so sign is the 0/1 ReLU derivative (in place)
-                G.view(n, C, m)[:, :c].mul_(g_d.t()[:, :, None])  # the padding's G is 0 (pre = 0)
-                g_w = torch.mm(x.t(), G).view(k, C, m)[:, :c].transpose(0, 1).mul(w_d[:, None, :])  # [c, k, m]
+                G.view(n, c, m).mul_(g_d.t()[:, :, None])
+                g_w = torch.mm(x.t(), G).view(k, c, m).transpose(0, 1).mul(w_d[:, None, :])  # [c, k, m]
             else:
                 xg = x * g_d[..., None]  # [c, n, k]
                 g_w = torch.bmm(xg.transpose(1, 2), post.sign_()).mul_(w_d[:, None, :])  # [c, k, m]
