@@ -221,17 +221,26 @@ class _FusedParity(BatchedModel):
     def loss_grad(self, params, x, y, mask, count, shared, metrics=True):
         W_out = params["blocks.0.mlp.W_out"]
         with torch.no_grad():
-            W = self._w_aug(params)  # [c, k, m]
-            c, k, m = W.shape
+            w_d = W_out[..., 1] - W_out[..., 0] if self.n_out == 2 else W_out[..., 0]  # [c, m]
             if shared:
+                # members side by side: Wt [k, c*m] (b_in as the last row), one GEMM for all
+                W_in = params["blocks.0.mlp.W_in"]
+                c, kb, m = W_in.shape
+                k = kb + 1 if self.bias else kb
+                Wt = W_in.new_empty(k, c, m)
+                Wt[:kb].copy_(W_in.transpose(0, 1))
+                if self.bias:
+                    Wt[kb].copy_(params["blocks.0.mlp.b_in"])
+                Wt = Wt.view(k, c * m)
                 # a member's columns come out bitwise the same whatever the GEMM's width (checked
                 # for widths 1-64 here; tests/test_sweep_engine.py checks whole trajectories)
                 n = x.shape[0]
-                wide = torch.mm(x, W.transpose(0, 1).reshape(k, c * m)).relu_()  # [n, c*m]
+                wide = torch.mm(x, Wt).relu_()  # [n, c*m]
                 post = wide.view(n, c, m).transpose(0, 1)  # [c, n, m], a strided view (no copy)
             else:
+                W = self._w_aug(params)  # [c, k, m]
+                c, k, m = W.shape
                 post = torch.bmm(x, W).relu_()  # [c, n, m]
-            w_d = W_out[..., 1] - W_out[..., 0] if self.n_out == 2 else W_out[..., 0]  # [c, m]
             # [1, m] @ [m, n] per member: MKL runs this orientation ~5x faster than [n, m] @ [m, 1]
             d = torch.bmm(w_d[:, None, :], post.transpose(1, 2))[:, 0]  # [c, n]
             if self.bias:
@@ -239,15 +248,21 @@ class _FusedParity(BatchedModel):
                 d += (b_out[:, 1] - b_out[:, 0] if self.n_out == 2 else b_out[:, 0])[:, None]
             loss, acc = _binary_metrics(d, y, mask, count) if metrics else (None, None)
             g_d = _binary_grad(d, y, mask, count)  # [c, n]
-            g_wd = torch.bmm(g_d[:, None, :], post)[:, 0]  # [c, m] = sum_n g_d post
             # dL/dW[k, j] = sum_n x[n, k] g_d[n] w_d[j] [post[n, j] > 0]
             #            = w_d[j] * (x^T @ (g_d [post > 0]))[k, j]: the ReLU mask times g_d is one
             #              [n, m] tensor per member, and w_d is applied to the small [k, m] result
             if shared:
                 G = wide.sign_()  # post >= 0, so sign is the 0/1 ReLU derivative (in place)
                 G.view(n, c, m).mul_(g_d.t()[:, :, None])
-                g_w = torch.mm(x.t(), G).view(k, c, m).transpose(0, 1).mul(w_d[:, None, :])  # [c, k, m]
+                raw = torch.mm(x.t(), G)  # [k, c*m] = x^T (g_d [post > 0])
+                # dL/dw_d[j] = sum_n g_d[n] post[n, j] = sum_n g_d[n] [h > 0] sum_k x[n, k] W[k, j]
+                #            = sum_k W[k, j] raw[k, j]: from the [k, m] product, not another pass
+                #              over the [n, c*m] activations (same sum, other rounding). Summed
+                #              along contiguous rows: a column sum's order depends on the width
+                g_wd = (raw * Wt).t().contiguous().sum(1).view(c, m)
+                g_w = raw.view(k, c, m).transpose(0, 1).mul(w_d[:, None, :])  # [c, k, m]
             else:
+                g_wd = torch.bmm(g_d[:, None, :], post)[:, 0]  # [c, m] = sum_n g_d post
                 xg = x * g_d[..., None]  # [c, n, k]
                 g_w = torch.bmm(xg.transpose(1, 2), post.sign_()).mul_(w_d[:, None, :])  # [c, k, m]
             if self.bias:
@@ -430,18 +445,23 @@ def adamw_step(
     t = steps.astype(np.float64)
     bc1 = 1.0 - beta1**t
     bc2_sqrt = (1.0 - beta2**t) ** 0.5
-    dev = params[0].device
-    as_col = lambda v: torch.from_numpy(np.ascontiguousarray(v)).to(torch.float32).to(dev)  # noqa: E731
-    decay = as_col(1.0 - lr * weight_decay)
-    neg_step = as_col(-(lr / bc1))
-    bc2 = as_col(bc2_sqrt)
+    scalars = [np.broadcast_to(np.asarray(a, dtype=np.float64), t.shape) for a in (1.0 - lr * weight_decay, -(lr / bc1), bc2_sqrt)]
+    if all((a == a[0]).all() for a in scalars):
+        # every member at the same step with the same lr and wd (the usual sweep step): Python
+        # scalars, which torch rounds to float32 exactly as ``as_col`` does, and its kernels run
+        # vectorised instead of broadcasting a [c, 1, ...] column
+        decay, neg_step, bc2 = (float(a[0]) for a in scalars)
+        col = lambda v, p: v  # noqa: E731
+    else:
+        dev = params[0].device
+        decay, neg_step, bc2 = (torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32).to(dev) for a in scalars)
+        col = lambda v, p: v.view((-1,) + (1,) * (p.dim() - 1))  # noqa: E731
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        p.mul_(decay.view(shape))
+        p.mul_(col(decay, p))
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = (v.sqrt() / bc2.view(shape)).add_(eps)
-        p.add_(neg_step.view(shape) * m / denom)
+        denom = (v.sqrt() / col(bc2, p)).add_(eps)
+        p.add_(col(neg_step, p) * m / denom)
 
 
 def row_norms(tensors: list[torch.Tensor], dtype: torch.dtype = torch.float64) -> torch.Tensor:
