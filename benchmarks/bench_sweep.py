@@ -5,7 +5,7 @@ For each model and each N, in one run:
 * engine   - model-steps/s of the batched engine training N models of the model (each its own
              seed); a model-step is one AdamW update of one model, timed over the engine's real
              loop (per-model schedules, chunked forward/backward, fused AdamW) with no logging or
-             evaluation inside the timed steps;
+             evaluation inside the timed steps; the fastest of three windows of steps;
 * loop     - model-steps/s of single-model training steps as ``mechgrok.train`` does them (forward,
              float64 loss, backward, ``torch.optim.AdamW``), timed on a few models and extrapolated
              to N (a loop of N trainers costs N times one trainer's step); timed again after every
@@ -100,17 +100,22 @@ def loop_step_time(cfg: RunConfig, models: int = 3, steps: int = 30) -> tuple[fl
     return statistics.median(walls), statistics.median(cpus)
 
 
-def engine_step_time(cfg: RunConfig, n_models: int, engine: str, steps: int, workers: int = 1) -> tuple[float, float]:
-    """(wall, cpu) seconds per model-step of the batched engine over ``steps`` timed steps."""
+def engine_step_time(cfg: RunConfig, n_models: int, engine: str, steps: int, workers: int = 1,
+                     windows: int = 3) -> tuple[float, float]:
+    """(wall, cpu) seconds per model-step of the batched engine: ``steps`` timed steps cut into
+    ``windows`` consecutive windows, the fastest window's mean (the loop's time is also its
+    fastest repeat: the same statistic on both sides)."""
     warm = 2
-    cfg = cfg.with_overrides({**QUIET, "train.steps": warm + steps + 1})
+    per = max(1, steps // windows)
+    cfg = cfg.with_overrides({**QUIET, "train.steps": warm + per * windows + 1})
     members = [Member(cfg.with_overrides({"train.seed": i}), key=i) for i in range(n_models)]
     marks: list[tuple[float, float]] = []
     pool = _Pool(members, EngineConfig(engine=engine, log_every=10**9, workers=workers), keep_results=False,
                  on_steps=lambda _: marks.append((time.perf_counter(), time.process_time())))
     pool.run()
-    (w0, c0), (w1, c1) = marks[warm - 1], marks[warm - 1 + steps]
-    return (w1 - w0) / (steps * n_models), (c1 - c0) / (steps * n_models)
+    best = min(range(windows), key=lambda i: marks[warm - 1 + (i + 1) * per][0] - marks[warm - 1 + i * per][0])
+    (w0, c0), (w1, c1) = marks[warm - 1 + best * per], marks[warm - 1 + (best + 1) * per]
+    return (w1 - w0) / (per * n_models), (c1 - c0) / (per * n_models)
 
 
 def main() -> None:
@@ -140,7 +145,7 @@ def main() -> None:
             for engine in args.engines:
                 # size the timed steps to the budget from a guess of the engine's cost per model-step
                 est = loop_wall / (3.0 if engine == "fused" else 1.0)
-                steps = int(max(5, min(200, args.budget / max(est * n_models, 1e-4))))
+                steps = int(max(6, min(200, args.budget / max(est * n_models, 1e-4))))
                 wall, cpu = engine_step_time(cfg, n_models, engine, steps, args.workers)
                 # the loop is timed again right after each row and the faster time is used: load
                 # from other processes must not make the loop look slower than it is

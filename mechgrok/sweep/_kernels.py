@@ -201,7 +201,9 @@ class _FusedParity(BatchedModel):
     def __init__(self, config: RunConfig, model: torch.nn.Module):
         self.bias = config.model.bias
         self.n_out = config.model.n_out
-        self.act_floats = 2 * config.model.d_mlp + 2 * config.task.n_bits + 8
+        # the [n, m] activation and its gradient; per-member inputs x g_d [n, k] when the members
+        # do not share them; d, g_d, mask (bench_sweep: ~20 members of width 24 per chunk, 5 of 128)
+        self.act_floats = 2 * config.model.d_mlp + config.task.n_bits + 9
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         # a constant-1 column so that b_in rides in the matmuls (forward and backward)
