@@ -53,7 +53,7 @@ def executed_macs(cfg: RunConfig, engine: str, n: int) -> float:
     m = mc.d_mlp
     if mc.kind == "parity_mlp" and engine == "fused":
         k = tc.n_bits + (1 if mc.bias else 0)
-        return 2.0 * n * k * m + 2.0 * n * m  # x @ W and (x g)^T @ mask; two matrix-vector products
+        return 2.0 * n * k * m + n * m + k * m  # x @ W and x^T @ (g mask); post @ w_out; sum_k W raw
     if mc.kind == "parity_mlp":
         return 3.0 * (n * tc.n_bits * m + n * m * mc.n_out)
     p, d = tc.p, (2 if mc.kind == "cossin_mlp" else mc.d_model)
