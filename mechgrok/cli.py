@@ -201,6 +201,7 @@ def sweep(
     log_every: int = typer.Option(1, "--log-every", help="Metrics row every N steps (evaluation steps always logged)."),
     engine: str = typer.Option("auto", "--engine", help="Batched forward: auto, fused, vmap or loop."),
     device: str = typer.Option("", "--device", help="torch device (default: the preset's train.device)."),
+    workers: int = typer.Option(0, "--workers", help="CPU threads training chunks side by side (0 = one per core)."),
     backend: str = typer.Option("local", "--backend", help="local, or ray (needs mechgrok[ray])."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: start a local one)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -212,7 +213,7 @@ def sweep(
     from .sweep import EngineConfig, SweepSpec, run_sweep
 
     eng = EngineConfig(max_batch=max_batch, engine=engine, device=device, log_every=log_every, early_stop=early_stop,
-                       patience=patience)
+                       patience=patience, workers=workers)
     if resume is not None:
         if preset or grid or set_ or seeds != 1:
             raise ConfigError("--resume: takes no preset, --grid, --set or --seeds (the sweep folder's spec is used)")

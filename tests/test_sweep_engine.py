@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechgrok import Run, preset, train
+from mechgrok import ConfigError, Run, preset, train
 from mechgrok.store import FILES
 from mechgrok.sweep import EngineConfig, train_batch
 from mechgrok.sweep._kernels import adamw_step, ce_loss_grad, clip_grad_norms
@@ -136,12 +136,21 @@ def test_slots_are_refilled_when_members_finish(tiny_parity):
 
 
 def test_parallel_chunk_workers(tiny_parity):
-    """Chunks trained by two threads side by side (disjoint rows): the same trajectories."""
+    """Chunks trained by two threads side by side (disjoint rows): the same trajectories as the
+    single trainer, and bitwise the same as one worker (so 'one per core' is safe to default to)."""
     base = tiny_parity.with_overrides({"train.eval_every": 5, "train.steps": 60})
     configs = _per_member(base, [{"train.seed": s, "optim.weight_decay": w} for s, w in [(0, 0.1), (1, 1.0), (2, 0.3), (3, 0.0)]])
     threads = torch.get_num_threads()
     _check(configs, EngineConfig(workers=2, chunk_mb=0.5))  # small chunks: several per step
     assert torch.get_num_threads() == threads
+    runs = [train_batch(configs * 3, engine=EngineConfig(workers=w, chunk_mb=0.5), progress=False) for w in (1, 2, 3)]
+    for i in range(len(configs) * 3):
+        for other in runs[1:]:
+            assert np.array_equal(runs[0][i].metrics["train_loss"], other[i].metrics["train_loss"])
+            for k, v in runs[0][i].model.state_dict().items():
+                assert torch.equal(v, other[i].model.state_dict()[k]), (i, k)
+    with pytest.raises(ConfigError, match="engine.workers"):
+        EngineConfig(workers=-1)
 
 
 def test_member_run_folders_are_ordinary_runs(tiny_modadd, tmp_path):

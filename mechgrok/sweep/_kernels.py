@@ -447,7 +447,7 @@ def adamw_step(
     t = steps.astype(np.float64)
     bc1 = 1.0 - beta1**t
     bc2_sqrt = (1.0 - beta2**t) ** 0.5
-    scalars = [np.broadcast_to(np.asarray(a, dtype=np.float64), t.shape) for a in (1.0 - lr * weight_decay, -(lr / bc1), bc2_sqrt)]
+    scalars = [np.broadcast_to(np.asarray(a, dtype=np.float64), t.shape).copy() for a in (1.0 - lr * weight_decay, -(lr / bc1), bc2_sqrt)]
     if all((a == a[0]).all() for a in scalars):
         # every member at the same step with the same lr and wd (the usual sweep step): Python
         # scalars, which torch rounds to float32 exactly as ``as_col`` does, and its kernels run

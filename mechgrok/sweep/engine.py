@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import queue
 import threading
 import time
@@ -66,11 +67,12 @@ class EngineConfig:
     many MiB (small chunks stay in CPU cache); 0 = auto (8 on CPU, 4096 on CUDA)."""
     writers: int = 4
     """Background threads writing run folders."""
-    workers: int = 1
-    """Threads training chunks in parallel (CPU). With more than 1, each runs torch ops on one
-    intra-op thread (``torch.set_num_threads(1)`` while the engine runs, restored after): chunks
-    are independent, so this scales across cores without OpenMP's barriers, which stall badly
-    when other processes share the cores."""
+    workers: int = 0
+    """Threads training chunks in parallel (CPU); 0 = one per CPU core this process may use. With
+    more than 1, each runs torch ops on one intra-op thread (``torch.set_num_threads(1)`` while
+    the engine runs, restored after): chunks are independent, so this scales across cores without
+    OpenMP's barriers, which stall badly when other processes share the cores. Trajectories are
+    bitwise the same for any number of workers (tested)."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -86,8 +88,17 @@ class EngineConfig:
             raise ConfigError(f"engine.chunk_mb: must be >= 0, got {self.chunk_mb}")
         if self.writers < 1:
             raise ConfigError(f"engine.writers: must be >= 1, got {self.writers}")
-        if self.workers < 1:
-            raise ConfigError(f"engine.workers: must be >= 1, got {self.workers}")
+        if self.workers < 0:
+            raise ConfigError(f"engine.workers: must be >= 0 (0 = one per CPU core), got {self.workers}")
+
+    def n_workers(self) -> int:
+        """``workers``, with 0 resolved to the CPU cores this process may run on."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -358,6 +369,7 @@ class _Pool:
         self.resume_every = min(m.config.train.resume_every for m in members)
         self.iteration = 0
         self.executor = None
+        self.workers = engine.n_workers() if self.device.type == "cpu" else 1
 
     # -- rows ----------------------------------------------------------------------------------
     def _rows(self) -> int:
@@ -551,7 +563,7 @@ class _Pool:
         budget = max(2**20, per_row)
         rows = sum(len(c) for c in chunks)
         if self.executor is not None:
-            budget = min(budget, max(per_row, per_row * rows // self.engine.workers))
+            budget = min(budget, max(per_row, per_row * rows // self.workers))
         out: list[list[list[int]]] = [[chunks[0]]]
         size = len(chunks[0]) * per_row
         for chunk in chunks[1:]:
@@ -771,10 +783,10 @@ class _Pool:
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[int, TrainResult]:
         threads = torch.get_num_threads()
-        if self.engine.workers > 1 and self.device.type == "cpu":
+        if self.workers > 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            self.executor = ThreadPoolExecutor(self.engine.workers, thread_name_prefix="mechgrok-chunk")
+            self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mechgrok-chunk")
             torch.set_num_threads(1)
         try:
             self._loop()

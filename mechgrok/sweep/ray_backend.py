@@ -41,7 +41,8 @@ def _train_chunk(path: str, indices: list[int], engine: dict[str, Any], threads:
 
     torch.set_num_threads(max(1, threads))
     sweep = Sweep.open(path)
-    train_members(sweep, indices, EngineConfig.from_dict(engine))
+    # the task's CPUs are its chunk workers (the sweep's own setting may say 'all cores')
+    train_members(sweep, indices, EngineConfig.from_dict({**engine, "workers": max(1, threads)}))
     return len(indices)
 
 
