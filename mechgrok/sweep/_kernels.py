@@ -290,8 +290,10 @@ def _binary_grad(d: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, co
     layouts here: a member's trajectory must not depend on its neighbours in the chunk.)
     """
     z = d.double()
+    if y.dim() == 2 and y.stride(0) == 0:
+        y = y[:1]  # labels shared by the chunk (an expanded row): one row, broadcast below
     neg = y.to(z.dtype).mul_(-2).add_(1)  # -(2y - 1)
-    g = torch.sigmoid(z.mul_(neg)).mul_(neg)
+    g = z.mul_(neg).sigmoid_().mul_(neg)
     n = count.to(z.dtype)
     g.mul_(mask.to(z.dtype) / n[:, None] if mask is not None else (1.0 / n)[:, None])
     return g.float()
