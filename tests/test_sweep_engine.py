@@ -84,14 +84,17 @@ def test_batched_equals_single_parity_bce_and_cossin(tiny_parity):
     _check(_per_member(cossin, [{"train.seed": 0}, {"train.seed": 1, "optim.lr": 3e-3}]))
 
 
-@pytest.mark.parametrize("bias,n_out", [(True, 2), (False, 2), (True, 1), (False, 1)])
-def test_parity_shared_inputs_wide_kernel(tiny_parity, bias, n_out):
-    """Members sharing one training set go through the wide-GEMM path of the fused parity MLP,
-    with steps that skip the float64 metrics (log_every > 1): same weights as the single trainer
-    after every member's run, and the same logged rows where both log."""
-    base = tiny_parity.with_overrides({"model.bias": bias, "model.n_out": n_out, "train.steps": 80, "train.eval_every": 8})
+@pytest.mark.parametrize("bias,n_out,n_bits", [(True, 2, 8), (False, 2, 8), (True, 1, 8), (False, 1, 8), (True, 2, 14), (False, 1, 15)])
+def test_parity_shared_inputs_wide_kernel(tiny_parity, bias, n_out, n_bits):
+    """Members sharing one training set go through the wide-GEMM path of the fused parity MLP
+    (and a member with its own set through the per-member path), with steps that skip the float64
+    metrics (log_every > 1): same weights as the single trainer after every member's run, and the
+    same logged rows where both log. 14 bits + bias and 15 bits get the zero pad column (k = 16)."""
+    base = tiny_parity.with_overrides({"model.bias": bias, "model.n_out": n_out, "task.n_bits": n_bits,
+                                       "train.steps": 80, "train.eval_every": 8})
     configs = _per_member(base, [{"train.seed": s, "optim.weight_decay": w, "optim.lr": lr}
                                  for s, w, lr in [(0, 0.1, 1e-2), (1, 1.0, 3e-3), (2, 0.0, 1e-2)]])
+    configs.append(base.with_overrides({"train.seed": 3, "task.n_train": 50}))
     results = train_batch(configs, engine=EngineConfig(log_every=5), progress=False)
     for cfg, res in zip(configs, results):
         ref = train(cfg, progress=False)
@@ -105,10 +108,11 @@ def test_parity_shared_inputs_wide_kernel(tiny_parity, bias, n_out):
             torch.testing.assert_close(res.model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_member_trajectory_does_not_depend_on_its_chunk(tiny_parity):
+@pytest.mark.parametrize("n_bits", [8, 14])
+def test_member_trajectory_does_not_depend_on_its_chunk(tiny_parity, n_bits):
     """Bitwise: a member trains the same whether it shares its chunk (and the wide GEMMs) with
     four others, with one other, or runs alone; resume and slot refills rely on this."""
-    base = tiny_parity.with_overrides({"train.steps": 150, "train.eval_every": 10})
+    base = tiny_parity.with_overrides({"train.steps": 150, "train.eval_every": 10, "task.n_bits": n_bits})
     configs = _per_member(base, [{"train.seed": s, "optim.weight_decay": w} for s, w in
                                  [(0, 0.1), (1, 1.0), (2, 0.3), (3, 0.0), (4, 0.1)]])
     runs = [train_batch(configs, engine=EngineConfig(max_batch=b), progress=False) for b in (5, 2, 1)]
