@@ -50,7 +50,8 @@ QUIET = {"train.eval_every": 10**9, "train.checkpoint_every": 10**9, "train.log_
 
 
 def executed_macs(cfg: RunConfig, engine: str, n: int) -> float:
-    """Multiply-adds per model-step of the engine's matmuls (forward + backward)."""
+    """Multiply-adds per model-step of the engine's matmuls (forward + backward); the parity
+    kernel's zero pad column is not counted (its products are not useful work)."""
     mc, tc = cfg.model, cfg.task
     m = mc.d_mlp
     if mc.kind == "parity_mlp" and engine == "fused":
