@@ -217,7 +217,7 @@ class _FusedParity(BatchedModel):
         return torch.cat(cols + [x.new_zeros(x.shape[:-1] + (self.pad,))], dim=-1) if len(cols) + self.pad > 1 else x
 
     def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -> torch.Tensor:
-        W = self._w_aug(params)  # [c, n_bits (+1), m]
+        W = self._w_aug(params)  # [c, n_bits (+ bias + pad), m]
         post = F.relu(torch.matmul(x, W))  # [c, n, m]
         if self.bias:
             return torch.baddbmm(params["blocks.0.mlp.b_out"][:, None], post, params["blocks.0.mlp.W_out"])
@@ -505,11 +505,12 @@ def adamw_step(
     t = steps.astype(np.float64)
     bc1 = 1.0 - beta1**t
     bc2_sqrt = (1.0 - beta2**t) ** 0.5
-    scalars = [np.broadcast_to(np.asarray(a, dtype=np.float64), t.shape).copy() for a in (1.0 - lr * weight_decay, -(lr / bc1), bc2_sqrt)]
+    per_row = (1.0 - lr * weight_decay, -(lr / bc1), bc2_sqrt)
+    scalars = [np.broadcast_to(np.asarray(a, dtype=np.float64), t.shape).copy() for a in per_row]
     if all((a == a[0]).all() for a in scalars):
         # every member at the same step with the same lr and wd (the usual sweep step): Python
-        # scalars, which torch rounds to float32 exactly as ``as_col`` does, and its kernels run
-        # vectorised instead of broadcasting a [c, 1, ...] column
+        # scalars, which torch rounds to float32 exactly as the per-row columns below are
+        # rounded, and its kernels run vectorised instead of broadcasting a [c, 1, ...] column
         decay, neg_step, bc2 = (float(a[0]) for a in scalars)
         col = lambda v, p: v  # noqa: E731
     else:
