@@ -235,26 +235,17 @@ class _FusedParity(BatchedModel):
         W_out = params["blocks.0.mlp.W_out"]
         with torch.no_grad():
             w_d = W_out[..., 1] - W_out[..., 0] if self.n_out == 2 else W_out[..., 0]  # [c, m]
+            W = self._w_aug(params)  # [c, k, m]
+            c, k, m = W.shape
             if shared:
-                # members side by side: Wt [k, c*m] (then b_in and the pad as rows), one GEMM for all
-                W_in = params["blocks.0.mlp.W_in"]
-                c, kb, m = W_in.shape
-                k = kb + (1 if self.bias else 0) + self.pad
-                Wt = W_in.new_empty(k, c, m)
-                Wt[:kb].copy_(W_in.transpose(0, 1))
-                if self.bias:
-                    Wt[kb].copy_(params["blocks.0.mlp.b_in"])
-                if self.pad:
-                    Wt[k - self.pad :].zero_()
-                Wt = Wt.view(k, c * m)
+                # members side by side: Wt [k, c*m], one GEMM for all
+                Wt = W.transpose(0, 1).reshape(k, c * m)
                 # a member's columns come out bitwise the same whatever the GEMM's width (checked
                 # for widths 1-64 here; tests/test_sweep_engine.py checks whole trajectories)
                 n = x.shape[0]
                 wide = torch.mm(x, Wt).relu_()  # [n, c*m]
                 post = wide.view(n, c, m).transpose(0, 1)  # [c, n, m], a strided view (no copy)
             else:
-                W = self._w_aug(params)  # [c, k, m]
-                c, k, m = W.shape
                 post = torch.bmm(x, W).relu_()  # [c, n, m]
             # [1, m] @ [m, n] per member: MKL runs this orientation ~5x faster than [n, m] @ [m, 1]
             d = torch.bmm(w_d[:, None, :], post.transpose(1, 2))[:, 0]  # [c, n]
