@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import einops
 import torch
 import torch.nn.functional as F
+import torch.nn.modules.module as _torch_module
 from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
@@ -112,16 +113,59 @@ class _Block(nn.Module):
     """Container so parameter and hook names read ``blocks.0.mlp.W_in``, ``blocks.0.hook_mlp_out``."""
 
 
+# torch keeps module hooks in these dicts: TransformerLens' ``add_hook`` / ``hooks()`` /
+# ``run_with_hooks`` / ``run_with_cache`` register through the same ``register_*_hook`` calls as a
+# user would, so reading them sees every way of hooking. ``_backward_pre_hooks`` and the global
+# dicts are newer or rarer; ``getattr`` keeps an older torch (no such attribute) working.
+_MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOK_DICTS = (
+    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks",
+)
+
+
+def is_hooked(*points: nn.Module) -> bool:
+    """Whether a hook of any kind would fire at any of ``points`` if the forward called them.
+
+    The one test every model uses before taking a path that skips hook points: forward,
+    forward-pre, backward and backward-pre hooks, attached to a point or registered globally with
+    ``torch.nn.modules.module.register_module_*_hook`` (those fire at every module). A fast path
+    that checked only forward hooks silently dropped backward hooks; this checks every kind.
+    """
+    if any(getattr(_torch_module, name, None) for name in _GLOBAL_HOOK_DICTS):
+        return True
+    return any(getattr(hp, name, None) for hp in points for name in _MODULE_HOOK_DICTS)
+
+
+def _has_backward_hooks(point: nn.Module) -> bool:
+    return bool(
+        getattr(point, "_backward_hooks", None) or getattr(point, "_backward_pre_hooks", None)
+        or getattr(_torch_module, "_global_backward_hooks", None)
+        or getattr(_torch_module, "_global_backward_pre_hooks", None)
+    )
+
+
+def _input_for_hook(point: HookPoint, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a fresh leaf that requires grad when ``point`` has a backward hook and ``x`` does not.
+
+    The fixed cos/sin embedding and the parity input bits carry no gradient, so a backward hook on
+    their ``hook_embed`` (a gradient-wrt-input saliency, say) would never fire. ``detach`` first:
+    the caller's tensor is never marked.
+    """
+    if torch.is_grad_enabled() and not x.requires_grad and _has_backward_hooks(point):
+        return x.detach().requires_grad_(True)
+    return x
+
+
 def _shared_hidden(hook_embed: HookPoint, W_E: torch.Tensor, mlp: MLP, x: torch.Tensor) -> torch.Tensor:
     """``W_E[a] W_in + W_E[b] W_in (+ b_in)`` for inputs ``x = [batch, 2]``.
 
     When nothing hooks the embedding this is computed as ``(W_E W_in)[a] + (W_E W_in)[b]``: the
     same maths, but the backward scatters into ``[p, d_mlp]`` instead of ``[p, d_model]``. With
     :func:`_readout` this makes the 24-neuron PAIR model (d_model 500) several times faster per
-    step on CPU. A hook on ``hook_embed`` (reading or editing it) switches to the literal path.
+    step on CPU. A hook of any kind on ``hook_embed`` switches to the literal path (:func:`is_hooked`).
     """
-    if hook_embed._forward_hooks:
-        emb = hook_embed(W_E[x])  # [batch, 2, d_model]
+    if is_hooked(hook_embed):
+        emb = hook_embed(_input_for_hook(hook_embed, W_E[x]))  # [batch, 2, d_model]
         return mlp.pre(emb[:, 0]) + emb[:, 1] @ mlp.W_in
     h = W_E @ mlp.W_in  # [p, d_mlp]
     pre = h[x[:, 0]] + h[x[:, 1]]
@@ -130,8 +174,9 @@ def _shared_hidden(hook_embed: HookPoint, W_E: torch.Tensor, mlp: MLP, x: torch.
 
 def _readout(hook_mlp_out: HookPoint, mlp: MLP, post: torch.Tensor, W_U: torch.Tensor) -> torch.Tensor:
     """``(post W_out + b_out) W_U``; computed as ``post (W_out W_U)`` when ``hook_mlp_out`` is unhooked
-    (same maths: a [d_mlp, p] product instead of a [batch, d_model] activation)."""
-    if hook_mlp_out._forward_hooks:
+    (same maths: a [d_mlp, p] product instead of a [batch, d_model] activation); any kind of hook
+    on it (:func:`is_hooked`) switches to the literal path."""
+    if is_hooked(hook_mlp_out):
         return hook_mlp_out(mlp.out(post)) @ W_U
     logits = post @ (mlp.W_out @ W_U)
     return logits + mlp.b_out @ W_U if mlp.b_out is not None else logits
@@ -173,11 +218,18 @@ class ModAddMLP(HookedRootModule):
         return self.hook_logits(_readout(self.blocks[0].hook_mlp_out, mlp, post, self.W_U))
 
 
-def cossin_embedding(p: int, k: int) -> torch.Tensor:
-    """[p, 2] rows (cos 2 pi k a / p, sin 2 pi k a / p): unit vectors on a circle."""
+def cossin_embedding(p: int, k: int, norm: str = "rows", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[p, 2] rows (cos 2 pi k a / p, sin 2 pi k a / p): unit vectors on a circle.
+
+    ``norm="columns"``: each column divided by its norm over the p tokens instead (PAIR's
+    ``gen_fixed_embed``), so rows have length sqrt(2/p) for 2k != 0 mod p.
+    """
     a = torch.arange(p, dtype=torch.float64)
     ang = 2 * math.pi * k * a / p
-    return torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1).float()
+    E = torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1)
+    if norm == "columns":
+        E = E / torch.linalg.vector_norm(E, dim=0)
+    return E.to(dtype)
 
 
 class CosSinMLP(HookedRootModule):
@@ -186,12 +238,13 @@ class CosSinMLP(HookedRootModule):
     logits[c] = (W_out^T ReLU(W_E[a] W_in + W_E[b] W_in)) . W_E[c]
     """
 
-    def __init__(self, cfg: HookedConfig, frequency: int, bias: bool, init_scale: float = 1.0):
+    def __init__(self, cfg: HookedConfig, frequency: int, bias: bool, init_scale: float = 1.0, embed_norm: str = "rows"):
         super().__init__()
         self.cfg = cfg
         self.frequency = frequency
+        self.embed_norm = embed_norm
         m = cfg.d_mlp
-        self.register_buffer("W_E", cossin_embedding(cfg.p, frequency), persistent=False)
+        self.register_buffer("W_E", cossin_embedding(cfg.p, frequency, embed_norm), persistent=False)
         block = _Block()
         block.mlp = MLP(2, m, 2, bias, init_scale / math.sqrt(2), init_scale / math.sqrt(m))
         block.hook_mlp_out = HookPoint()
@@ -234,7 +287,7 @@ class ParityMLP(HookedRootModule):
         return self.blocks[0].mlp.W_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.hook_embed(x.to(self.W_in.dtype))
+        x = self.hook_embed(_input_for_hook(self.hook_embed, x.to(self.W_in.dtype)))
         mlp = self.blocks[0].mlp
         pre = mlp.hook_pre(mlp.pre(x))
         post = mlp.hook_post(F.relu(pre))
@@ -312,8 +365,8 @@ class OneLayerTransformer(HookedRootModule):
         self._hook_points = list(self.hook_dict.values())
 
     def hooks_attached(self) -> bool:
-        """Whether any hook point has a (TransformerLens or raw torch) hook on it."""
-        return any(hp._forward_hooks or hp._backward_hooks or hp._forward_pre_hooks for hp in self._hook_points)
+        """Whether any hook point has a (TransformerLens or raw torch) hook of any kind on it."""
+        return is_hooked(*self._hook_points)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.last_position_only and not self.hooks_attached():
@@ -410,17 +463,65 @@ def hooked_config(model: ModelConfig, task: TaskConfig) -> HookedConfig:
     )
 
 
+# haiku's VarianceScaling divides the std by the std of a unit normal truncated to [-2, 2],
+# scipy.stats.truncnorm.std(a=-2, b=2), so the truncated draw has the requested std.
+HAIKU_TRUNC_STD = 0.87962566103423978
+
+
+def haiku_truncated_normal_(t: torch.Tensor, stddev: float) -> torch.Tensor:
+    """``hk.initializers.TruncatedNormal(stddev)``: a normal with parameter ``stddev`` cut at
+    +-2 ``stddev`` (``jax.random.truncated_normal(-2, 2) * stddev``), in place. The result's
+    std is ``HAIKU_TRUNC_STD * stddev``. Draws in float64 from torch's global generator."""
+    with torch.no_grad():
+        draw = torch.empty(t.shape, dtype=torch.float64)
+        nn.init.trunc_normal_(draw, mean=0.0, std=stddev, a=-2 * stddev, b=2 * stddev)
+        return t.copy_(draw)
+
+
+def pair_init_(model: HookedRootModule, init_scale: float = 1.0) -> HookedRootModule:
+    """Re-initialise an MLP-family model with haiku's initialisers, as PAIR's notebooks do.
+
+    Embeddings (``embed.W_E`` and an untied ``unembed.W_U``) get ``VarianceScaling(2.0)``:
+    truncated normal, parameter sqrt(2 / fan_in) / HAIKU_TRUNC_STD (so the std is
+    sqrt(2 / fan_in)), fan_in = the first dimension as haiku counts it. ``hk.Linear`` weights
+    (``W_in``, ``W_out``) get ``TruncatedNormal(1 / sqrt(fan_in))`` (not rescaled: std 0.88 /
+    sqrt(fan_in)); biases stay 0 (haiku's ``b_init``). Parameters are visited in
+    ``named_parameters`` order, so a seed fixes the result.
+    """
+    for name, prm in model.named_parameters():
+        fan_in = prm.shape[0]
+        if name in ("embed.W_E", "unembed.W_U"):
+            haiku_truncated_normal_(prm, init_scale * math.sqrt(2.0 / fan_in) / HAIKU_TRUNC_STD)
+        elif name.endswith(("W_in", "W_out")):
+            haiku_truncated_normal_(prm, init_scale / math.sqrt(fan_in))
+        elif name.rsplit(".", 1)[-1].startswith("b_"):
+            with torch.no_grad():
+                prm.zero_()
+        else:  # pragma: no cover - ModelConfig only allows 'pair' for the MLP families
+            raise ValueError(f"pair_init_: no haiku initialiser for parameter {name!r}")
+    return model
+
+
 def build_model(model: ModelConfig, task: TaskConfig, seed: int | None = None) -> HookedRootModule:
     """Build the hooked model for ``model`` on ``task``; ``seed`` fixes the initialisation."""
     if seed is not None:
         torch.manual_seed(seed)
     cfg = hooked_config(model, task)
     if model.kind == "mlp":
-        return ModAddMLP(cfg, model.tied_embed, model.bias, model.init_scale)
-    if model.kind == "cossin_mlp":
-        return CosSinMLP(cfg, model.frequency, model.bias, model.init_scale)
-    if model.kind == "parity_mlp":
-        return ParityMLP(cfg, model.bias, model.init_scale)
-    if model.kind == "transformer":
-        return OneLayerTransformer(cfg, model.init_scale)
-    return RecurrentModel(cfg, model.kind, model.init_scale)
+        built = ModAddMLP(cfg, model.tied_embed, model.bias, model.init_scale)
+    elif model.kind == "cossin_mlp":
+        built = CosSinMLP(cfg, model.frequency, model.bias, model.init_scale, model.embed_norm)
+    elif model.kind == "parity_mlp":
+        built = ParityMLP(cfg, model.bias, model.init_scale)
+    elif model.kind == "transformer":
+        built = OneLayerTransformer(cfg, model.init_scale)
+    else:
+        built = RecurrentModel(cfg, model.kind, model.init_scale)
+    if model.init == "pair":
+        pair_init_(built, model.init_scale)
+    if model.dtype == "float64":
+        built = built.double()
+        if model.kind == "cossin_mlp":
+            # .double() widens the float32-rounded buffer; recompute it in float64 instead
+            built.W_E = cossin_embedding(task.p, model.frequency, model.embed_norm, torch.float64)
+    return built

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from transformer_lens import ActivationCache, HookedRootModule
 
 from mechgrok import ModelConfig, TaskConfig, build_model, cossin_embedding, make_dataset
+from mechgrok.models import is_hooked
 
 P = 7
 CASES = {
@@ -142,3 +143,137 @@ def test_fast_path_equals_literal_embedding_path(name):
     for hook in ("hook_embed", "blocks.0.hook_mlp_out"):
         edited = model.run_with_hooks(x, fwd_hooks=[(hook, lambda t, hook: torch.zeros_like(t))])
         assert not torch.allclose(edited, fast)
+
+
+# --- every hook kind fires at every hook point of every model --------------------------------
+
+HOOK_CASES = {**CASES, "parity_mlp_2": (ModelConfig(kind="parity_mlp", d_mlp=8, bias=True, n_out=2), CASES["parity_mlp"][1])}
+
+
+def _plain_logits_and_grads(model, x):
+    model.zero_grad(set_to_none=True)
+    logits = model(x)
+    logits.square().sum().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _hook_once(model, x, name, how, fired):
+    """Attach one hook to ``name`` the way ``how`` says, run forward and backward, detach it."""
+    point = model.hook_dict[name]
+
+    def tl_hook(t, hook):
+        fired.append(hook.name)  # returns None: observes without editing
+
+    def torch_hook(*args):
+        fired.append(name)
+
+    def run():
+        logits = model(x)
+        logits.square().sum().backward()
+        return logits.detach()
+
+    model.zero_grad(set_to_none=True)
+    if how in ("hooks_fwd", "hooks_bwd"):
+        key = "fwd_hooks" if how == "hooks_fwd" else "bwd_hooks"
+        with model.hooks(**{key: [(name, tl_hook)]}):
+            logits = run()
+    elif how == "run_with_hooks_fwd":
+        logits = model.run_with_hooks(x, fwd_hooks=[(name, tl_hook)])
+        logits.square().sum().backward()
+        logits = logits.detach()
+    elif how == "run_with_hooks_bwd":
+        # backward hooks must outlive the call to see the backward pass
+        logits = model.run_with_hooks(x, bwd_hooks=[(name, tl_hook)], reset_hooks_end=False)
+        logits.square().sum().backward()
+        logits = logits.detach()
+        model.reset_hooks()
+    elif how in ("add_hook_fwd", "add_hook_bwd"):
+        model.add_hook(name, tl_hook, dir=how[-3:])
+        try:
+            logits = run()
+        finally:
+            model.reset_hooks()
+    else:
+        register = {
+            "torch_forward": point.register_forward_hook,
+            "torch_forward_pre": point.register_forward_pre_hook,
+            "torch_full_backward": point.register_full_backward_hook,
+            "torch_full_backward_pre": point.register_full_backward_pre_hook,
+        }[how]
+        handle = register(torch_hook)
+        try:
+            logits = run()
+        finally:
+            handle.remove()
+    return logits, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+HOW = [
+    "hooks_fwd", "hooks_bwd", "run_with_hooks_fwd", "run_with_hooks_bwd", "add_hook_fwd", "add_hook_bwd",
+    "torch_forward", "torch_forward_pre", "torch_full_backward", "torch_full_backward_pre",
+]
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("name", list(HOOK_CASES))
+def test_every_hook_kind_fires_at_every_hook_point(name, how):
+    """A fast path that skips a hook point must notice every kind of hook on it (issue 11 s.2:
+    backward hooks on the MLPs' hook_embed / hook_mlp_out never fired); the hooked path gives the
+    same logits and parameter gradients as the fast one."""
+    mcfg, tcfg = HOOK_CASES[name]
+    model = build_model(mcfg, tcfg, seed=0)
+    x = make_dataset(tcfg).train_x[:5]
+    ref_logits, ref_grads = _plain_logits_and_grads(model, x)
+    assert len(model.hook_dict) >= 4
+    for point in model.hook_dict:
+        fired = []
+        logits, grads = _hook_once(model, x, point, how, fired)
+        assert fired == [point], f"{how} hook on {point} fired {fired}"
+        torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6, msg=f"{how} on {point}")
+        for n in ref_grads:
+            torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=f"{how} on {point}: {n}")
+    assert not is_hooked(*model.hook_dict.values())  # nothing left attached
+
+
+# the global backward hook also sees Embed/nn.RNN modules, whose integer inputs carry no gradient
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("name", list(HOOK_CASES))
+def test_global_module_hooks_fire_at_every_hook_point(name):
+    """``torch.nn.modules.module.register_module_*_hook`` hooks run at every module call, so they
+    too must switch off the paths that skip hook points."""
+    from torch.nn.modules import module as torch_module
+
+    mcfg, tcfg = HOOK_CASES[name]
+    model = build_model(mcfg, tcfg, seed=0)
+    x = make_dataset(tcfg).train_x[:5]
+    ref_logits, ref_grads = _plain_logits_and_grads(model, x)
+    names = {m: n for n, m in model.hook_dict.items()}
+    fwd, bwd = set(), set()
+    handles = [
+        torch_module.register_module_forward_hook(lambda m, i, o: fwd.add(names.get(m))),
+        torch_module.register_module_full_backward_hook(lambda m, gi, go: bwd.add(names.get(m))),
+    ]
+    try:
+        logits, grads = _plain_logits_and_grads(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert set(model.hook_dict) <= fwd and set(model.hook_dict) <= bwd
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    for n in ref_grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_backward_hook_on_input_bits_sees_the_input_gradient_and_leaves_the_input_alone():
+    """Parity bits carry no gradient; a backward hook on hook_embed must still fire (with
+    dL/dx = dL/dpre W_in^T) and must not mark the caller's tensor as requiring grad."""
+    mcfg, tcfg = HOOK_CASES["parity_mlp_2"]
+    model = build_model(mcfg, tcfg, seed=0).double()
+    x = make_dataset(tcfg).train_x[:5].double()
+    seen = {}
+    with model.hooks(bwd_hooks=[("hook_embed", lambda g, hook: seen.update(g=g))]):
+        model(x).sum().backward()
+    assert not x.requires_grad
+    xr = x.clone().requires_grad_(True)
+    model(xr).sum().backward()
+    torch.testing.assert_close(seen["g"], xr.grad)
