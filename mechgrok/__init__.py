@@ -26,6 +26,7 @@ from .models import (
     cossin_embedding,
 )
 from .probes import (
+    PHASE_RULES,
     PHASES,
     Analysis,
     GrokEvents,
@@ -90,6 +91,7 @@ __all__ = [
     "CheckpointError",
     # probes
     "PHASES",
+    "PHASE_RULES",
     "GrokEvents",
     "classify_phase",
     "detect_events",

@@ -73,7 +73,9 @@ def test_saved_analysis_round_trips(parity_run):
     assert b.records["events"] == json.loads(json.dumps(a.records["events"]))
     assert isinstance(b.events, GrokEvents) and b.events.extra["relevant_bits"] == [0, 1, 2]
     assert b.records["task"] == "parity" and isinstance(b.records["summary"], str)
-    assert (parity_run / "analysis" / "analysis.safetensors").exists()
+    # one tensor file, the generation the records name (the commit point)
+    files = [f.name for f in (parity_run / "analysis").glob("*.safetensors")]
+    assert files == [b.records["tensors_file"]] and files[0] == f"analysis.{b.records['generation']}.safetensors"
     assert not list((parity_run / "analysis").glob(".*.tmp"))  # atomic writes leave no temporaries
     assert b.group("bits")["prune_now_acc"].shape == (12,)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
-from mechgrok.probes import PHASES, GrokEvents, classify_phase, detect_events
+from mechgrok.probes import PHASE_RULES, PHASES, GrokEvents, classify_phase, detect_events
+from mechgrok.probes.events import loss_for_accuracy
 
 
 def curves(n: int, mem: int | None, gen: int | None, eval_every: int = 1) -> dict[str, np.ndarray]:
@@ -49,7 +51,7 @@ def test_thresholds_are_arguments():
     assert ev.generalised_step == 600 and ev.thresholds["test"] == 0.9
     assert classify_phase(100, 150, grok_ratio=1.4, grok_min_lag=50) == "grokking"
     assert classify_phase(100, 150) == "comprehension"
-    assert set(PHASES) == {"comprehension", "grokking", "memorisation", "confusion"}
+    assert set(PHASES) == {"comprehension", "grokking", "memorisation", "confusion", "unknown"}
 
 
 def test_events_round_trip_through_json_with_extra():
@@ -62,3 +64,102 @@ def test_events_round_trip_through_json_with_extra():
 def test_missing_column_is_a_one_line_error():
     with pytest.raises(ValueError, match="missing column 'test_acc'"):
         detect_events({"step": [0, 1], "train_acc": [0.5, 1.0]})
+
+
+# -- evidence: loss curves where accuracy is missing, "unknown" where there is too little ---------
+
+
+def imported_like(n: int = 3001, mem: int = 800, gen: int = 2400, test_every: int = 10) -> dict[str, np.ndarray]:
+    """Like an imported published run: losses logged all along (test every few steps), accuracy
+    only at the single final checkpoint."""
+    step = np.arange(n)
+    train_loss = np.where(step >= mem, 1e-3, 2.0)
+    test_loss = np.where(step >= gen, 2e-3, 6.0)
+    test_loss = np.where(step % test_every == 0, test_loss, np.nan)
+    acc = np.full(n, np.nan)
+    train_acc, test_acc = acc.copy(), acc.copy()
+    train_acc[-1] = test_acc[-1] = 1.0
+    return {"step": step, "train_loss": train_loss, "test_loss": test_loss, "train_acc": train_acc, "test_acc": test_acc}
+
+
+def test_imported_run_events_come_from_the_loss_curves():
+    # before: accuracy at one (the last) step only -> "comprehension, memorised and generalised at 3000"
+    ev = detect_events(imported_like())
+    assert (ev.memorised_step, ev.generalised_step, ev.phase) == (800, 2400, "grokking")
+    assert ev.evidence["train"] == "accuracy+loss" and ev.evidence["n_train"] == 3001 and ev.evidence["n_test"] == 301
+    assert ev.thresholds["train_loss"] == pytest.approx(0.01 * math.log(2))
+
+
+def test_loss_threshold_is_tied_to_the_accuracy_threshold():
+    assert loss_for_accuracy(0.99) == pytest.approx(0.01 * math.log(2))
+    assert loss_for_accuracy(0.9) == pytest.approx(0.1 * math.log(2))
+    # a loss just above the bound does not count, just below does
+    m = imported_like(n=200, mem=50, gen=120, test_every=1)
+    m["train_loss"] = np.where(np.arange(200) >= 50, loss_for_accuracy(0.99) * 1.01, 2.0)
+    assert detect_events(m).memorised_step == 199  # only the final accuracy says so
+    m["train_loss"] = np.where(np.arange(200) >= 50, loss_for_accuracy(0.99) * 0.99, 2.0)
+    assert detect_events(m).memorised_step == 50
+    # accuracy wins where both exist
+    m["train_acc"] = np.where(np.arange(200) >= 30, 1.0, 0.5)
+    assert detect_events(m).memorised_step == 30
+
+
+def test_a_phase_is_never_claimed_from_one_evaluated_step():
+    one = {"step": [5000], "train_acc": [1.0], "test_acc": [1.0]}
+    ev = detect_events(one)
+    assert ev.phase == "unknown" and ev.memorised_step == 5000 and "not enough evidence" in ev.describe()
+    # accuracy at the last step only and no loss curves: still one step of evidence
+    m = imported_like()
+    del m["train_loss"], m["test_loss"]
+    assert detect_events(m).phase == "unknown"
+    # no test set (train_fraction = 1): nothing to tell generalisation by
+    m = curves(300, mem=50, gen=None)
+    m["test_acc"][:] = np.nan
+    assert detect_events(m).phase == "unknown"
+    assert detect_events(m, min_evaluated=0).phase == "memorisation"
+
+
+def pair_curves(min_train: float, min_test: float, ratio_peak: float, n: int = 400) -> dict[str, np.ndarray]:
+    """Train loss falling to ``min_train`` by step 100; test loss a ratio ``ratio_peak`` above it at
+    step 100..199, then falling to ``min_test``."""
+    step = np.arange(n)
+    train = np.where(step < 100, 1.0, min_train)
+    test = np.where(step < 100, 1.0, np.where(step < 200, min_train * ratio_peak, min_test))
+    return {"step": step, "train_loss": train, "test_loss": test}
+
+
+@pytest.mark.parametrize("curves_kw, phase", [
+    ({"min_train": 1e-3, "min_test": 1e-3, "ratio_peak": 2.0}, "confusion"),  # train loss never <= 1e-5
+    ({"min_train": 1e-7, "min_test": 1e-3, "ratio_peak": 1e3}, "memorisation"),  # test loss never <= 1e-5
+    ({"min_train": 1e-7, "min_test": 1e-8, "ratio_peak": 1e4}, "comprehension"),  # max ratio 1e4 < 5e4
+    ({"min_train": 1e-7, "min_test": 1e-8, "ratio_peak": 1e5}, "grokking"),  # max ratio 1e5 >= 5e4
+])
+def test_pair_loss_rule_branches(curves_kw, phase):
+    m = pair_curves(**curves_kw)
+    ev = detect_events(m, rule="loss")
+    assert ev.phase == phase and ev.rule == "loss"
+    assert ev.evidence["min_train_loss"] == pytest.approx(curves_kw["min_train"])
+    assert ev.evidence["max_loss_ratio"] == pytest.approx(max(curves_kw["ratio_peak"], curves_kw["min_test"] / curves_kw["min_train"], 1.0))
+    if phase in ("comprehension", "grokking"):
+        assert (ev.memorised_step, ev.generalised_step) == (100, 200)
+
+
+def test_pair_loss_rule_thresholds_and_unknown():
+    m = pair_curves(1e-7, 1e-8, 1e4)
+    assert detect_events(m, rule="loss", pair_max_ratio=1e3).phase == "grokking"
+    assert detect_events(m, rule="loss", pair_min_loss=1e-9).phase == "confusion"
+    one = {k: v[-1:] for k, v in m.items()}
+    assert detect_events(one, rule="loss").phase == "unknown"
+    with pytest.raises(ValueError, match="missing column 'test_loss'"):
+        detect_events({"step": [0, 1], "train_loss": [1.0, 0.1], "test_acc": [0.5, 1.0]}, rule="loss")
+    with pytest.raises(ValueError, match="rule: must be one of accuracy, loss"):
+        detect_events(m, rule="auc")
+    assert PHASE_RULES == ("accuracy", "loss")
+
+
+def test_accuracy_and_loss_rules_agree_on_the_step_curves():
+    acc = curves(2000, mem=100, gen=1500)
+    step = acc["step"]
+    acc["train_loss"] = np.where(step >= 100, 1e-7, 0.7)
+    acc["test_loss"] = np.where(step >= 1500, 1e-7, np.where(step >= 100, 20.0, 0.7))
+    assert detect_events(acc).phase == detect_events(acc, rule="loss").phase == "grokking"

@@ -5,7 +5,7 @@ tensors / records."""
 from .analysis import ANALYSIS_FILES, Analysis, analyze, load_analysis
 from .bits import bit_dependence, infer_relevant_bits, irrelevant_series, parity_events, prune_now_accuracy
 from .circles import neuron_circles
-from .events import PHASES, GrokEvents, classify_phase, detect_events
+from .events import PHASE_RULES, PHASES, GrokEvents, classify_phase, detect_events
 from .fourier import (
     fourier_basis,
     fourier_over_training,
@@ -22,6 +22,7 @@ from .synthetic import cossin_solution, planted_modadd_mlp, planted_parity_mlp
 
 __all__ = [
     "PHASES",
+    "PHASE_RULES",
     "GrokEvents",
     "classify_phase",
     "detect_events",

@@ -18,28 +18,48 @@ plus the run's :class:`~mechgrok.probes.events.GrokEvents` (its ``extra`` holdin
 events: :func:`~mechgrok.probes.bits.parity_events` or
 :func:`~mechgrok.probes.progress.modular_events`) and a one-paragraph summary.
 
-On disk (written atomically, next to the run's own files)::
+On disk (next to the run's own files)::
 
-    RUN/analysis/analysis.safetensors   "steps" [n] and every tensor under its flat name
-    RUN/analysis/analysis.json          records: task, events, key_frequencies, summary, ...
+    RUN/analysis/analysis.<generation>.safetensors   "steps" [n] and every tensor under its flat name
+    RUN/analysis/analysis.json                       records: task, events, key_frequencies, summary,
+                                                     the tensor file's name, and ``source``
 
-:func:`load_analysis` reads them back into an :class:`Analysis`.
+The JSON is the commit point: it is written (atomically) after the tensor file it names, and the
+previous generation's tensor file is removed only after it, so a kill at any moment leaves either
+the old analysis or the new one, never the new records with old tensors. (Analyses saved before
+generations existed name no file and are read from ``analysis.safetensors``.)
+
+``records["source"]`` says what the analysis was computed from - the checkpoint index and each
+checkpoint file's size and modification time, the metrics file's size and modification time, the
+config's hash, the analysis options and the mechgrok version - so :func:`analysis_is_current`
+can tell a stored analysis made mid-training (or before a resume, a re-import, another mechgrok)
+from a current one; the report recomputes stale analyses instead of drawing them.
+
+The trajectory is streamed: checkpoints are loaded ``chunk_size`` at a time (default: as many as
+fit in ``chunk_mb``, 256 MB), every probe runs on the chunk and the per-checkpoint results are
+concatenated; quantities of the whole run (key frequencies from the last checkpoint, events) are
+computed before or after the chunks, so the result equals the unchunked analysis.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import time
+import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..store import Run, StoreError, Trajectory, atomic_save_tensors, atomic_write_json
+from ..store import FILES, Run, StoreError, Trajectory, atomic_save_tensors, atomic_write_json
 from ..tasks import Dataset
 from ._common import to_jsonable
 from .bits import bit_dependence, irrelevant_series, parity_events, prune_now_accuracy
@@ -48,10 +68,14 @@ from .events import GrokEvents, detect_events
 from .importer import default_import_dir, import_nanda_checkpoint, run_dataset
 from .progress import modular_events
 
-__all__ = ["ANALYSIS_FILES", "Analysis", "analyze", "load_analysis", "resolve_run"]
+__all__ = ["ANALYSIS_FILES", "Analysis", "analyze", "analysis_is_current", "analysis_source", "load_analysis", "resolve_run"]
 
-ANALYSIS_FILES = {"dir": "analysis", "tensors": "analysis.safetensors", "records": "analysis.json"}
-FORMAT_VERSION = 1
+ANALYSIS_FILES = {"dir": "analysis", "tensors": "analysis.safetensors", "records": "analysis.json",
+                  "generation": "analysis.{generation}.safetensors"}
+"""File names: ``tensors`` is the pre-generation name, still read when the records name no file."""
+FORMAT_VERSION = 2
+_TENSOR_NAME = re.compile(r"analysis(\.[0-9a-f]{8,32})?\.safetensors")
+DEFAULT_CHUNK_MB = 256
 _IMPORT_SUFFIXES = (".pth", ".pt")
 
 
@@ -101,17 +125,36 @@ class Analysis:
         return {k.split("/", 1)[1]: v for k, v in self.tensors.items() if k.startswith(prefix + "/")}
 
     def save(self, run_dir: str | Path | None = None) -> Path:
-        """Write ``analysis.safetensors`` + ``analysis.json`` into ``RUN/analysis/`` atomically."""
+        """Write the tensors under a new generation name, then ``analysis.json`` naming them (the
+        commit point), then remove the older generations (module docstring)."""
         run_dir = Path(run_dir) if run_dir is not None else self.run_dir
         if run_dir is None:
             raise StoreError("analysis: no run folder to save into; pass one to save()")
         folder = run_dir / ANALYSIS_FILES["dir"]
         folder.mkdir(parents=True, exist_ok=True)
+        generation = uuid.uuid4().hex[:16]
+        name = ANALYSIS_FILES["generation"].format(generation=generation)
         tensors = {"steps": self.steps.to(torch.int64), **{k: _storable(v) for k, v in self.tensors.items()}}
-        atomic_save_tensors(folder / ANALYSIS_FILES["tensors"], tensors, {"format": str(FORMAT_VERSION)})
-        atomic_write_json(folder / ANALYSIS_FILES["records"], to_jsonable(self.records))
+        atomic_save_tensors(folder / name, tensors, {"format": str(FORMAT_VERSION), "generation": generation})
+        records = {**self.records, "tensors_file": name, "generation": generation}
+        atomic_write_json(folder / ANALYSIS_FILES["records"], to_jsonable(records))
+        self.records = records
         self.run_dir = run_dir
+        _remove_old_generations(folder)
         return folder
+
+
+def _remove_old_generations(folder: Path) -> None:
+    """Delete tensor files the committed records do not name (older generations, or one left by a
+    kill before its records were written). The records are re-read so that a second process that
+    committed meanwhile keeps its file."""
+    try:
+        keep = json.loads((folder / ANALYSIS_FILES["records"]).read_text()).get("tensors_file")
+    except (OSError, ValueError, AttributeError):
+        return
+    for f in folder.glob("analysis*.safetensors"):
+        if f.name != keep and _TENSOR_NAME.fullmatch(f.name):
+            f.unlink(missing_ok=True)
 
 
 def _storable(t: torch.Tensor) -> torch.Tensor:
@@ -138,15 +181,32 @@ def load_analysis(run_dir: str | Path) -> Analysis:
     if run_dir.is_file() and run_dir.suffix in _IMPORT_SUFFIXES:
         run_dir = default_import_dir(run_dir)
     folder = run_dir / ANALYSIS_FILES["dir"]
-    tensors_path, records_path = folder / ANALYSIS_FILES["tensors"], folder / ANALYSIS_FILES["records"]
-    if not tensors_path.exists() or not records_path.exists():
+    records_path = folder / ANALYSIS_FILES["records"]
+    if not records_path.exists():  # the commit point: tensors without records were never committed
         raise StoreError(f"{run_dir}: no analysis saved; run `mechgrok analyze {run_dir}` first")
     try:
         records = json.loads(records_path.read_text())
-        tensors = load_file(tensors_path)
-    except Exception as e:  # json / safetensors raise several types for damaged files
+        if not isinstance(records, dict):
+            raise ValueError("not a JSON object")
+    except Exception as e:  # OSError / JSONDecodeError / ValueError
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise StoreError(f"{folder}: unreadable analysis ({msg})") from None
+        raise StoreError(f"{records_path}: unreadable analysis records ({msg})") from None
+    name = records.get("tensors_file", ANALYSIS_FILES["tensors"])
+    if not isinstance(name, str) or not _TENSOR_NAME.fullmatch(name):
+        raise StoreError(f"{records_path}: tensors_file {str(name)[:80]!r} is not an analysis tensor file name")
+    tensors_path = folder / name
+    if not tensors_path.exists():
+        raise StoreError(f"{tensors_path}: missing (named by {records_path}); run `mechgrok analyze {run_dir}` again")
+    try:
+        with safe_open(tensors_path, "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(tensors_path)
+    except Exception as e:  # safetensors raises several types for damaged files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise StoreError(f"{tensors_path}: unreadable analysis tensors ({msg})") from None
+    if "generation" in records and meta.get("generation") != records["generation"]:
+        raise StoreError(f"{tensors_path}: generation {meta.get('generation')!r} does not match {records_path} "
+                         f"({records['generation']!r})")
     steps = tensors.pop("steps", None)
     if steps is None:
         raise StoreError(f"{tensors_path}: no 'steps' tensor")
@@ -161,15 +221,119 @@ def _pick_rows(n: int, max_checkpoints: int | None) -> list[int] | None:
     return sorted({int(round(x)) for x in np.linspace(0, n - 1, max_checkpoints)})
 
 
+def _has_evidence(m: dict[str, Any], split: str) -> bool:
+    return any(k in m and np.isfinite(np.asarray(m[k], dtype=np.float64)).any() for k in (f"{split}_acc", f"{split}_loss"))
+
+
 def _metrics_for_events(run: Run | None, fallback: Callable[[], dict[str, torch.Tensor]], steps: torch.Tensor) -> dict[str, Any]:
-    """The run's logged metrics if they have accuracies, else ``fallback()``'s checkpoint-derived
-    ``train_acc`` / ``test_acc`` (imported or hand-made trajectories)."""
+    """The run's logged metrics when they have train and test evidence (accuracy or loss; an
+    imported run has losses at every step and accuracy only at its checkpoints), else
+    ``fallback()``'s checkpoint-derived columns (imported or hand-made trajectories)."""
     if run is not None:
         m = run.metrics()
-        if m and all(k in m for k in ("step", "train_acc", "test_acc")) and np.isfinite(m["test_acc"]).any():
+        if m and "step" in m and len(m["step"]) and _has_evidence(m, "train") and _has_evidence(m, "test"):
             return m
-    acc = fallback()
-    return {"step": steps.numpy(), "train_acc": acc["train_acc"].numpy(), "test_acc": acc["test_acc"].numpy()}
+    cols = fallback()
+    return {"step": steps.numpy(), **{k: v.numpy() for k, v in cols.items()}}
+
+
+def analysis_source(run: Run) -> dict[str, Any]:
+    """What an analysis of ``run`` is computed from (module docstring); cheap: file stats, no reads
+    of the checkpoints themselves."""
+    from .. import __version__
+    from .importer import IMPORT_FILES
+
+    def stat(path: Path) -> list[int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return [int(st.st_size), int(st.st_mtime_ns)]
+
+    steps = run.steps
+    h = hashlib.sha256()
+    for s in steps:
+        h.update(f"{s}:{stat(run.checkpoint_path(s))};".encode())
+    try:
+        config_hash = hashlib.sha256((run.path / FILES["config"]).read_bytes()).hexdigest()
+    except OSError:
+        config_hash = None
+    return {
+        "checkpoints": {"n": len(steps), "first_step": steps[0] if steps else None, "last_step": steps[-1] if steps else None,
+                        "files_sha256": h.hexdigest()},
+        "metrics": stat(run.path / FILES["metrics"]),
+        "split": stat(run.path / IMPORT_FILES["split"]),
+        "config_sha256": config_hash,
+        "mechgrok": __version__,
+        "format": FORMAT_VERSION,
+    }
+
+
+def analysis_is_current(analysis: Analysis, run: Run | str | Path | None = None, *,
+                        options: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """``(True, "")`` if ``analysis`` was computed from the run as it is now (and with ``options``,
+    when given: only the keys given are compared), else ``(False, why)``."""
+    run = Run.open(run) if isinstance(run, (str, Path)) else run
+    if run is None:
+        if analysis.run_dir is None:
+            return False, "the analysis has no run folder"
+        run = Run.open(analysis.run_dir)
+    stored = analysis.records.get("source")
+    if not isinstance(stored, dict):
+        return False, "it records no source (saved by an older mechgrok)"
+    now = analysis_source(run)
+    if stored.get("format") != now["format"] or stored.get("mechgrok") != now["mechgrok"]:
+        return False, f"it was made by mechgrok {stored.get('mechgrok')} (format {stored.get('format')})"
+    if stored.get("config_sha256") != now["config_sha256"]:
+        return False, "the run's config changed"
+    old, new = stored.get("checkpoints") or {}, now["checkpoints"]
+    if old.get("n") != new["n"] or old.get("last_step") != new["last_step"]:
+        return False, (f"the run's checkpoints changed ({old.get('n')} to step {old.get('last_step')} -> "
+                       f"{new['n']} to step {new['last_step']})")
+    if old.get("files_sha256") != new["files_sha256"]:
+        return False, "checkpoint files were rewritten"
+    if stored.get("metrics") != now["metrics"] or stored.get("split") != now["split"]:
+        return False, "the run's metrics or data split changed"
+    if options:
+        had = analysis.records.get("options") or {}
+        diff = sorted(k for k, v in options.items() if had.get(k) != v)
+        if diff:
+            return False, f"its options differ ({', '.join(f'{k}={had.get(k)!r}' for k in diff)})"
+    return True, ""
+
+
+def _chunk_rows(n: int, per_checkpoint_bytes: int, chunk_size: int | None, chunk_mb: float) -> list[slice]:
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+    size = chunk_size or max(1, int(chunk_mb * 2**20 // max(per_checkpoint_bytes, 1)))
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _iter_trajectory(run: Run | None, traj: Trajectory | None, wanted: list[int] | None, chunk_size: int | None,
+                     chunk_mb: float):
+    """Chunks of the trajectory, each a :class:`Trajectory`; damaged checkpoints are skipped with a
+    warning naming the file (as ``Run.trajectory`` does)."""
+    if traj is not None:
+        per = sum(v[0].numel() * v.element_size() for v in traj.params.values()) if len(traj) else 1
+        for rows in _chunk_rows(len(traj), per, chunk_size, chunk_mb):
+            yield traj.subset(list(range(rows.start, rows.stop)))
+        return
+    assert run is not None and wanted is not None
+    sizes = [run.checkpoint_path(s).stat().st_size for s in wanted[-1:] if run.checkpoint_path(s).exists()]
+    for rows in _chunk_rows(len(wanted), sizes[0] if sizes else 1, chunk_size, chunk_mb):
+        try:
+            yield run.trajectory(wanted[rows], errors="warn")
+        except StoreError:  # every checkpoint of this chunk was damaged (each already warned about)
+            continue
+
+
+def _concat(parts: list[dict[str, torch.Tensor]], keep: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Per-checkpoint tensors of the chunks joined along the leading axis; ``keep`` keys are
+    per-run (the same in every chunk) and taken from the first."""
+    out = {}
+    for key in parts[0]:
+        out[key] = parts[0][key] if key in keep else torch.cat([p[key] for p in parts])
+    return out
 
 
 def analyze(
@@ -187,6 +351,9 @@ def analyze(
     min_explained: float = 0.5,
     circles: bool | None = None,
     circle_min_frac: float = 0.5,
+    phase_rule: str = "accuracy",
+    chunk_size: int | None = None,
+    chunk_mb: float = DEFAULT_CHUNK_MB,
 ) -> Analysis:
     """Compute every probe that applies to a run (module docstring) and save it in the run folder.
 
@@ -195,63 +362,106 @@ def analyze(
     :class:`Trajectory` (then ``data`` defaults to the task's dataset and nothing is saved).
     ``max_checkpoints`` analyses an evenly spaced subset (first and last always included).
     ``circles``: None = automatic (see module docstring), True / False to force.
+    ``phase_rule``: ``"accuracy"`` or ``"loss"`` (PAIR's sweep rule), see
+    :func:`~mechgrok.probes.events.detect_events`.
+    ``chunk_size`` / ``chunk_mb``: checkpoints held in memory at once (default: as many as fit in
+    ``chunk_mb``); the result does not depend on them.
     """
+    from .events import PHASE_RULES
+
+    if phase_rule not in PHASE_RULES:
+        raise ValueError(f"phase_rule: must be one of {', '.join(PHASE_RULES)}, got {phase_rule!r}")
     t_start = time.perf_counter()
     run: Run | None = None
+    source: dict[str, Any] | None = None
+    traj_in: Trajectory | None = None
+    wanted: list[int] | None = None
     if isinstance(run_or_path, Trajectory):
-        traj = run_or_path
-        picked = _pick_rows(len(traj), max_checkpoints)
+        traj_in = run_or_path
+        picked = _pick_rows(len(traj_in), max_checkpoints)
         if picked is not None:
-            traj = traj.subset(picked)
+            traj_in = traj_in.subset(picked)
         if data is None:
             from ..tasks import make_dataset
 
-            data = make_dataset(traj.config.task)
+            data = make_dataset(traj_in.config.task)
         save = False
+        config = traj_in.config
     else:
         run = resolve_run(run_or_path, import_to=import_to)
-        rows = _pick_rows(len(run.steps), max_checkpoints)
-        wanted = None if rows is None else [run.steps[i] for i in rows]
-        traj = run.trajectory(wanted)
+        source = analysis_source(run)  # before reading anything: checkpoints written meanwhile make it stale
+        all_steps = run.steps
+        if not all_steps:
+            raise StoreError(f"{run.path}: run has no checkpoints yet; nothing to analyse")
+        rows = _pick_rows(len(all_steps), max_checkpoints)
+        wanted = list(all_steps) if rows is None else [all_steps[i] for i in rows]
         data = data if data is not None else run_dataset(run)
-    config = traj.config
-    timings: dict[str, float] = {}
+        config = run.config
+    timings: dict[str, float] = {"load": 0.0}
     tensors: dict[str, torch.Tensor] = {}
-    records: dict[str, Any] = {
-        "format": FORMAT_VERSION,
-        "run": {
-            "name": config.name,
-            "model": config.model.kind,
-            "n_checkpoints": len(traj),
-            "first_step": int(traj.steps[0]),
-            "last_step": int(traj.steps[-1]),
-            "path": str(run.path) if run is not None else None,
-        },
-        "config": config.to_dict(),
-    }
-    steps = traj.steps
+    options = {"max_checkpoints": max_checkpoints, "n_eval": n_eval, "prune_threshold": prune_threshold,
+               "sensitivity_tol": sensitivity_tol, "min_gap": min_gap, "min_explained": min_explained,
+               "circles": circles, "circle_min_frac": circle_min_frac, "phase_rule": phase_rule}
+    records: dict[str, Any] = {"format": FORMAT_VERSION, "options": options, "source": source}
+
+    def chunks():
+        it = _iter_trajectory(run, traj_in, wanted, chunk_size, chunk_mb)
+        while True:
+            t = time.perf_counter()
+            chunk = next(it, None)
+            timings["load"] += time.perf_counter() - t
+            if chunk is None:
+                return
+            yield chunk
+
+    if run is None:
+        need_acc = True
+    else:
+        m = run.metrics()
+        need_acc = not (_has_evidence(m, "train") and _has_evidence(m, "test"))
+    step_parts: list[torch.Tensor] = []
 
     if config.task.kind == "parity":
         records["task"] = "parity"
+        parts: list[dict[str, torch.Tensor]] = []
         t = time.perf_counter()
-        bits = bit_dependence(traj, data, n_eval=n_eval, progress=progress)
-        timings["bits"] = time.perf_counter() - t
-        t = time.perf_counter()
-        prune_acc = prune_now_accuracy(traj, data, relevant=bits["relevant"])
-        timings["prune_now"] = time.perf_counter() - t
+        relevant = None
+        for chunk in chunks():
+            bits = bit_dependence(chunk, data, n_eval=n_eval, progress=progress)
+            relevant = bits["relevant"] if relevant is None else relevant
+            part = {k: v for k, v in bits.items() if k != "relevant"}
+            part["prune_now_acc"] = prune_now_accuracy(chunk, data, relevant=relevant)
+            if need_acc:
+                part["_train_acc"] = _checkpoint_acc(chunk, data, "train")
+                part["_test_acc"] = _checkpoint_acc(chunk, data, "test")
+            parts.append(part)
+            step_parts.append(chunk.steps)
+        if not parts:
+            raise StoreError(f"{run.path if run is not None else 'trajectory'}: no readable checkpoints")
+        timings["bits"] = time.perf_counter() - t - timings["load"]
+        cat = _concat(parts)
+        steps = torch.cat(step_parts)
+        acc = {k[1:]: cat.pop(k) for k in ("_train_acc", "_test_acc") if k in cat}
+        bits = {**{k: v for k, v in cat.items() if k != "prune_now_acc"}, "relevant": relevant}
         for key, value in bits.items():
             tensors[f"bits/{key}"] = value
-        tensors["bits/prune_now_acc"] = prune_acc
-        for key, value in irrelevant_series(bits).items():
-            tensors[f"bits/{key}"] = value
-        metrics = _metrics_for_events(run, lambda: {"train_acc": _checkpoint_acc(traj, data, "train"),
-                                                    "test_acc": _checkpoint_acc(traj, data, "test")}, steps)
-        events = detect_events(metrics)
-        extra = parity_events(
-            bits, steps, generalised_step=events.generalised_step, prune_threshold=prune_threshold,
-            sensitivity_tol=sensitivity_tol, prune_now_acc=prune_acc, memorised_step=events.memorised_step,
-        )
-        extra["relevant_bits"] = [int(i) for i in torch.nonzero(bits["relevant"], as_tuple=False)[:, 0]]
+        tensors["bits/prune_now_acc"] = prune_acc = cat["prune_now_acc"]
+        metrics = _metrics_for_events(run, lambda: acc, steps)
+        events = detect_events(metrics, rule=phase_rule)
+        relevant_bits = [int(i) for i in torch.nonzero(relevant, as_tuple=False)[:, 0]]
+        if bool(relevant.all()):
+            # every bit is relevant: nothing to prune, so the irrelevant-bit measures are undefined
+            extra: dict[str, Any] = {"pruned_step": None, "sensitivity_zero_step": None, "prune_now_step": None,
+                                     "prune_threshold": prune_threshold, "sensitivity_tol": sensitivity_tol,
+                                     "irrelevant_bits": "none: every bit is relevant, irrelevant-bit measures are undefined"}
+        else:
+            for key, value in irrelevant_series(bits).items():
+                tensors[f"bits/{key}"] = value
+            extra = parity_events(
+                bits, steps, generalised_step=events.generalised_step, prune_threshold=prune_threshold,
+                sensitivity_tol=sensitivity_tol, prune_now_acc=prune_acc, memorised_step=events.memorised_step,
+            )
+        extra["relevant_bits"] = relevant_bits
         events.extra.update(extra)
         records["relevant_bits"] = extra["relevant_bits"]
         records["key_frequencies"] = []
@@ -264,10 +474,27 @@ def analyze(
         maybe_circles = circles is None and kind in ("mlp", "transformer")
         if (want_circles or maybe_circles) and kind not in ("mlp", "cossin_mlp", "transformer"):
             raise ValueError(f"circles: model {kind!r} has no MLP layer")
-        parts = ["fourier", "logits", "progress"] + (["circles"] if want_circles or maybe_circles else [])
+        parts_wanted = ["fourier", "logits", "progress"] + (["circles"] if want_circles or maybe_circles else [])
         t = time.perf_counter()
-        res = modular_sweep(traj, data, parts, min_gap=min_gap, min_explained=min_explained, progress=progress)
-        timings["modular_sweep"] = time.perf_counter() - t
+        # the key frequencies are the last checkpoint's: found first so every chunk uses them
+        if traj_in is not None:
+            last = traj_in.subset([len(traj_in) - 1])
+        else:
+            last = next((tr for s in reversed(wanted) for tr in [_try_trajectory(run, s)] if tr is not None), None)
+            if last is None:
+                raise StoreError(f"{run.path}: no readable checkpoints")
+        lastres = modular_sweep(last, None, ("logits",), min_gap=min_gap, min_explained=min_explained)
+        key_freqs = [int(k) + 1 for k in torch.nonzero(lastres["key_freq_mask"][0], as_tuple=False)[:, 0]]
+        parts = []
+        for chunk in chunks():
+            parts.append(modular_sweep(chunk, data, parts_wanted, key_freqs=key_freqs, min_gap=min_gap,
+                                       min_explained=min_explained, progress=progress))
+            step_parts.append(chunk.steps)
+        if not parts:
+            raise StoreError(f"{run.path if run is not None else 'trajectory'}: no readable checkpoints")
+        timings["modular_sweep"] = time.perf_counter() - t - timings["load"]
+        res = _concat(parts, keep=("key_frequencies",))
+        steps = torch.cat(step_parts)
         key_freqs = [int(k) for k in res.pop("key_frequencies")]
         for key in ("embed_freq_norms", "neuron_dominant_freq", "neuron_frac_explained", "logit_freq_norms",
                     "logit_freq_frac", "sparsity", "sparsity_logits", "key_freq_mask", "input_freq_norms"):
@@ -277,25 +504,62 @@ def analyze(
             tensors[f"progress/{key}"] = res[key]
         if maybe_circles:
             frac = res["neuron_frac_explained"][-1]
-            want_circles = bool(frac.numel()) and float(frac.mean()) >= circle_min_frac
-            records["circles_rule"] = {"mean_frac_explained_last": float(frac.mean()), "min": circle_min_frac}
+            mean_frac = float(frac.mean()) if frac.numel() else float("nan")
+            # NaN weights (a diverged run) give a NaN fraction: no circles, said so in the records
+            want_circles = bool(frac.numel()) and math.isfinite(mean_frac) and mean_frac >= circle_min_frac
+            records["circles_rule"] = {"mean_frac_explained_last": mean_frac, "min": circle_min_frac}
         if want_circles:
             circ = circles_from_coefficients(res["circle_freq"], res["circle_cos"], res["circle_sin"])
             for key, value in circ.items():
                 tensors[f"circles/{key}"] = value
         records["key_frequencies"] = key_freqs
-        metrics = _metrics_for_events(run, lambda: res, steps)
-        events = detect_events(metrics)
+        metrics = _metrics_for_events(run, lambda: {k: res[k] for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
+                                      steps)
+        events = detect_events(metrics, rule=phase_rule)
         extra = modular_events(steps, res, res["key_freq_mask"], key_freqs, p=config.task.p)
         events.extra.update(extra)
+    diverged = _diverged(run, tensors)
+    if diverged:
+        records["diverged"] = diverged
+    records["run"] = {
+        "name": config.name,
+        "model": config.model.kind,
+        "n_checkpoints": int(steps.shape[0]),
+        "first_step": int(steps[0]),
+        "last_step": int(steps[-1]),
+        "path": str(run.path) if run is not None else None,
+    }
+    records["config"] = config.to_dict()
     records["events"] = events.to_dict()
-    records["summary"] = _summary(config, traj, events, tensors, records)
+    records["summary"] = _summary(config, steps, events, tensors, records)
     timings["total"] = time.perf_counter() - t_start
     records["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     result = Analysis(steps, tensors, records, run.path if run is not None else None, timings)
     if save and run is not None:
         result.save(run.path)
     return result
+
+
+def _try_trajectory(run: Run, step: int) -> Trajectory | None:
+    try:
+        return run.trajectory([step], errors="warn")
+    except StoreError:
+        return None
+
+
+def _diverged(run: Run | None, tensors: dict[str, torch.Tensor]) -> str | None:
+    """A one-line note when the run diverged (non-finite logged loss or weights), else None."""
+    if run is not None:
+        m = run.metrics()
+        for key in ("train_loss", "weight_norm"):
+            col = m.get(key)
+            if col is not None and col.size and not np.isfinite(col).all():
+                bad = np.nonzero(~np.isfinite(col))[0][0]
+                return f"the run diverged: {key} is not finite from step {int(m['step'][bad]):,}"
+    for key in ("progress/sum_sq_weights", "bits/weight_norm"):
+        if key in tensors and not torch.isfinite(tensors[key]).all():
+            return "the run diverged: non-finite weights in its checkpoints"
+    return None
 
 
 @torch.no_grad()
@@ -315,15 +579,21 @@ def _fmt(step: int | None) -> str:
     return "never" if step is None else f"{step:,}"
 
 
-def _summary(config, traj: Trajectory, events: GrokEvents, tensors: dict[str, torch.Tensor], records: dict[str, Any]) -> str:
+def _summary(config, steps: torch.Tensor, events: GrokEvents, tensors: dict[str, torch.Tensor], records: dict[str, Any]) -> str:
+    name = config.name if len(config.name) <= 80 else config.name[:77] + "..."
     head = (
-        f"{config.name} ({config.model.kind}, "
+        f"{name} ({config.model.kind}, "
         + (f"{config.task.n_bits}-bit parity" if config.task.kind == "parity" else f"{config.task.op} mod {config.task.p}")
-        + f"; {len(traj)} checkpoints to step {int(traj.steps[-1]):,}): {events.describe()}."
+        + f"; {len(steps)} checkpoints to step {int(steps[-1]):,}): {events.describe()}."
     )
     x = events.extra
     parts = [head]
-    if config.task.kind == "parity":
+    if records.get("diverged"):
+        parts.append(records["diverged"][0].upper() + records["diverged"][1:] + ": the probes below read non-finite weights.")
+    if config.task.kind == "parity" and "bits/irrelevant_weight_ratio" not in tensors:
+        parts.append(f"Relevant bits {x['relevant_bits']}: every bit is relevant, so there is nothing to prune and the "
+                     "irrelevant-bit measures (pruning, flip sensitivity, prune-now check) are undefined.")
+    elif config.task.kind == "parity":
         ratio = tensors["bits/irrelevant_weight_ratio"]
         parts.append(f"Relevant bits {x['relevant_bits']}.")
         sens = x["sensitivity_zero_step"]

@@ -13,6 +13,7 @@ PHASE_COLORS = {
     "grokking": "#2ca02c",
     "memorisation": "#ff7f0e",
     "confusion": "#d62728",
+    "unknown": "#9e9e9e",  # not enough evidence for a phase (probes.events)
 }
 EVENT_STYLE = {
     "memorised_step": ("memorised", "#ff7f0e"),

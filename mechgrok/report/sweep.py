@@ -31,7 +31,7 @@ _OUTCOME = {
     "pruned_step", "seed", "member", "index", "id", "run_dir", "path", "steps", "status", "seconds", "name",
     "stopped_early", "stopped_step", "final_train_loss", "final_test_loss", "final_weight_norm",
 }
-_PHASE_ORDER = ("comprehension", "grokking", "memorisation", "confusion")
+_PHASE_ORDER = ("comprehension", "grokking", "memorisation", "confusion", "unknown")
 
 
 def _columns(table: Any) -> dict[str, np.ndarray]:
