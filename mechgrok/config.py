@@ -168,6 +168,10 @@ class TaskConfig:
     """Parity: size of the held-out test set (strings not in the training set)."""
     seed: int = 0
     """Seed of the data split / the random strings (independent of the model seed)."""
+    split: Literal["torch", "numpy"] = "torch"
+    """Modular: how the table is split. ``torch``: ``torch.randperm`` with a generator seeded by
+    ``seed``, ``round(train_fraction * n)`` training examples; ``numpy``: PAIR's notebooks,
+    ``np.random.seed(seed); np.random.permutation(n)`` and ``int(train_fraction * n)`` (floor)."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -240,9 +244,24 @@ class ModelConfig:
     """cossin_mlp: the frequency k of the fixed (cos 2 pi k a / p, sin 2 pi k a / p) embedding."""
     init_scale: float = 1.0
     """Multiplier on every parameter's initial values (larger -> later grokking)."""
+    init: Literal["default", "pair"] = "default"
+    """Initialisers. ``default``: normal, std 1/sqrt(d) (see models.py). ``pair``: haiku's, as in
+    PAIR's notebooks (MLP families only): embeddings (``W_E``, an untied ``W_U``)
+    ``VarianceScaling(2.0)`` = truncated normal with std sqrt(2 / fan_in) (fan_in = rows), linear
+    weights (``W_in``, ``W_out``) ``hk.Linear``'s truncated normal with parameter
+    1/sqrt(fan_in); both cut at +-2 parameters; biases 0."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Parameters and forward/backward arithmetic. PAIR's notebooks enable JAX's x64 mode, so
+    their MLP layers and logits are float64."""
+    embed_norm: Literal["rows", "columns"] = "rows"
+    """cossin_mlp: scale of the fixed embedding. ``rows``: each token's (cos, sin) is a unit
+    vector; ``columns``: the cos and sin columns each have unit norm over the p tokens (PAIR's
+    ``gen_fixed_embed``; rows then have length sqrt(2/p))."""
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.init == "pair" and self.kind not in ("mlp", "cossin_mlp", "parity_mlp"):
+            _fail("model", "init", f"'pair' (haiku's initialisers) applies to the MLP families, not {self.kind!r}")
         for name in ("d_model", "d_mlp", "n_heads", "d_head"):
             if getattr(self, name) < 1:
                 _fail("model", name, f"must be >= 1, got {getattr(self, name)}")
@@ -283,6 +302,10 @@ class OptimConfig:
     """Grokfast amplification lambda (>= 0): g <- g + lambda * EMA_alpha(g); 0 = off."""
     batch_size: int = 0
     """Minibatch size; 0 = full batch."""
+    loss_reduction: Literal["mean", "mean_classes"] = "mean"
+    """``mean``: cross-entropy averaged over the batch; ``mean_classes``: also divided by the
+    number of logits, PAIR's ``-mean(onehot * log_softmax)`` (a 1/p smaller loss and gradient,
+    which changes AdamW's effective epsilon). Logged losses are the objective as reduced."""
 
     def __post_init__(self) -> None:
         check_types(self)

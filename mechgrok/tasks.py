@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .config import TaskConfig
@@ -137,8 +138,15 @@ def make_dataset(task: TaskConfig) -> Dataset:
     gen = torch.Generator().manual_seed(task.seed)
     if task.kind == "modular":
         a, b, y = modular_table(task)
-        perm = torch.randperm(a.shape[0], generator=gen)
-        n_train = max(1, int(round(task.train_fraction * a.shape[0])))
+        n = a.shape[0]
+        if task.split == "numpy":
+            # PAIR's notebooks: np.random.seed(seed); np.random.permutation(n); int(frac * n).
+            # RandomState(seed) is the generator np.random.seed re-seeds, so the order is theirs.
+            perm = torch.from_numpy(np.random.RandomState(task.seed).permutation(n))
+            n_train = max(1, int(task.train_fraction * n))
+        else:
+            perm = torch.randperm(n, generator=gen)
+            n_train = max(1, int(round(task.train_fraction * n)))
         tr, te = perm[:n_train], perm[n_train:]
         x = encode_pairs(a, b, task)
         ab = torch.stack([a, b], dim=-1)

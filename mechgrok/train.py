@@ -33,11 +33,15 @@ __all__ = [
 ]
 
 
-def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_and_accuracy(
+    logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean loss and accuracy. One logit: BCE; several: cross-entropy.
 
     The log-softmax runs in float64: near 100% train accuracy float32 log-probs round to 0 and the
     loss (and its gradient) stalls - the "slingshot" artefacts of low-precision losses.
+    ``reduction`` is ``optim.loss_reduction``: ``mean_classes`` also divides by the number of
+    logits (PAIR's ``-mean(onehot * log_softmax)`` over batch and classes; one logit: unchanged).
     """
     if logits.shape[-1] == 1:
         z = logits[..., 0].double()
@@ -46,6 +50,8 @@ def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tens
     else:
         loss = F.cross_entropy(logits.double(), y)
         acc = (logits.argmax(-1) == y).double().mean()
+        if reduction == "mean_classes":
+            loss = loss / logits.shape[-1]
     return loss, acc
 
 
@@ -217,7 +223,7 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
         if x.shape[0] == 0:
             return float("nan"), float("nan")
         with torch.no_grad():
-            loss, acc = loss_and_accuracy(model(x), y)
+            loss, acc = loss_and_accuracy(model(x), y, oc.loss_reduction)
         return float(loss), float(acc)
 
     def log(step: int, train_loss: float, train_acc: float) -> dict[str, Any]:
@@ -244,7 +250,7 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
         else:
             idx = torch.randint(0, n_train, (oc.batch_size,), generator=gen).to(device)
             x, y = data.train_x[idx], data.train_y[idx]
-        loss, acc = loss_and_accuracy(model(x), y)
+        loss, acc = loss_and_accuracy(model(x), y, oc.loss_reduction)
         if full_batch:
             row = log(step, loss.item(), acc.item())
         elif step % tc.eval_every == 0:

@@ -84,6 +84,33 @@ def test_batched_equals_single_parity_bce_and_cossin(tiny_parity):
     _check(_per_member(cossin, [{"train.seed": 0}, {"train.seed": 1, "optim.lr": 3e-3}]))
 
 
+PAIR_OPTIONS = {"model.init": "pair", "model.dtype": "float64", "optim.loss_reduction": "mean_classes", "task.split": "numpy"}
+
+
+@pytest.mark.parametrize("engine", ["fused", "vmap"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_batched_equals_single_pair_options(tiny_modadd, tiny_parity, engine, dtype):
+    """PAIR's options (haiku initialisers, loss over batch and classes, numpy split, float64) in
+    the engine's fused and vmap paths: the single trainer's trajectories (float64: to 1e-10)."""
+    opts = {**PAIR_OPTIONS, "model.dtype": dtype}
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else {}
+    variants = [{"train.seed": 0, "task.seed": 5}, {"train.seed": 1, "optim.lr": 3e-3, "optim.l1": 1e-3, "task.seed": 6}]
+    cfgs = [
+        tiny_modadd.with_overrides({**opts, "train.eval_every": 3}),
+        tiny_modadd.with_overrides({**opts, "model.tied_embed": False, "model.bias": True, "train.steps": 30}),
+        preset("modadd-cossin5").with_overrides({**opts, "task.p": 11, "train.steps": 40, "train.eval_every": 5,
+                                                  "model.embed_norm": "columns"}),
+    ]
+    parity = tiny_parity.with_overrides({k: v for k, v in opts.items() if k != "task.split"} | {"train.steps": 40})
+    for base in cfgs + [parity, parity.with_overrides({"model.n_out": 1, "model.bias": False})]:
+        configs = _per_member(base, variants if base.task.kind == "modular" else [{"train.seed": s} for s in (0, 1)])
+        results = train_batch(configs, engine=EngineConfig(engine=engine), progress=False)
+        for cfg, res in zip(configs, results):
+            ref = train(cfg, progress=False)
+            _assert_same(res, ref, **tol)
+            assert next(iter(res.model.state_dict().values())).dtype == getattr(torch, dtype)
+
+
 @pytest.mark.parametrize("bias,n_out,n_bits", [(True, 2, 8), (False, 2, 8), (True, 1, 8), (False, 1, 8), (True, 2, 14), (False, 1, 15)])
 def test_parity_shared_inputs_wide_kernel(tiny_parity, bias, n_out, n_bits):
     """Members sharing one training set go through the wide-GEMM path of the fused parity MLP

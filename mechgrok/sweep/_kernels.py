@@ -52,6 +52,10 @@ class BatchedModel:
 
     name = "base"
     act_floats = 1
+    loss_div = 1.0
+    """``optim.loss_reduction``: 1, or the number of logits for ``mean_classes`` (set by make_model)."""
+    dtype = torch.float32
+    """``model.dtype`` of the parameters; prepared inputs are made in it (set by make_model)."""
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -77,7 +81,7 @@ class BatchedModel:
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
             logits = self(leaves, x, shared)
-        loss, acc, g = ce_loss_grad(logits, y, mask, count)
+        loss, acc, g = ce_loss_grad(logits, y, mask, count, div=self.loss_div)
         names = list(leaves)
         grads = torch.autograd.grad(logits, [leaves[k] for k in names], g, allow_unused=True)
         return loss, acc, {k: gr if gr is not None else torch.zeros_like(leaves[k]) for k, gr in zip(names, grads)}
@@ -92,7 +96,7 @@ class BatchedModel:
         count: torch.Tensor,
         shared: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, acc, _ = ce_loss_grad(self(params, x, shared), y, mask, count, want_grad=False)
+        loss, acc, _ = ce_loss_grad(self(params, x, shared), y, mask, count, want_grad=False, div=self.loss_div)
         return loss, acc
 
 
@@ -120,7 +124,7 @@ class _FusedModular(BatchedModel):
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         # one-hot counts of the two operands: S @ h == h[a] + h[b] exactly (sums of zeros)
         a, b = x[..., 0], x[..., 1]
-        return F.one_hot(a, self.p).float() + F.one_hot(b, self.p).float()  # [(c,) n, p]
+        return F.one_hot(a, self.p).to(self.dtype) + F.one_hot(b, self.p).to(self.dtype)  # [(c,) n, p]
 
     def __call__(self, params: dict[str, torch.Tensor], S: torch.Tensor, shared: bool) -> torch.Tensor:
         W_in = params["blocks.0.mlp.W_in"]  # [c, d, m]
@@ -167,7 +171,7 @@ class _FusedModular(BatchedModel):
             h, u_t = hu[..., :m], hu[..., m:]
             post = torch.matmul(S, h).relu_()  # [c, n, m]
             logits = torch.bmm(post, u_t.transpose(1, 2))  # [c, n, p]
-            loss, acc, g = ce_loss_grad(logits, y, mask, count)  # g [c, n, p]
+            loss, acc, g = ce_loss_grad(logits, y, mask, count, div=self.loss_div)  # g [c, n, p]
             g_ut = torch.bmm(g.transpose(1, 2), post)  # dL/dU^T [c, p, m]
             g_post = torch.bmm(g, u_t)  # [c, n, m]
             g_pre = g_post.mul_(post.sign_())  # ReLU derivative: post >= 0, so sign is 0/1
@@ -213,6 +217,7 @@ class _FusedParity(BatchedModel):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         # a constant-1 column so that b_in rides in the matmuls (forward and backward), and the pad
+        x = x.to(self.dtype)  # the bits are exact in any float type
         cols = [x] + ([x.new_ones(x.shape[:-1] + (1,))] if self.bias else [])
         return torch.cat(cols + [x.new_zeros(x.shape[:-1] + (self.pad,))], dim=-1) if len(cols) + self.pad > 1 else x
 
@@ -252,8 +257,8 @@ class _FusedParity(BatchedModel):
             if self.bias:
                 b_out = params["blocks.0.mlp.b_out"]
                 d += (b_out[:, 1] - b_out[:, 0] if self.n_out == 2 else b_out[:, 0])[:, None]
-            loss, acc = _binary_metrics(d, y, mask, count) if metrics else (None, None)
-            g_d = _binary_grad(d, y, mask, count)  # [c, n]
+            loss, acc = _binary_metrics(d, y, mask, count, self.loss_div) if metrics else (None, None)
+            g_d = _binary_grad(d, y, mask, count, self.loss_div)  # [c, n]
             # dL/dW[k, j] = sum_n x[n, k] g_d[n] w_d[j] [post[n, j] > 0]
             #            = w_d[j] * (x^T @ (g_d [post > 0]))[k, j]: the ReLU mask times g_d is one
             #              [n, m] tensor per member, and w_d is applied to the small [k, m] result
@@ -285,28 +290,30 @@ class _FusedParity(BatchedModel):
         return loss, acc, grads
 
 
-def _binary_grad(d: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, count: torch.Tensor) -> torch.Tensor:
-    """d(mean BCE)/d(d) for a logit difference ``d [c, n]``, computed in float64, returned in d's dtype.
+def _binary_grad(
+    d: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, count: torch.Tensor, div: float = 1.0
+) -> torch.Tensor:
+    """d(mean BCE / div)/d(d) for a logit difference ``d [c, n]``, computed in float64, returned in d's dtype.
 
     ``sigmoid(d) - y = -s sigmoid(-s d)`` with ``s = 2y - 1``: the sign flip is exact and the
     sigmoid of a large margin is a tiny number computed directly (no ``1 - p`` cancellation).
     (float64 because torch's float32 ``sigmoid`` is not bitwise reproducible across tensor
     layouts here: a member's trajectory must not depend on its neighbours in the chunk.)
     """
-    z = d.double()
+    z = d.to(torch.float64, copy=True)  # a copy for float64 d too: edited in place below
     if y.dim() == 2 and y.stride(0) == 0:
         y = y[:1]  # labels shared by the chunk (an expanded row): one row, broadcast below
     neg = y.to(z.dtype).mul_(-2).add_(1)  # -(2y - 1)
     g = z.mul_(neg).sigmoid_().mul_(neg)
-    n = count.to(z.dtype)
+    n = count.to(z.dtype) * div
     g.mul_(mask.to(z.dtype) / n[:, None] if mask is not None else (1.0 / n)[:, None])
     return g.to(d.dtype)
 
 
 def _binary_metrics(
-    d: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, count: torch.Tensor
+    d: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, count: torch.Tensor, div: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean BCE (float64, like the single trainer's loss) and accuracy of a logit difference."""
+    """Mean BCE / div (float64, like the single trainer's loss) and accuracy of a logit difference."""
     t = d.double() * y.double().mul_(2).sub_(1)  # the margin (2y - 1) d
     nll = F.logsigmoid(t).neg_()
     correct = (d > 0).long() == y  # two logits: argmax picks 1 only if z1 > z0
@@ -314,7 +321,7 @@ def _binary_metrics(
     if mask is not None:
         nll = nll * mask
         correct = correct & mask
-    return nll.sum(1) / n, correct.sum(1).double() / n
+    return nll.sum(1) / n / div, correct.sum(1).double() / n
 
 
 class _FusedRecurrent(BatchedModel):
@@ -398,6 +405,14 @@ class _LoopForward(BatchedModel):
 
 def make_model(config: RunConfig, model: torch.nn.Module, engine: str) -> BatchedModel:
     """The batched forward for ``config``'s model family; ``engine`` is auto/fused/vmap/loop."""
+    batched = _make_model(config, model, engine)
+    batched.dtype = torch.float64 if config.model.dtype == "float64" else torch.float32
+    k = model.cfg.d_vocab_out  # logits per example
+    batched.loss_div = float(k) if config.optim.loss_reduction == "mean_classes" and k > 1 else 1.0
+    return batched
+
+
+def _make_model(config: RunConfig, model: torch.nn.Module, engine: str) -> BatchedModel:
     kind = config.model.kind
     if engine == "auto":
         engine = "fused" if kind in AUTO_FUSED_KINDS else "vmap" if kind in VMAP_KINDS else "loop"
@@ -423,7 +438,12 @@ def make_model(config: RunConfig, model: torch.nn.Module, engine: str) -> Batche
 
 
 def ce_loss_grad(
-    logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, count: torch.Tensor, want_grad: bool = True
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor | None,
+    count: torch.Tensor,
+    want_grad: bool = True,
+    div: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-member mean loss, accuracy and d(loss)/d(logits), as :func:`mechgrok.train.loss_and_accuracy`.
 
@@ -431,16 +451,20 @@ def ce_loss_grad(
     ``count [c]`` real rows per member. One logit: BCE; several: cross-entropy. The softmax runs
     in float64 like the single trainer's loss (near 100% train accuracy float32 log-probs round to
     0 and the gradient stalls); the gradient is cast to the logits' dtype only at the end, as
-    autograd does when it flows back through ``logits.double()``.
+    autograd does when it flows back through ``logits.double()``. ``div`` divides the loss and its
+    gradient (``optim.loss_reduction="mean_classes"``: the number of logits; 1 for one logit).
     """
     if logits.shape[-1] == 1:
         d = logits.detach()[..., 0]
-        loss, acc = _binary_metrics(d, y, mask, count)
-        return loss, acc, (_binary_grad(d, y, mask, count)[..., None] if want_grad else None)
+        loss, acc = _binary_metrics(d, y, mask, count, div)
+        return loss, acc, (_binary_grad(d, y, mask, count, div)[..., None] if want_grad else None)
     z = logits.detach()
     n = count.to(torch.float64)
     zmax = z.amax(-1, keepdim=True)  # [c, n, 1]
-    zd = z.double().sub_(zmax)  # exact: a difference of two float32 values fits a float64
+    # a copy even when the logits are float64 already (model.dtype): the in-place ops below must
+    # not overwrite z, which the tie check reads. Exact for float32 logits: a difference of two
+    # float32 values fits a float64
+    zd = z.to(torch.float64, copy=True).sub_(zmax)
     zy = zd.gather(-1, y[..., None])[..., 0]  # <= 0; == 0 where the label is a maximum
     s = zd.exp_().sum(-1)  # in place: zd now holds exp(z - max); s >= 1
     nll = s.log().sub_(zy)
@@ -453,12 +477,12 @@ def ce_loss_grad(
         ties[maybe] = (z[maybe] == zmax[maybe]).sum(-1) > 1
         correct[ties] = z[ties].argmax(-1) == y[ties]
     if mask is not None:
-        w = mask.to(torch.float64) / n[:, None]  # [c, n]
+        w = mask.to(torch.float64) / (n * div)[:, None]  # [c, n]
         nll = nll * mask
         correct = correct & mask
     else:
-        w = (1.0 / n)[:, None].expand_as(nll)
-    loss = nll.sum(1) / n
+        w = (1.0 / (n * div))[:, None].expand_as(nll)
+    loss = nll.sum(1) / n / div  # the single trainer's order: the batch mean, then / div
     acc = correct.sum(1).double() / n  # count / n exactly, so 100% is exactly 1.0
     g = None
     if want_grad:
@@ -506,7 +530,8 @@ def adamw_step(
         col = lambda v, p: v  # noqa: E731
     else:
         dev = params[0].device
-        decay, neg_step, bc2 = (torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32).to(dev) for a in scalars)
+        # a Python scalar takes the tensor's dtype in torch's kernels: float32, or float64 params
+        decay, neg_step, bc2 = (torch.from_numpy(np.ascontiguousarray(a)).to(params[0].dtype).to(dev) for a in scalars)
         col = lambda v, p: v.view((-1,) + (1,) * (p.dim() - 1))  # noqa: E731
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
         p.mul_(col(decay, p))

@@ -116,7 +116,7 @@ class EngineConfig:
 GROUP_FIELDS = {
     "task": ("kind", "p", "op", "pairs", "format", "n_bits"),
     "model": None,  # all of it: one architecture per batch
-    "optim": ("betas", "eps", "grad_clip", "grokfast_alpha", "grokfast_lambda", "batch_size"),
+    "optim": ("betas", "eps", "grad_clip", "grokfast_alpha", "grokfast_lambda", "batch_size", "loss_reduction"),
     "train": ("device",),
 }
 
@@ -614,9 +614,9 @@ class _Pool:
         snapshot = self._snapshot(stopping) if stopping else None
         l1c = l1[s0:s1]
         if (l1c > 0).any():
-            coef = torch.from_numpy(np.ascontiguousarray(l1c)).to(torch.float32).to(self.device)
+            coef = torch.from_numpy(np.ascontiguousarray(l1c)).to(P[0].dtype).to(self.device)
             for p, g in zip(P, G):
-                # d/dp of l1 * |p| as autograd computes it: float32(l1) * sign(p)
+                # d/dp of l1 * |p| as autograd computes it: l1 in the parameters' dtype * sign(p)
                 g.add_(coef.view((-1,) + (1,) * (g.dim() - 1)) * p.sign())
         if self.grokfast:
             self._grokfast(s0, s1, G)
