@@ -15,6 +15,7 @@ returns a copy.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import math
 import typing
@@ -40,8 +41,41 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message is one line naming the field."""
 
 
+# Hard bounds checked before anything is computed from a value; sizes below them are judged by
+# the run's resource estimate (RunConfig.resources) against train.max_memory_gb / max_disk_gb.
+MAX_P = 1 << 20
+"""Largest modulus ``task.p`` (the full table has p^2 = 10^12 rows there)."""
+MAX_BITS = 1 << 20
+"""Largest ``task.n_bits``."""
+MAX_SEED = (1 << 53) - 1
+"""Largest seed: config.json stores numbers as JSON, which many readers parse as float64, exact
+only up to 2^53 (and torch's generators take at most 2^64 - 1)."""
+MAX_LOG_CHECKPOINTS = 100_000
+"""Largest ``train.log_checkpoints``."""
+MAX_NAME = 128
+"""Longest run name (it becomes a folder name: most file systems allow 255 bytes)."""
+
+
 def _fail(owner: str, name: str, msg: str) -> None:
-    raise ConfigError(f"{owner}.{name}: {msg}")
+    raise ConfigError(_one_line(f"{owner}.{name}: {msg}"))
+
+
+def _one_line(msg: str, limit: int = 300) -> str:
+    """``msg`` on one line and at most ``limit`` characters: a hostile value (a 100 KB name, a
+    deeply nested list) must not turn the error itself into a wall of text."""
+    msg = " ".join(msg.split())
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as an int when it is one (or an integral float, as JSON may write it); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def check_types(obj: Any) -> None:
@@ -69,10 +103,32 @@ def check_types(obj: Any) -> None:
             ok = True
         elif origin is tuple:
             ok = isinstance(value, (tuple, list))
+            args = typing.get_args(hint)
+            if ok and args and all(a in (int, float) for a in args if a is not Ellipsis):
+                # flat numeric tuples (betas, relevant_bits): each element must be a number of
+                # the field's type; int() / float() of a string or of 1.5 would pass silently
+                elem = args[0]
+                if len(args) != 2 or args[1] is not Ellipsis:
+                    if len(value) != len(args):
+                        _fail(owner, f.name, f"expected {len(args)} values, got {value!r}")
+                conv = []
+                for v in value:
+                    c = _as_int(v) if elem is int else (
+                        float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
+                    if c is None:
+                        kind = "integers" if elem is int else "numbers"
+                        _fail(owner, f.name, f"expected {kind}, got {list(value)!r}")
+                    conv.append(c)
+                object.__setattr__(obj, f.name, tuple(conv))
         else:
             ok = True
         if not ok:
             _fail(owner, f.name, f"expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _check_seed(owner: str, seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        _fail(owner, "seed", f"must be in [0, 2^53 - 1] (exact in JSON), got {seed}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,9 +232,14 @@ class TaskConfig:
     def __post_init__(self) -> None:
         check_types(self)
         object.__setattr__(self, "relevant_bits", tuple(int(b) for b in self.relevant_bits))
+        _check_seed("task", self.seed)
         if self.kind == "modular":
             if self.p < 2:
                 _fail("task", "p", f"must be >= 2, got {self.p}")
+            # hard bounds before anything loops over p (the primality test) or 2^n_bits; what
+            # fits below them is judged by RunConfig's memory estimate (train.max_memory_gb)
+            if self.p > MAX_P:
+                _fail("task", "p", f"must be <= {MAX_P:,} (the p^2 table would not fit), got {self.p:,}")
             if self.op == "div" and any(self.p % d == 0 for d in range(2, int(self.p**0.5) + 1)):
                 _fail("task", "p", f"op 'div' needs a prime modulus, got {self.p}")
             if not (0.0 < self.train_fraction <= 1.0):
@@ -188,6 +249,8 @@ class TaskConfig:
         else:
             if self.n_bits < 1:
                 _fail("task", "n_bits", f"must be >= 1, got {self.n_bits}")
+            if self.n_bits > MAX_BITS:
+                _fail("task", "n_bits", f"must be <= {MAX_BITS:,}, got {self.n_bits:,}")
             if not self.relevant_bits:
                 _fail("task", "relevant_bits", "must name at least one bit")
             if len(set(self.relevant_bits)) != len(self.relevant_bits):
@@ -314,8 +377,8 @@ class OptimConfig:
         if len(self.betas) != 2 or not all(0 <= float(b) < 1 for b in self.betas):
             _fail("optim", "betas", f"must be two values in [0, 1), got {list(self.betas)}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if not self.eps > 0:
-            _fail("optim", "eps", f"must be > 0, got {self.eps}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            _fail("optim", "eps", f"must be finite and > 0, got {self.eps}")
         for name in ("weight_decay", "l1", "grad_clip", "grokfast_lambda"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
@@ -359,28 +422,53 @@ class TrainConfig:
     """Save optimiser + RNG state every this many steps (and at the end)."""
     device: str = "cpu"
     """torch device for training ('cpu', 'cuda', 'cuda:0', ...)."""
+    max_memory_gb: float = 16.0
+    """Refuse a config whose estimated peak memory (parameters, optimiser state, dataset,
+    activations of a full batch; :meth:`RunConfig.resources`) exceeds this many GB; 0 = no limit.
+    A guard against typos such as p=100000, not a measurement: raise it for large models."""
+    max_disk_gb: float = 64.0
+    """Refuse a config whose run folder (checkpoints, metrics rows, resume state) would exceed
+    this many GB; 0 = no limit."""
 
     def __post_init__(self) -> None:
         check_types(self)
         if self.steps < 1:
             _fail("train", "steps", f"must be >= 1, got {self.steps}")
+        _check_seed("train", self.seed)
         for name in ("eval_every", "checkpoint_every", "resume_every"):
             if getattr(self, name) < 1:
                 _fail("train", name, f"must be >= 1, got {getattr(self, name)}")
-        if self.log_checkpoints < 0:
-            _fail("train", "log_checkpoints", f"must be >= 0, got {self.log_checkpoints}")
+        if not 0 <= self.log_checkpoints <= MAX_LOG_CHECKPOINTS:
+            _fail("train", "log_checkpoints", f"must be in [0, {MAX_LOG_CHECKPOINTS:,}], got {self.log_checkpoints}")
+        for name in ("max_memory_gb", "max_disk_gb"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                _fail("train", name, f"must be finite and >= 0 (0 = no limit), got {v}")
 
-    def checkpoint_steps(self) -> list[int]:
-        """Steps at which parameters are saved: 0, log-spaced early steps, every N, and the last."""
-        steps = {0, self.steps}
-        steps.update(range(0, self.steps + 1, self.checkpoint_every))
+    def _log_steps(self) -> set[int]:
+        steps = set()
         if self.log_checkpoints:
             top = math.log(max(self.checkpoint_every * 10, 2))
             for i in range(self.log_checkpoints):
                 s = int(round(math.exp(top * (i + 1) / self.log_checkpoints)))
                 if s <= self.steps:
                     steps.add(s)
-        return sorted(steps)
+        return steps
+
+    @property
+    def n_checkpoints(self) -> int:
+        """How many checkpoints :meth:`checkpoint_steps` names, counted without listing them
+        (validation must not materialise ``range(steps)`` for a hostile ``steps=1e12``)."""
+        extra = {s for s in self._log_steps() | {self.steps} if s % self.checkpoint_every}
+        return self.steps // self.checkpoint_every + 1 + len(extra)
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps at which parameters are saved: 0, log-spaced early steps, every N, and the last.
+
+        A list of :attr:`n_checkpoints` steps, which :class:`RunConfig` bounds through
+        ``max_disk_gb`` before anything calls this."""
+        extra = sorted(s for s in self._log_steps() | {self.steps} if s % self.checkpoint_every)
+        return list(heapq.merge(range(0, self.steps + 1, self.checkpoint_every), extra))
 
 
 SECTIONS: dict[str, type] = {
@@ -428,6 +516,73 @@ class RunConfig:
                 raise ConfigError(f"model.frequency: must be in [1, {self.task.p // 2}] for p={self.task.p}")
         if self.optim.batch_size and self.optim.batch_size > 10**9:
             raise ConfigError("optim.batch_size: too large")
+        _check_name(self.name)
+        self._check_resources()
+
+    # -- size ----------------------------------------------------------------------------------
+    def resources(self) -> dict[str, float]:
+        """A rough, generous estimate of what training this config takes, computed from the
+        sizes alone (nothing is allocated): ``params`` (count), ``memory_bytes`` (peak: parameters,
+        gradients, AdamW and Grokfast state, the dataset, a batch's activations forward and
+        backward), ``checkpoints`` (count), ``disk_bytes`` (checkpoints, one metrics row per
+        step, resume state) and ``examples`` (dataset rows)."""
+        t, m, o, tr = self.task, self.model, self.optim, self.train
+        d, h = m.d_model, m.d_mlp
+        if t.kind == "parity":
+            n_in = t.n_bits + 1  # the bias column
+            params = n_in * h + h * m.n_out + h + m.n_out
+            per_example = n_in + 3 * h + 2 * m.n_out  # activations (floats) of one example
+            n_train, n_test = t.n_train, t.n_test
+            # int64 bits; generation draws ~2x the strings and torch.unique copies them
+            data = (n_train + n_test) * t.n_bits * 8 * 4
+        else:
+            p = t.p
+            n_ctx = {"pairs": 2, "equals": 3, "sequence": 6}[t.format]
+            vocab = p + 8
+            if m.kind == "mlp":
+                params = vocab * d + 2 * d * h + h + d + d * p
+                per_example = n_ctx * d + 3 * h + 2 * p
+            elif m.kind == "cossin_mlp":
+                params = 4 * h + h * p + h + p
+                per_example = 4 + 3 * h + 2 * p
+            elif m.kind == "transformer":
+                params = vocab * d + n_ctx * d + 4 * m.n_heads * d * m.d_head + 2 * d * h + h + d + d * p
+                per_example = n_ctx * (4 * d + m.n_heads * (3 * m.d_head + n_ctx)) + 3 * h + 2 * p
+            else:  # rnn / lstm
+                gates = 4 if m.kind == "lstm" else 1
+                params = vocab * d + gates * (2 * d * d + 2 * d) + d * p + p
+                per_example = n_ctx * (gates + 2) * d + 2 * p
+            n_train = max(1, round(t.n_examples * t.train_fraction))
+            n_test = t.n_examples - n_train
+            data = t.n_examples * (n_ctx + 3) * 8 * 2  # inputs, labels, operands; table + split
+        width = 8 if getattr(m, "dtype", "float32") == "float64" else 4
+        batch = o.batch_size if 0 < o.batch_size < n_train else n_train
+        # parameters, gradients, two AdamW moments, Grokfast EMA, a checkpoint copy
+        state = params * width * 6
+        # backward keeps the forward activations and builds as many gradients; evaluation runs
+        # the test set (and the train set) without them
+        activations = max(3 * batch, n_test, n_train) * per_example * width
+        n_ckpt = tr.n_checkpoints
+        disk = n_ckpt * params * width + tr.steps * 160 + 4 * params * width
+        return {"params": params, "memory_bytes": state + data + activations, "checkpoints": n_ckpt,
+                "disk_bytes": disk, "examples": n_train + n_test}
+
+    def _check_resources(self) -> None:
+        r = self.resources()
+        tr = self.train
+        if tr.max_memory_gb and r["memory_bytes"] > tr.max_memory_gb * 1e9:
+            raise ConfigError(
+                f"train.max_memory_gb: training this config needs ~{_gb(r['memory_bytes'])} "
+                f"({r['params']:,} parameters, {r['examples']:,} examples), over the limit of "
+                f"{tr.max_memory_gb:g} GB; shrink the model / data or raise train.max_memory_gb"
+            )
+        if tr.max_disk_gb and r["disk_bytes"] > tr.max_disk_gb * 1e9:
+            raise ConfigError(
+                f"train.max_disk_gb: the run folder would take ~{_gb(r['disk_bytes'])} "
+                f"({r['checkpoints']:,} checkpoints of {r['params']:,} parameters, metrics for "
+                f"{tr.steps:,} steps), over the limit of {tr.max_disk_gb:g} GB; raise "
+                f"train.checkpoint_every, lower train.steps or raise train.max_disk_gb"
+            )
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -443,7 +598,7 @@ class RunConfig:
         unknown = set(data) - {"name", *SECTIONS}
         if unknown:
             raise ConfigError(f"config: unknown section(s) {sorted(unknown)}; allowed: name, {', '.join(SECTIONS)}")
-        kwargs: dict[str, Any] = {"name": str(data.get("name", "run"))}
+        kwargs: dict[str, Any] = {"name": data.get("name", "run")}
         for section, section_cls in SECTIONS.items():
             values = data.get(section, {})
             if not isinstance(values, dict):
@@ -460,11 +615,7 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config: invalid JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(load_json_text(text, "config"))
 
     # -- overrides -----------------------------------------------------------------------------
     def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
@@ -483,6 +634,40 @@ class RunConfig:
             base = data[section].get("weight_decay" if name == "wd_schedule" else "l1", 0.0)
             data[section][name] = _coerce(section, name, raw, base)
         return RunConfig.from_dict(data)
+
+
+def load_json_text(text: str | bytes, where: str) -> Any:
+    """``json.loads`` with one-line :class:`ConfigError` s naming ``where`` (a file or 'config')
+    for what a hand-edited or hostile file can hold: invalid or non-UTF-8 text, or nesting so
+    deep that the decoder overflows the stack."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not a text (UTF-8) JSON file") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: JSON nested too deeply") from None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.3g} GB" if n < 1e12 else f"{n / 1e12:,.0f} TB"
+
+
+def _check_name(name: Any) -> None:
+    """A run's name becomes a folder (``checkpoints/NAME``) and a report title: one safe path
+    component, so ``train --config`` cannot be made to write outside ``checkpoints/``."""
+    if not isinstance(name, str):
+        raise ConfigError(_one_line(f"name: expected a string, got {name!r}"))
+    if not name.strip():
+        raise ConfigError("name: must not be empty")
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"name: at most {MAX_NAME} characters, got {len(name):,}")
+    if "/" in name or "\\" in name or name in (".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ConfigError(_one_line(
+            f"name: must be a single folder name (no '/', '\\', control characters, '.' or '..'), got {name!r}"))
 
 
 def resolve_key(key: str) -> tuple[str, str]:
@@ -522,7 +707,16 @@ def _coerce(section: str, name: str, raw: Any, base: float) -> Any:
         if name in ("wd_schedule", "l1_schedule"):
             return parse_schedule(raw, base)
         if typing.get_origin(hint) is tuple:
-            return tuple(json.loads(raw) if raw.startswith("[") else [x for x in raw.split(",") if x])
-    except (ValueError, json.JSONDecodeError):
-        raise ConfigError(f"{section}.{name}: cannot read {raw!r} as {getattr(hint, '__name__', hint)}") from None
+            items = json.loads(raw) if raw.startswith("[") else [x.strip() for x in raw.split(",") if x.strip()]
+            if not isinstance(items, list):
+                raise ValueError
+            # "0.9,0.98" -> floats, "0,1,2" -> ints (an int field refuses "1.5"); a failure names
+            # the field here instead of surfacing as float()'s bare message later
+            elem = typing.get_args(hint)[0]
+            if elem in (int, float):
+                items = [elem(x) if isinstance(x, str) else x for x in items]
+            return tuple(items)
+    except (ValueError, json.JSONDecodeError, RecursionError):
+        what = hint if typing.get_origin(hint) else getattr(hint, "__name__", hint)
+        raise ConfigError(_one_line(f"{section}.{name}: cannot read {raw!r} as {what}")) from None
     return raw
