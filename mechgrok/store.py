@@ -114,21 +114,42 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta
     atomic_write_bytes(path, save(data, metadata=metadata))
 
 
-def library_versions() -> dict[str, str]:
-    import einops
-    import safetensors
-    import transformer_lens
+# record key -> distribution name on the package index (what ``pip install`` takes)
+_VERSIONED_DISTRIBUTIONS = {
+    "torch": "torch", "transformer_lens": "transformer-lens", "numpy": "numpy", "einops": "einops",
+    "safetensors": "safetensors",
+}
 
+
+def _installed_version(distribution: str) -> str:
+    """The installed version from the package metadata, as ``pip`` sees it.
+
+    Reading ``module.__version__`` is not enough: transformer_lens 4.x has no such attribute, so
+    every run used to record ``transformer_lens unknown``. The module attribute is only a fallback
+    for a package used from a source tree without metadata.
+    """
+    import importlib
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        module = importlib.import_module(distribution.replace("-", "_"))
+    except ImportError:
+        return "not installed"
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions stored with every run and sweep: mechgrok, Python, the numerical libraries, OS."""
     from . import __version__
 
     return {
         "mechgrok": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
-        "numpy": np.__version__,
-        "einops": einops.__version__,
-        "safetensors": safetensors.__version__,
+        **{key: _installed_version(dist) for key, dist in _VERSIONED_DISTRIBUTIONS.items()},
         "platform": sys.platform,
     }
 
