@@ -7,6 +7,8 @@ never a traceback.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -36,6 +38,11 @@ def _parse_sets(sets: list[str]) -> dict[str, str]:
 
 def _fmt_step(step) -> str:
     return "never" if step is None else f"{step:,}"
+
+
+def _fmt_num(value, spec: str) -> str:
+    """A summary number; ``None`` (no test set, or a diverged run) prints as "n/a"."""
+    return "n/a" if value is None else format(value, spec)
 
 
 @app.command()
@@ -72,16 +79,17 @@ def train(
         _print_train_summary(result)
         return
     if config is not None:
-        if not config.exists():
-            raise StoreError(f"{config}: no such config file")
-        text = config.read_text()
-        import json
+        from .config import load_json_text
 
+        if not config.is_file():
+            raise StoreError(f"{config}: no such config file")
+        if config.stat().st_size > 1 << 20:  # a config is a few KB; do not read a stray big file
+            raise ConfigError(f"{config}: too large for a config file ({config.stat().st_size:,} bytes)")
+        data = load_json_text(config.read_bytes(), str(config))
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{config}: invalid JSON ({e.msg} at line {e.lineno})") from None
-        cfg = RunConfig.from_dict(data.get("config", data) if isinstance(data, dict) else data)
+            cfg = RunConfig.from_dict(data.get("config", data) if isinstance(data, dict) else data)
+        except ConfigError as e:
+            raise ConfigError(f"{config}: {e}") from None
     elif preset is None:
         raise ConfigError("train: name a preset (see `mechgrok presets`), --config FILE or --resume RUN")
     else:
@@ -100,8 +108,8 @@ def _print_train_summary(result) -> None:
         f"[bold]{name}[/bold]{where}\n"
         f"  100% train accuracy at step {_fmt_step(s['step_train_acc_100'])}, "
         f">= 99% test accuracy at step {_fmt_step(s['step_test_acc_99'])}\n"
-        f"  final: train acc {s['final_train_acc']:.3f}, test acc {s['final_test_acc']:.3f}, "
-        f"test loss {s['final_test_loss']:.3g}, weight norm {s['final_weight_norm']:.1f}\n"
+        f"  final: train acc {_fmt_num(s['final_train_acc'], '.3f')}, test acc {_fmt_num(s['final_test_acc'], '.3f')}, "
+        f"test loss {_fmt_num(s['final_test_loss'], '.3g')}, weight norm {_fmt_num(s['final_weight_norm'], '.1f')}\n"
         f"  {s['steps']:,} steps in {s['seconds']:.1f} s ({s['steps_per_second']:.0f} steps/s)"
         + (f", resumed from step {s['resumed_from']:,}" if s.get("resumed_from") else "")
     )
@@ -113,23 +121,31 @@ def analyze(
     path: Path = typer.Argument(..., help="Run folder, or a progress-measures-paper checkpoint (.pth) to import."),
     max_checkpoints: Optional[int] = typer.Option(None, "--max-checkpoints", help="Analyse at most this many checkpoints, evenly spaced."),
     import_to: Optional[Path] = typer.Option(None, "--import-to", help="Run folder for an imported .pth (default FILE.mechgrok/)."),
+    phase_rule: str = typer.Option("accuracy", "--phase-rule", help="accuracy, or loss (PAIR's sweep rule on the loss curves)."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Checkpoints in memory at once (default: what fits in 256 MB)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Run every probe that applies to a run; save RUN/analysis/ and print a summary."""
     from .probes.analysis import ANALYSIS_FILES
     from .probes.analysis import analyze as run_analyze
 
-    result = run_analyze(path, max_checkpoints=max_checkpoints, import_to=import_to, progress=not quiet)
+    result = run_analyze(path, max_checkpoints=max_checkpoints, import_to=import_to, progress=not quiet,
+                         phase_rule=phase_rule, chunk_size=chunk_size)
     ev = result.events
-    console.print(f"[bold]{result.records['run']['name']}[/bold] -> {result.run_dir / ANALYSIS_FILES['dir']}")
-    console.print(f"  phase: {ev.phase}; memorised at step {_fmt_step(ev.memorised_step)}, "
+    # names are printed, never parsed as markup (a run name may hold [brackets]), and cut to a line
+    name = result.records["run"]["name"]
+    name = name if len(name) <= 80 else name[:77] + "..."
+    console.print(f"{name} -> {result.run_dir / ANALYSIS_FILES['dir']}", markup=False, highlight=False)
+    if result.records.get("diverged"):
+        console.print(f"  {result.records['diverged']}", markup=False, highlight=False)
+    console.print(f"  phase: {ev.phase} ({ev.rule} rule); memorised at step {_fmt_step(ev.memorised_step)}, "
                   f"generalised at step {_fmt_step(ev.generalised_step)}")
     if result.task == "modular":
         console.print(f"  key frequencies: {result.key_frequencies or 'none'}")
     else:
         console.print(f"  pruned at step {_fmt_step(ev.extra.get('pruned_step'))}, irrelevant-bit sensitivity ~0 "
                       f"from step {_fmt_step(ev.extra.get('sensitivity_zero_step'))}")
-    console.print(f"  {result.summary}", soft_wrap=True)
+    console.print(f"  {result.summary}", soft_wrap=True, markup=False, highlight=False)
     console.print(f"  {result.records['run']['n_checkpoints']} checkpoints in {result.timings['total']:.1f} s")
 
 
@@ -141,6 +157,7 @@ def report(
     no_analyze: bool = typer.Option(False, "--no-analyze", help="Do not run the probes when the run has no stored analysis."),
     x: Optional[str] = typer.Option(None, "--x", help="Sweep: parameter on the phase map's x axis."),
     y: Optional[str] = typer.Option(None, "--y", help="Sweep: parameter on the phase map's y axis."),
+    phase_rule: Optional[str] = typer.Option(None, "--phase-rule", help="accuracy or loss (PAIR's rule); default: the stored analysis's / results.csv's."),
 ) -> None:
     """Write one self-contained, offline HTML report for a run or a sweep folder."""
     from .report import write_run_report, write_sweep_report
@@ -148,13 +165,15 @@ def report(
 
     if not path.is_dir():
         raise StoreError(f"{path}: no such run or sweep folder")
+    if out is not None and out.is_dir():
+        raise StoreError(f"{out}: is a folder; --out takes the HTML file to write (e.g. {out / 'report.html'})")
     if (path / FILES["config"]).exists():
         if x or y:
             raise ConfigError("--x/--y: only for sweep folders")
         with console.status(f"analysing and drawing {path} ..."):
-            written = write_run_report(path, out, compute=not no_analyze, max_frames=max_frames)
+            written = write_run_report(path, out, compute=not no_analyze, max_frames=max_frames, phase_rule=phase_rule)
     else:
-        written = write_sweep_report(path, out, x=x, y=y)
+        written = write_sweep_report(path, out, x=x, y=y, phase_rule=phase_rule)
     console.print(f"report: {written} ({written.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -204,6 +223,7 @@ def sweep(
     workers: int = typer.Option(0, "--workers", help="CPU threads training chunks side by side (0 = one per core)."),
     backend: str = typer.Option("local", "--backend", help="local, or ray (needs mechgrok[ray])."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: start a local one)."),
+    phase_rule: str = typer.Option("accuracy", "--phase-rule", help="results.csv phases: accuracy, or loss (PAIR's sweep rule)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a grid of models at once (batched engine) into a sweep folder with a results table."""
@@ -227,8 +247,9 @@ def sweep(
         folder = out or DEFAULT_ROOT / f"sweep-{preset}"
         console.print(f"sweep: {spec.describe()} -> {folder}", highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
-    result = run_sweep(spec, folder, engine=eng, backend=backend, progress=not quiet, ray_address=ray_address)
-    counts = result.phase_counts()
+    result = run_sweep(spec, folder, engine=eng, backend=backend, progress=not quiet, ray_address=ray_address,
+                       phase_rule=phase_rule)
+    counts = result.phase_counts(phase_rule)
     n = sum(counts.values())
     phases = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
     console.print(f"[bold]sweep[/bold] {result.path}: {n:,} of {len(result):,} models finished in "
@@ -239,13 +260,36 @@ def sweep(
 # -- commands: end --
 
 
+_USER_PATH_ERRNOS = {
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS,
+    errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP, errno.EFBIG, errno.ENOTEMPTY, errno.EXDEV,
+}
+
+
+def _os_error_line(e: OSError) -> str:
+    """``PATH: reason`` for an OSError (both paths of a failed rename)."""
+    reason = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+    paths = [p for p in (e.filename, e.filename2) if p is not None]
+    if not paths:
+        return reason
+    names = " -> ".join(os.fsdecode(p) for p in paths)
+    return f"{names}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the typer app, turning known errors into one line and exit code 2."""
     try:
         app(args=argv, standalone_mode=False)
-    except (ConfigError, StoreError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, StoreError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:
+        # the OS refusing a user's path (missing, a file where a folder is needed, read-only,
+        # disk full): one line naming the path; any other OSError is a bug and keeps its traceback
+        if e.errno not in _USER_PATH_ERRNOS and not isinstance(e, FileNotFoundError):
+            raise
+        print(f"error: {_os_error_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -163,3 +163,17 @@ def test_accuracy_and_loss_rules_agree_on_the_step_curves():
     acc["train_loss"] = np.where(step >= 100, 1e-7, 0.7)
     acc["test_loss"] = np.where(step >= 1500, 1e-7, np.where(step >= 100, 20.0, 0.7))
     assert detect_events(acc).phase == detect_events(acc, rule="loss").phase == "grokking"
+
+
+def test_loss_bound_follows_the_logged_loss_scale():
+    from mechgrok import preset
+    from mechgrok.probes.events import loss_scale_of
+
+    # PAIR's class-averaged loss (optim.loss_reduction="mean_classes") logs CE / p
+    cfg = preset("modadd-mlp24").with_overrides({"optim.loss_reduction": "mean_classes"})
+    assert loss_scale_of(cfg) == pytest.approx(1 / cfg.task.p)
+    assert loss_scale_of(cfg.with_overrides({"optim.loss_reduction": "mean"})) == 1.0
+    m = imported_like(n=200, mem=50, gen=120, test_every=1)
+    m["train_loss"] = np.where(np.arange(200) >= 50, 0.5 * loss_for_accuracy(0.99), 2.0)  # CE/67 of a CE 33x the bound
+    assert detect_events(m).memorised_step == 50
+    assert detect_events(m, loss_scale=1 / 67).memorised_step == 199

@@ -64,7 +64,7 @@ from ..tasks import Dataset
 from ._common import to_jsonable
 from .bits import bit_dependence, irrelevant_series, parity_events, prune_now_accuracy
 from .circles import circles_from_coefficients
-from .events import GrokEvents, detect_events
+from .events import GrokEvents, detect_events, loss_scale_of
 from .importer import default_import_dir, import_nanda_checkpoint, run_dataset
 from .progress import modular_events
 
@@ -447,7 +447,7 @@ def analyze(
             tensors[f"bits/{key}"] = value
         tensors["bits/prune_now_acc"] = prune_acc = cat["prune_now_acc"]
         metrics = _metrics_for_events(run, lambda: acc, steps)
-        events = detect_events(metrics, rule=phase_rule)
+        events = detect_events(metrics, rule=phase_rule, loss_scale=loss_scale_of(config))
         relevant_bits = [int(i) for i in torch.nonzero(relevant, as_tuple=False)[:, 0]]
         if bool(relevant.all()):
             # every bit is relevant: nothing to prune, so the irrelevant-bit measures are undefined
@@ -515,7 +515,7 @@ def analyze(
         records["key_frequencies"] = key_freqs
         metrics = _metrics_for_events(run, lambda: {k: res[k] for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
                                       steps)
-        events = detect_events(metrics, rule=phase_rule)
+        events = detect_events(metrics, rule=phase_rule, loss_scale=loss_scale_of(config))
         extra = modular_events(steps, res, res["key_freq_mask"], key_freqs, p=config.task.p)
         events.extra.update(extra)
     diverged = _diverged(run, tensors)

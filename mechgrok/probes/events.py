@@ -13,7 +13,10 @@ This bound is exact, not a heuristic: a misclassified example has probability <=
 true class (softmax or a single logit), so it costs >= ln 2, and a mean loss below
 ``(1 - t) ln 2`` leaves fewer than a fraction ``1 - t`` of the examples misclassified. It is
 conservative (a run can reach 99% accuracy with a larger loss), so loss-derived events can come
-late, never early. Which evidence each split used is recorded in ``GrokEvents.evidence``.
+late, never early. Which evidence each split used is recorded in ``GrokEvents.evidence``. A run
+logging PAIR's class-averaged loss (``optim.loss_reduction="mean_classes"``) logs the
+cross-entropy times ``loss_scale`` = 1 / n_classes, and the bound scales with it
+(:func:`loss_scale_of` reads it from a config).
 
 Phases, ``rule="accuracy"`` (the names of Liu et al., "Omnigrok"):
 
@@ -52,7 +55,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["GrokEvents", "PHASES", "PHASE_RULES", "detect_events", "classify_phase", "loss_for_accuracy"]
+__all__ = ["GrokEvents", "PHASES", "PHASE_RULES", "detect_events", "classify_phase", "loss_for_accuracy", "loss_scale_of"]
 
 PHASES = ("comprehension", "grokking", "memorisation", "confusion", "unknown")
 PHASE_RULES = ("accuracy", "loss")
@@ -110,9 +113,19 @@ def classify_phase(
     return "grokking" if ratio >= grok_ratio and lag >= grok_min_lag else "comprehension"
 
 
-def loss_for_accuracy(threshold: float) -> float:
-    """Mean cross-entropy at or below which accuracy >= ``threshold`` is guaranteed: ``(1 - t) ln 2``."""
-    return (1.0 - threshold) * math.log(2.0)
+def loss_for_accuracy(threshold: float, loss_scale: float = 1.0) -> float:
+    """Mean cross-entropy at or below which accuracy >= ``threshold`` is guaranteed: ``(1 - t) ln 2``
+    (times ``loss_scale`` for a loss logged on another scale, e.g. 1 / n_classes)."""
+    return loss_scale * (1.0 - threshold) * math.log(2.0)
+
+
+def loss_scale_of(config: Any) -> float:
+    """Logged loss / mean cross-entropy for a run config: 1, or 1 / (number of logits) with
+    ``optim.loss_reduction="mean_classes"`` (PAIR's ``-mean(onehot * log_softmax)``)."""
+    if getattr(config.optim, "loss_reduction", "mean") != "mean_classes":
+        return 1.0
+    n = config.model.n_out if config.task.kind == "parity" else config.task.p
+    return 1.0 / max(int(n), 1)
 
 
 def _last(values: np.ndarray | None) -> float | None:
@@ -131,13 +144,14 @@ def _column(metrics: Mapping[str, Sequence[float]], key: str, n: int) -> np.ndar
     return col
 
 
-def _reached(acc: np.ndarray | None, loss: np.ndarray | None, threshold: float, n: int) -> tuple[np.ndarray, str]:
+def _reached(acc: np.ndarray | None, loss: np.ndarray | None, threshold: float, n: int,
+             loss_scale: float = 1.0) -> tuple[np.ndarray, str]:
     """Per step: 1.0 reached, 0.0 not, NaN no evidence - accuracy where evaluated, else the loss bound."""
     out = np.full(n, np.nan)
     used = []
     if loss is not None:
         ok = np.isfinite(loss)
-        out[ok] = (loss[ok] <= loss_for_accuracy(threshold)).astype(np.float64)
+        out[ok] = (loss[ok] <= loss_for_accuracy(threshold, loss_scale)).astype(np.float64)
         if ok.any():
             used.append("loss")
     if acc is not None:
@@ -164,12 +178,14 @@ def detect_events(
     min_evaluated: int = 2,
     pair_min_loss: float = 1e-5,
     pair_max_ratio: float = 5e4,
+    loss_scale: float = 1.0,
 ) -> GrokEvents:
     """Events of a run from its metric columns (``Run.metrics()`` or ``TrainResult.metrics``).
 
     Needs ``step`` and, per split, ``*_acc`` or ``*_loss`` (both for ``rule="accuracy"``: the loss
     fills steps without accuracy; the losses for ``rule="loss"``). NaN entries (not evaluated) are
-    skipped. See the module docstring for the rules and the ``unknown`` phase.
+    skipped. See the module docstring for the rules and the ``unknown`` phase. ``loss_scale``:
+    logged loss / mean cross-entropy (:func:`loss_scale_of`; the accuracy rule's loss bound).
     """
     if rule not in PHASE_RULES:
         raise ValueError(f"rule: must be one of {', '.join(PHASE_RULES)}, got {rule!r}")
@@ -186,9 +202,10 @@ def detect_events(
     thresholds: dict[str, float] = {"train": train_threshold, "test": test_threshold, "grok_ratio": grok_ratio,
                                     "grok_min_lag": grok_min_lag, "min_evaluated": min_evaluated}
     if rule == "accuracy":
-        train_hit, train_from = _reached(cols["train_acc"], cols["train_loss"], train_threshold, n)
-        test_hit, test_from = _reached(cols["test_acc"], cols["test_loss"], test_threshold, n)
-        thresholds.update(train_loss=loss_for_accuracy(train_threshold), test_loss=loss_for_accuracy(test_threshold))
+        train_hit, train_from = _reached(cols["train_acc"], cols["train_loss"], train_threshold, n, loss_scale)
+        test_hit, test_from = _reached(cols["test_acc"], cols["test_loss"], test_threshold, n, loss_scale)
+        thresholds.update(train_loss=loss_for_accuracy(train_threshold, loss_scale),
+                          test_loss=loss_for_accuracy(test_threshold, loss_scale))
         n_train, n_test = int(np.isfinite(train_hit).sum()), int(np.isfinite(test_hit).sum())
         evidence: dict[str, Any] = {"train": train_from, "test": test_from, "n_train": n_train, "n_test": n_test}
     else:

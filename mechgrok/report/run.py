@@ -28,12 +28,12 @@ REPORT_FILE = "report.html"
 """File name of a run's report inside its run folder."""
 
 
-def _events(run: Run, analysis: Any) -> dict[str, Any]:
+def _events(run: Run, analysis: Any, phase_rule: str | None = None) -> dict[str, Any]:
     if analysis is not None and "events" in analysis.records:
         return dict(analysis.records["events"])
-    from ..probes import detect_events
+    from ..probes.events import detect_events, loss_scale_of
 
-    return detect_events(run.metrics()).to_dict()
+    return detect_events(run.metrics(), rule=phase_rule or "accuracy", loss_scale=loss_scale_of(run.config)).to_dict()
 
 
 def _describe_task(cfg) -> str:
@@ -58,6 +58,13 @@ def run_header_html(run: Run, events: dict[str, Any], analysis: Any = None) -> s
     phase = events.get("phase", "?")
     color = PHASE_COLORS.get(phase, "#555")
     summary = (analysis.records.get("summary") if analysis is not None else None) or ""
+    if analysis is None:
+        from ..probes.events import GrokEvents
+
+        try:  # without an analysis the events' own description says what is (not) known
+            summary = GrokEvents(**events).describe() + "."
+        except TypeError:
+            summary = ""
     ev_rows = [(label, step) for label, step, _ in event_steps(events)]
     ev_rows += [
         ("lag (generalised − memorised)", events.get("lag")),
@@ -97,11 +104,12 @@ def _picked_trajectory(run: Run, events: dict[str, Any], max_frames: int):
     return run.trajectory(steps=[steps[i] for i in picked], errors="warn")
 
 
-def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MAX_FRAMES) -> list[Section]:
+def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MAX_FRAMES,
+                 phase_rule: str | None = None) -> list[Section]:
     """The figures of a run's report, chosen by its task; probe figures need ``analysis``."""
     cfg = run.config
     metrics = run.metrics()
-    events = _events(run, analysis)
+    events = _events(run, analysis, phase_rule)
     sections = [
         Section(
             "Training curves",
@@ -155,7 +163,7 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
         elif cfg.model.kind == "cossin_mlp":
             from ..models import cossin_embedding
 
-            fig = modular_weights_heatmap(traj.steps, None, W_in, fixed_embedding=cossin_embedding(cfg.task.p, cfg.model.frequency),
+            fig = modular_weights_heatmap(traj.steps, None, W_in, fixed_embedding=cossin_embedding(cfg.task.p, cfg.model.frequency, cfg.model.embed_norm),
                                           max_frames=max_frames, events=events)
         else:
             fig = None
@@ -204,16 +212,40 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
     return sections
 
 
-def _load_analysis(run: Run, compute: bool) -> Any:
-    """The run's stored analysis; computed (and stored) when missing and ``compute`` is set."""
+_REUSED_OPTIONS = ("max_checkpoints", "n_eval", "prune_threshold", "sensitivity_tol", "min_gap", "min_explained", "circles",
+                   "circle_min_frac", "phase_rule")
+
+
+def _load_analysis(run: Run, compute: bool, phase_rule: str | None = None) -> Any:
+    """The run's stored analysis if it is current (made from the run as it is now, with
+    ``phase_rule`` when given); otherwise computed (and stored) again with the stored analysis's
+    options when ``compute`` is set, else None - a stale analysis is never drawn."""
+    import warnings
+
     try:
         from ..probes import analyze, load_analysis
+        from ..probes.analysis import analysis_is_current
     except ImportError:  # probes without the analysis layer: report the metrics and weights only
         return None
+    wanted = {"phase_rule": phase_rule} if phase_rule else None
     try:
-        return load_analysis(run.path)
+        stored = load_analysis(run.path)
     except (StoreError, FileNotFoundError, OSError):
-        return analyze(run) if compute else None
+        stored = None
+    options: dict[str, Any] = {}
+    if stored is not None:
+        current, why = analysis_is_current(stored, run, options=wanted)
+        if current:
+            return stored
+        if not compute:
+            warnings.warn(f"{run.path}: the stored analysis is out of date ({why}); reporting without it", stacklevel=2)
+            return None
+        had = stored.records.get("options")
+        options = {k: had[k] for k in _REUSED_OPTIONS if isinstance(had, dict) and k in had}
+    if not compute:
+        return None
+    options.update(wanted or {})
+    return analyze(run, **options)
 
 
 def write_run_report(
@@ -223,19 +255,22 @@ def write_run_report(
     analysis: Any = None,
     compute: bool = True,
     max_frames: int = DEFAULT_MAX_FRAMES,
+    phase_rule: str | None = None,
 ) -> Path:
     """Write ``RUN/report.html`` (or ``out``): one self-contained offline HTML file.
 
-    ``analysis``: a probes ``Analysis`` for the run; by default the stored one is loaded, or
-    computed when there is none and ``compute`` is true. Returns the path written.
+    ``analysis``: a probes ``Analysis`` for the run; by default the stored one is loaded if it is
+    current (see :func:`~mechgrok.probes.analysis.analysis_is_current`), or computed when there is
+    none or it is stale and ``compute`` is true. ``phase_rule``: ``"accuracy"`` / ``"loss"``
+    (default: the stored analysis's, else accuracy). Returns the path written.
     """
     run = Run.open(run_dir)
     if not run.steps and not run.metrics_rows():
         raise StoreError(f"{run.path}: run has no metrics or checkpoints yet; nothing to report")
     if analysis is None:
-        analysis = _load_analysis(run, compute)
-    events = _events(run, analysis)
-    sections = run_sections(run, analysis, max_frames=max_frames)
+        analysis = _load_analysis(run, compute, phase_rule)
+    events = _events(run, analysis, phase_rule)
+    sections = run_sections(run, analysis, max_frames=max_frames, phase_rule=phase_rule)
     header = run_header_html(run, events, analysis)
     out = Path(out) if out is not None else run.path / REPORT_FILE
     return write_html(out, f"mechgrok report: {run.config.name}", sections, header_html=header, subtitle=_describe_task(run.config))

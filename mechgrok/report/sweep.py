@@ -27,7 +27,7 @@ __all__ = ["phase_map", "steps_to_generalise", "swept_parameters", "read_results
 
 SWEEP_REPORT_FILE = "report.html"
 _OUTCOME = {
-    "phase", "memorised_step", "generalised_step", "lag", "ratio", "final_train_acc", "final_test_acc", "total_steps",
+    "phase", "phase_rule", "memorised_step", "generalised_step", "lag", "ratio", "final_train_acc", "final_test_acc", "total_steps",
     "pruned_step", "seed", "member", "index", "id", "run_dir", "path", "steps", "status", "seconds", "name",
     "stopped_early", "stopped_step", "final_train_loss", "final_test_loss", "final_weight_norm",
 }
@@ -151,6 +151,8 @@ def phase_map(table: Any, x: str | None = None, y: str | None = None, *, title: 
     fig = go.Figure()
     for phase in [*_PHASE_ORDER, *sorted(set(phases) - set(_PHASE_ORDER))]:
         rows = np.nonzero(phases == phase)[0]
+        if phase == "unknown" and rows.size == 0:  # legend entry only when some member lacks the evidence
+            continue
         fig.add_trace(go.Scatter(
             x=xj[rows], y=yj[rows], mode="markers", name=f"{phase} ({rows.size})",
             marker={"color": PHASE_COLORS.get(phase, "#7f7f7f"), "size": 9 if len(phases) < 400 else 6, "line": {"width": 0.5, "color": "white"}},
@@ -219,12 +221,15 @@ def steps_to_generalise(table: Any, params: Sequence[str] | None = None, *, step
 # sweep folders
 
 
-def read_results(sweep_dir: str | Path) -> tuple[Any, list[str], dict[str, Any]]:
+def read_results(sweep_dir: str | Path, phase_rule: str | None = None) -> tuple[Any, list[str], dict[str, Any]]:
     """``(table, swept columns, spec record)`` of a sweep folder.
 
     A mechgrok sweep folder (``sweep.json``) gives its grid axes (minus seeds) as the swept columns
     and rewrites ``results.csv`` from the finished members if it is missing; any other folder with
-    a ``results.csv`` is read as it is and its swept columns are guessed.
+    a ``results.csv`` is read as it is and its swept columns are guessed. ``phase_rule``
+    (``"accuracy"`` / ``"loss"``): when the table's phases come from another rule, a sweep folder's
+    rows are classified again from the members' metrics (``results.csv`` is left as it is); a bare
+    ``results.csv`` cannot be, and is an error.
     """
     import pandas as pd
 
@@ -238,6 +243,8 @@ def read_results(sweep_dir: str | Path) -> tuple[Any, list[str], dict[str, Any]]
     if (sweep_dir / SWEEP_FILES["spec"]).exists():
         sweep = Sweep.open(sweep_dir)
         table = sweep.results()
+        if phase_rule is not None and len(table) and _table_rule(table) != phase_rule:
+            table = pd.DataFrame(sweep.result_rows(phase_rule))
         swept = [column_name(k) for k, values in sweep.spec.grid if len(values) > 1 and column_name(k) != "seed"]
         spec = json.loads((sweep_dir / SWEEP_FILES["spec"]).read_text()).get("spec", {})
     elif results.exists():
@@ -246,11 +253,22 @@ def read_results(sweep_dir: str | Path) -> tuple[Any, list[str], dict[str, Any]]
         except Exception as e:  # pandas raises many types for damaged files
             raise StoreError(f"{results}: unreadable results table ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         swept, spec = [], {}
+        if phase_rule is not None and len(table) and _table_rule(table) != phase_rule:
+            raise StoreError(f"{results}: phases by the {_table_rule(table)} rule, and without the sweep folder's members "
+                             f"they cannot be classified by the {phase_rule} rule")
     else:
         raise StoreError(f"{sweep_dir}: not a run or sweep folder (no config.json, {SWEEP_FILES['spec']} or {SWEEP_FILES['results']})")
     if len(table) == 0 or "phase" not in table.columns:
         raise StoreError(f"{sweep_dir}: no finished members in the results table yet")
     return table, swept or swept_parameters(table), spec
+
+
+def _table_rule(table: Any) -> str:
+    """The phase rule of a results table (tables written before the column existed: accuracy)."""
+    if "phase_rule" not in table.columns:
+        return "accuracy"
+    rules = {str(r) for r in table["phase_rule"].dropna().unique()}
+    return rules.pop() if len(rules) == 1 else "mixed"
 
 
 def sweep_sections(table: Any, params: Sequence[str] | None = None, *, x: str | None = None, y: str | None = None,
@@ -280,10 +298,18 @@ def sweep_sections(table: Any, params: Sequence[str] | None = None, *, x: str | 
     return sections
 
 
-def write_sweep_report(sweep_dir: str | Path, out: str | Path | None = None, *, x: str | None = None, y: str | None = None) -> Path:
-    """Write ``SWEEP/report.html`` (or ``out``): phase maps and steps to generalise, one offline file."""
+def write_sweep_report(sweep_dir: str | Path, out: str | Path | None = None, *, x: str | None = None, y: str | None = None,
+                       phase_rule: str | None = None) -> Path:
+    """Write ``SWEEP/report.html`` (or ``out``): phase maps and steps to generalise, one offline file.
+    ``phase_rule``: classify members by ``"accuracy"`` or ``"loss"`` (PAIR's rule); default: as
+    ``results.csv`` does."""
+    from ..probes.events import PHASE_RULES
+
+    if phase_rule is not None and phase_rule not in PHASE_RULES:
+        raise ValueError(f"phase_rule: must be one of {', '.join(PHASE_RULES)}, got {phase_rule!r}")
     sweep_dir = Path(sweep_dir)
-    table, params, spec = read_results(sweep_dir)
+    table, params, spec = read_results(sweep_dir, phase_rule)
+    rule = _table_rule(table)
     cols = _columns(table)
     phases = cols["phase"].astype(str)
     counts = [(p, int((phases == p).sum())) for p in [*_PHASE_ORDER, *sorted(set(phases) - set(_PHASE_ORDER))] if (phases == p).any()]
@@ -295,7 +321,7 @@ def write_sweep_report(sweep_dir: str | Path, out: str | Path | None = None, *, 
     header = (
         "<section><div class=\"summary\">"
         + " ".join(f'<span class="phase" style="background:{PHASE_COLORS.get(p, "#7f7f7f")}">{html.escape(p)} {n}</span>' for p, n in counts)
-        + f" of {len(phases)} models</div><div class=\"grid\"><div><h3>swept parameters</h3>{html_table(ranges)}</div></div>"
+        + f" of {len(phases)} models (phases by the {html.escape(rule)} rule)</div><div class=\"grid\"><div><h3>swept parameters</h3>{html_table(ranges)}</div></div>"
         + (f"<details><summary>sweep specification</summary><pre>{html.escape(json.dumps(spec, indent=2))}</pre></details>" if spec else "")
         + "</section>"
     )

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ConfigError, RunConfig
-from ..store import FILES, Run, RunLock, StoreError, atomic_write_bytes, atomic_write_json, library_versions
+from ..store import (
+    FILES, Run, RunLock, StoreError, atomic_write_bytes, atomic_write_json, library_versions, remove_temporary,
+)
 from .engine import EngineConfig, Member, _Pool, _SavedStates, group_key
 from .spec import SweepSpec, column_name
 
@@ -45,7 +47,7 @@ SWEEP_FILES = {
 # hyperparameters every results row carries (besides the swept ones)
 _ALWAYS = ("optim.lr", "optim.weight_decay", "model.d_mlp", "train.steps")
 RESULT_COLUMNS = (
-    "phase", "memorised_step", "generalised_step", "lag", "ratio", "final_train_acc", "final_test_acc",
+    "phase", "phase_rule", "memorised_step", "generalised_step", "lag", "ratio", "final_train_acc", "final_test_acc",
     "final_train_loss", "final_test_loss", "final_weight_norm", "total_steps", "stopped_early", "seconds",
 )
 # machine-specific engine settings that may change when a sweep is resumed
@@ -80,18 +82,33 @@ class Sweep:
         self.engine = engine
 
     @classmethod
-    def create(cls, path: str | Path, spec: SweepSpec, engine: EngineConfig) -> "Sweep":
+    def create(cls, path: str | Path, spec: SweepSpec, engine: EngineConfig, *, lock: RunLock | None = None) -> "Sweep":
+        """Create the sweep folder and write ``sweep.json``.
+
+        The check for an existing sweep and the write happen under the folder's lock (``lock``,
+        already held by the caller, or taken here for the duration): two processes started at once
+        on a new folder would otherwise both pass the check and one spec would overwrite the other.
+        """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path}: exists and is not a folder")
-        if (path / SWEEP_FILES["spec"]).exists():
-            raise StoreError(f"{path}: already holds a sweep; use --resume to continue it or choose another --out")
-        if path.exists() and any(path.iterdir()):
-            raise StoreError(f"{path}: folder is not empty and holds no sweep; choose another --out")
-        (path / SWEEP_FILES["members"]).mkdir(parents=True, exist_ok=True)
-        record = {"spec": spec.to_dict(), "engine": engine.to_dict(), "size": spec.size, "versions": library_versions(),
-                  "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-        atomic_write_json(path / SWEEP_FILES["spec"], record)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{path}: cannot create the sweep folder ({e.strerror or e})") from None
+        own = RunLock(path).acquire() if lock is None else None
+        try:
+            if (path / SWEEP_FILES["spec"]).exists():
+                raise StoreError(f"{path}: already holds a sweep; use --resume to continue it or choose another --out")
+            if any(p.name != SWEEP_FILES["lock"] for p in path.iterdir()):
+                raise StoreError(f"{path}: folder is not empty and holds no sweep; choose another --out")
+            (path / SWEEP_FILES["members"]).mkdir(exist_ok=True)
+            record = {"spec": spec.to_dict(), "engine": engine.to_dict(), "size": spec.size,
+                      "versions": library_versions(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            atomic_write_json(path / SWEEP_FILES["spec"], record)
+        finally:
+            if own is not None:
+                own.release()
         return cls(path, spec, engine)
 
     @classmethod
@@ -133,8 +150,17 @@ class Sweep:
         return [i for i in range(self.spec.size) if (self.member_path(i) / FILES["summary"]).exists()]
 
     # -- results -------------------------------------------------------------------------------
-    def result_rows(self) -> list[dict[str, Any]]:
-        """One dict per finished member: index, folder, hyperparameters, events, phase."""
+    def result_rows(self, phase_rule: str = "accuracy") -> list[dict[str, Any]]:
+        """One dict per finished member: index, folder, hyperparameters, events, phase.
+
+        ``phase_rule``: ``"accuracy"`` (the events in each member's summary) or ``"loss"`` (PAIR's
+        loss rule, read from each member's metrics); see :func:`mechgrok.probes.detect_events`.
+        The ``phase_rule`` column says which one the row's phase and event steps come from.
+        """
+        from ..probes.events import PHASE_RULES, detect_events, loss_scale_of
+
+        if phase_rule not in PHASE_RULES:
+            raise ConfigError(f"phase_rule: must be one of {', '.join(PHASE_RULES)}, got {phase_rule!r}")
         keys = [k for k, _ in self.spec.grid]
         if self.spec.seeds > 1 or "train.seed" not in keys:
             keys.append("train.seed")
@@ -159,7 +185,15 @@ class Sweep:
                 row.setdefault("train_fraction", cfg["task"]["train_fraction"])
             else:
                 row.setdefault("n_train", cfg["task"]["n_train"])
-            events = summary.get("events") or {}
+            events = dict(summary.get("events") or {})
+            if events.get("rule", "accuracy") != phase_rule:
+                try:
+                    cfg_i = self.spec.config(i)
+                    events.update(detect_events(Run(path, cfg_i).metrics(), rule=phase_rule,
+                                                loss_scale=loss_scale_of(cfg_i)).to_dict())
+                except ValueError:  # no loss columns: the rule cannot say
+                    events.update(phase="unknown", memorised_step=None, generalised_step=None, lag=None, ratio=None)
+            events["phase_rule"] = phase_rule
             for col in RESULT_COLUMNS:
                 if col in events:
                     row[col] = events[col]
@@ -170,9 +204,10 @@ class Sweep:
             rows.append(row)
         return rows
 
-    def write_results(self) -> Path:
-        """Write ``results.csv`` (atomically) from the finished members' summaries."""
-        rows = self.result_rows()
+    def write_results(self, phase_rule: str = "accuracy") -> Path:
+        """Write ``results.csv`` (atomically) from the finished members' summaries, phases by
+        ``phase_rule`` (see :meth:`result_rows`)."""
+        rows = self.result_rows(phase_rule)
         buf = io.StringIO()
         if rows:
             writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -196,9 +231,9 @@ class Sweep:
             return pd.DataFrame()
         return pd.read_csv(path)
 
-    def phase_counts(self) -> dict[str, int]:
+    def phase_counts(self, phase_rule: str = "accuracy") -> dict[str, int]:
         counts: dict[str, int] = {}
-        for row in self.result_rows():
+        for row in self.result_rows(phase_rule):
             counts[row["phase"]] = counts.get(row["phase"], 0) + 1
         return counts
 
@@ -273,6 +308,7 @@ def run_sweep(
     progress: bool = True,
     ray_address: str | None = None,
     ray_tasks: int | None = None,
+    phase_rule: str = "accuracy",
 ) -> Sweep:
     """Train every member of ``spec`` into the sweep folder ``out`` and write its results table.
 
@@ -284,23 +320,44 @@ def run_sweep(
     ``backend``: ``"local"`` (this process) or ``"ray"`` (Ray tasks, each training a batch of
     members with the same engine into the same folder; needs ``mechgrok[ray]`` and a filesystem
     shared by the workers).
+
+    ``phase_rule``: how ``results.csv`` classifies members, ``"accuracy"`` or ``"loss"`` (PAIR's
+    rule); see :meth:`Sweep.result_rows`.
     """
+    from ..probes.events import PHASE_RULES
+
+    if phase_rule not in PHASE_RULES:
+        raise ConfigError(f"phase_rule: must be one of {', '.join(PHASE_RULES)}, got {phase_rule!r}")
     if backend not in ("local", "ray"):
         raise ConfigError(f"backend: must be 'local' or 'ray', got {backend!r}")
     out = Path(out)
-    if (out / SWEEP_FILES["spec"]).exists():
-        sweep = Sweep.open(out)
-        if spec is not None and spec.to_dict() != sweep.spec.to_dict():
-            raise StoreError(f"{out}: holds a different sweep; continue it with --resume {out} or choose another --out")
-        if engine is not None:
-            stored = sweep.engine.to_dict()
-            stored.update({k: getattr(engine, k) for k in _MACHINE_FIELDS})
-            sweep.engine = EngineConfig.from_dict(stored)
-    else:
-        if spec is None:
-            raise StoreError(f"{out}: no sweep to resume (no {SWEEP_FILES['spec']})")
-        sweep = Sweep.create(out, spec, engine or EngineConfig())
-    with sweep.lock():
+    if spec is None and not (out / SWEEP_FILES["spec"]).exists():
+        raise StoreError(f"{out}: no sweep to resume (no {SWEEP_FILES['spec']})")
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"{out}: exists and is not a folder")
+    if spec is not None and not (out / SWEEP_FILES["spec"]).exists() and out.is_dir() and any(
+            p.name != SWEEP_FILES["lock"] for p in out.iterdir()):
+        raise StoreError(f"{out}: folder is not empty and holds no sweep; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"{out}: cannot create the sweep folder ({e.strerror or e})") from None
+    # lock first, then decide between continuing and creating: see Sweep.create
+    with RunLock(out) as lock:
+        if (out / SWEEP_FILES["spec"]).exists():
+            sweep = Sweep.open(out)
+            if spec is not None and spec.to_dict() != sweep.spec.to_dict():
+                raise StoreError(f"{out}: holds a different sweep; continue it with --resume {out} or choose another --out")
+            if engine is not None:
+                stored = sweep.engine.to_dict()
+                stored.update({k: getattr(engine, k) for k in _MACHINE_FIELDS})
+                sweep.engine = EngineConfig.from_dict(stored)
+        else:
+            assert spec is not None
+            sweep = Sweep.create(out, spec, engine or EngineConfig(), lock=lock)
+        remove_temporary(out)  # left by a killed writer; nobody else writes here while we hold the lock
+        if (out / SWEEP_FILES["state"]).is_dir():
+            remove_temporary(out / SWEEP_FILES["state"])
         groups = pending_groups(sweep)
         if groups:
             if backend == "ray":
@@ -309,7 +366,7 @@ def run_sweep(
                 run_on_ray(sweep, groups, address=ray_address, tasks=ray_tasks, progress=progress)
             else:
                 _run_local(sweep, groups, progress)
-        sweep.write_results()
+        sweep.write_results(phase_rule)
     return sweep
 
 
