@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from ._util import first_step_at_least
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .models import build_model
-from .store import FILES, Run, StoreError
+from .store import FILES, METRICS_FLUSH_ROWS, Run, StoreError, _check_fits
 from .tasks import Dataset, make_dataset
 
 __all__ = [
@@ -85,8 +85,9 @@ def summarize_metrics(metrics: dict[str, Any], total_steps: int) -> dict[str, An
         "step_test_acc_99": first_step_at_least(steps, metrics["test_acc"], 0.99),
     }
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm"):
-        col = [v for v in metrics[key] if v == v]  # last evaluated (non-NaN) value
-        out[f"final_{key}"] = float(col[-1]) if col else None
+        # last evaluated (non-NaN) value; None when never evaluated (no test set) or the run diverged
+        col = [float(v) for v in metrics.get(key, []) if v is not None and v == v]
+        out[f"final_{key}"] = col[-1] if col and math.isfinite(col[-1]) else None
     return out
 
 
@@ -108,19 +109,17 @@ _METRIC_KEYS = ("step", "train_loss", "train_acc", "test_loss", "test_acc", "wei
 class _MetricsWriter:
     def __init__(self, run: Run | None):
         self.run = run
-        self.buffer: list[str] = []
+        self.buffer: list[dict[str, Any]] = []
 
     def add(self, row: dict[str, Any]) -> None:
         if self.run is not None:
-            self.buffer.append(json.dumps(row) + "\n")
-            if len(self.buffer) >= 500:
+            self.buffer.append(dict(row))
+            if len(self.buffer) >= METRICS_FLUSH_ROWS:
                 self.flush()
 
     def flush(self) -> None:
         if self.run is not None and self.buffer:
-            with open(self.run.path / FILES["metrics"], "a") as f:
-                f.write("".join(self.buffer))
-                f.flush()
+            self.run.append_metrics(self.buffer)
             self.buffer.clear()
 
 
@@ -142,6 +141,8 @@ def resume_tensors(model, opt, ema, gen) -> tuple[dict[str, torch.Tensor], dict[
 
 def _load_resume(run: Run, model, opt, gen) -> tuple[int, list[torch.Tensor] | None]:
     step, tensors, meta = run.read_resume()
+    where = run.path / FILES["resume"]
+    _check_fits(model.state_dict(), {k[6:]: v for k, v in tensors.items() if k.startswith("param.")}, str(where))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
     names = [n for n, _ in model.named_parameters()]
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -149,9 +150,12 @@ def _load_resume(run: Run, model, opt, gen) -> tuple[int, list[torch.Tensor] | N
         keys = [k for k in tensors if k.startswith(f"opt.{name}.")]
         if keys:
             state[i] = {k[len(f"opt.{name}.") :]: tensors[k] for k in keys}
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    ema = [tensors[f"ema.{n}"].clone() for n in names] if meta.get("has_ema") else None
-    gen.set_state(tensors["rng"])
+    try:
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        ema = [tensors[f"ema.{n}"].clone() for n in names] if meta.get("has_ema") else None
+        gen.set_state(tensors["rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:  # a hand-edited or foreign file
+        raise StoreError(f"{where}: incomplete or inconsistent resume state ({type(e).__name__}: {e})") from None
     return step, ema
 
 
@@ -182,33 +186,58 @@ def train(
         if resume:
             run = Run.open(out)
             config = run.config
+    # everything that can fail is tried before anything is created: a folder whose config was
+    # written but whose training could never start can be neither resumed nor re-run
+    device = _device(config.train.device)
+    data = (data if data is not None else make_dataset(config.task)).to(device)
+    model = build_model(config.model, config.task, seed=config.train.seed).to(device)
+    if out is not None:
+        if resume:
+            lock = run.lock().acquire()
         else:
-            run = Run.create(out, config)
-        lock = run.lock().acquire()
+            run = Run.create(out, config, keep_lock=True)
+            lock = run.held_lock
+        run.clean_temporary()  # left by a killed writer; safe now that the lock is held
     try:
-        return _train(config, run, resume, progress, data)
+        return _train(config, run, resume, progress, data, model, device)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, data: Dataset | None) -> TrainResult:
-    tc, oc = config.train, config.optim
-    device = torch.device(tc.device)
+def _device(name: str) -> torch.device:
+    """``train.device`` as a torch device, refused (ConfigError) when unknown or absent here."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"train.device: unknown device {name!r} (expected 'cpu', 'cuda', 'cuda:0', ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise StoreError(f"train.device: {tc.device!r} requested but no CUDA device is available")
-    data = (data if data is not None else make_dataset(config.task)).to(device)
-    model = build_model(config.model, config.task, seed=tc.seed).to(device)
+        raise ConfigError(f"train.device: {name!r} requested but no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device: {name!r} is not supported (expected 'cpu' or 'cuda[:N]')")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device: {name!r} but only {torch.cuda.device_count()} CUDA device(s) are present")
+    return device
+
+
+def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, data: Dataset, model: torch.nn.Module,
+           device: torch.device) -> TrainResult:
+    tc, oc = config.train, config.optim
     params = [p for p in model.parameters()]
     opt = torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed + 1)
     ema: list[torch.Tensor] | None = None
     start = 0
     if resume and run is not None:
-        start, ema = _load_resume(run, model, opt, gen)
-        ema = [e.to(device) for e in ema] if ema is not None else None
+        if run.has_resume():
+            start, ema = _load_resume(run, model, opt, gen)
+            ema = [e.to(device) for e in ema] if ema is not None else None
+            run.truncate_checkpoints(start)
+        else:
+            # killed before its first resume state: nothing to continue, so start again from
+            # step 0 (the freshly built model and generator are exactly a new run's)
+            run.truncate_checkpoints(-1)
         run.truncate_metrics(start)
-        run.truncate_checkpoints(start)
 
     ckpt_steps = set(tc.checkpoint_steps())
     writer = _MetricsWriter(run)

@@ -96,9 +96,9 @@ def test_resume_after_kill_gives_identical_final_weights(tiny_modadd, tmp_path):
         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
-    meta = killed / FILES["resume_meta"]
+    resume_state = killed / FILES["resume"]
     while time.time() < deadline:
-        if meta.exists() and json.loads(meta.read_text())["step"] >= 200:
+        if resume_state.exists() and Run(killed, cfg).resume_step() >= 200:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)

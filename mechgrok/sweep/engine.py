@@ -33,7 +33,9 @@ import torch
 from ..config import ConfigError, RunConfig, check_types
 from ..models import build_model
 from ..probes.events import detect_events
-from ..store import FILES, Run, StoreError, atomic_save_tensors, atomic_write_json
+from ..store import (
+    FILES, METRICS_FLUSH_ROWS, Run, StoreError, append_text, atomic_save_tensors, atomic_write_json, metrics_line,
+)
 from ..tasks import Dataset, make_dataset
 from ..train import TrainResult, resume_tensors, grokfast_update, summarize_metrics
 from ._kernels import BatchedModel, adamw_step, clip_grad_norms, make_model, row_norms
@@ -450,6 +452,7 @@ class _Pool:
             run = Run.open(path)
             if run.config.to_dict() != member.config.to_dict():
                 raise StoreError(f"{path}: holds a run with a different config; choose another output folder")
+            run.clean_temporary()  # left by a kill; this pool is the member's only writer
             # continue at `start`: forget what was written after it (0 = from scratch)
             self.writer.submit(member.key, lambda: (run.truncate_metrics(start), run.truncate_checkpoints(start if start else -1)))
             return run
@@ -651,8 +654,8 @@ class _Pool:
             for k in _METRIC_KEYS:
                 s.history[k].append(row.get(k, float("nan")))
         else:
-            s.lines.append(json.dumps(row) + "\n")
-            if len(s.lines) >= 500:
+            s.lines.append(metrics_line(row))
+            if len(s.lines) >= METRICS_FLUSH_ROWS:
                 self._flush_lines(s)
 
     def _flush_lines(self, s: _Slot) -> None:
@@ -661,12 +664,7 @@ class _Pool:
         text, s.lines = "".join(s.lines), []
         path = s.run.path / FILES["metrics"]
 
-        def append() -> None:
-            with open(path, "a") as f:
-                f.write(text)
-                f.flush()
-
-        self.writer.submit(s.key, append)
+        self.writer.submit(s.key, lambda: append_text(path, text))
 
     def _checkpoint(self, r: int) -> None:
         s = self.slots[r]
