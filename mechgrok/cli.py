@@ -137,7 +137,7 @@ def analyze(
     name = name if len(name) <= 80 else name[:77] + "..."
     console.print(f"{name} -> {result.run_dir / ANALYSIS_FILES['dir']}", markup=False, highlight=False)
     if result.records.get("diverged"):
-        console.print(f"  {result.records['diverged']}", markup=False, highlight=False)
+        console.print(f"  the run diverged: {result.records['diverged']}", markup=False, highlight=False)
     console.print(f"  phase: {ev.phase} ({ev.rule} rule); memorised at step {_fmt_step(ev.memorised_step)}, "
                   f"generalised at step {_fmt_step(ev.generalised_step)}")
     if result.task == "modular":
@@ -167,6 +167,8 @@ def report(
         raise StoreError(f"{path}: no such run or sweep folder")
     if out is not None and out.is_dir():
         raise StoreError(f"{out}: is a folder; --out takes the HTML file to write (e.g. {out / 'report.html'})")
+    if out is not None and any(p.exists() and not p.is_dir() for p in out.parents):
+        raise StoreError(f"{out}: cannot write there, {next(p for p in out.parents if p.exists() and not p.is_dir())} is a file")
     if (path / FILES["config"]).exists():
         if x or y:
             raise ConfigError("--x/--y: only for sweep folders")
