@@ -131,11 +131,16 @@ def analyze(
 
     result = run_analyze(path, max_checkpoints=max_checkpoints, import_to=import_to, progress=not quiet,
                          phase_rule=phase_rule, chunk_size=chunk_size)
+    _print_analysis(result, result.run_dir / ANALYSIS_FILES["dir"])
+
+
+def _print_analysis(result, where) -> None:
     ev = result.events
-    # names are printed, never parsed as markup (a run name may hold [brackets]), and cut to a line
-    name = result.records["run"]["name"]
+    # names are printed, never parsed as markup (a run name may hold [brackets]), and cut to a line:
+    # rich's line wrapping is quadratic in the length of a word (a 100 KB name took 60 s to print)
+    name = str(result.records["run"]["name"])
     name = name if len(name) <= 80 else name[:77] + "..."
-    console.print(f"{name} -> {result.run_dir / ANALYSIS_FILES['dir']}", markup=False, highlight=False)
+    console.print(f"{name} -> {where}", markup=False, highlight=False)
     if result.records.get("diverged"):
         console.print(f"  the run diverged: {result.records['diverged']}", markup=False, highlight=False)
     console.print(f"  phase: {ev.phase} ({ev.rule} rule); memorised at step {_fmt_step(ev.memorised_step)}, "
@@ -213,6 +218,7 @@ def sweep(
     preset: Optional[str] = typer.Argument(None, help="Preset every member starts from (see `mechgrok presets`)."),
     grid: list[str] = typer.Option([], "--grid", help="Axis key=values: 0.1,1 | log:LOW:HIGH:N | lin:LOW:HIGH:N (repeatable)."),
     seeds: int = typer.Option(1, "--seeds", help="Model seeds per grid point."),
+    max_members: int = typer.Option(100_000, "--max-members", help="Refuse grids with more members than this."),
     set_: list[str] = typer.Option([], "--set", help="Override a base config value: section.key=value (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default checkpoints/sweep-PRESET)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the killed sweep in this folder."),
@@ -245,7 +251,7 @@ def sweep(
             raise ConfigError("sweep: name a preset (see `mechgrok presets`) or --resume SWEEP")
         base = get_preset(preset)
         base = base.with_overrides(_parse_sets(set_)) if set_ else base
-        spec = SweepSpec.from_cli(base, grid, seeds=seeds)
+        spec = SweepSpec.from_cli(base, grid, seeds=seeds, max_members=max_members)
         folder = out or DEFAULT_ROOT / f"sweep-{preset}"
         console.print(f"sweep: {spec.describe()} -> {folder}", highlight=False, soft_wrap=True)
     t0 = time.perf_counter()

@@ -520,7 +520,7 @@ def analyze(
         events.extra.update(extra)
     diverged = _diverged(run, tensors)
     if diverged:
-        records["diverged"] = diverged
+        records["diverged"] = diverged  # e.g. "train_loss is not finite from step 2"
     records["run"] = {
         "name": config.name,
         "model": config.model.kind,
@@ -555,10 +555,10 @@ def _diverged(run: Run | None, tensors: dict[str, torch.Tensor]) -> str | None:
             col = m.get(key)
             if col is not None and col.size and not np.isfinite(col).all():
                 bad = np.nonzero(~np.isfinite(col))[0][0]
-                return f"the run diverged: {key} is not finite from step {int(m['step'][bad]):,}"
+                return f"{key} is not finite from step {int(m['step'][bad]):,}"
     for key in ("progress/sum_sq_weights", "bits/weight_norm"):
         if key in tensors and not torch.isfinite(tensors[key]).all():
-            return "the run diverged: non-finite weights in its checkpoints"
+            return "its checkpoints hold non-finite weights"
     return None
 
 
@@ -589,7 +589,7 @@ def _summary(config, steps: torch.Tensor, events: GrokEvents, tensors: dict[str,
     x = events.extra
     parts = [head]
     if records.get("diverged"):
-        parts.append(records["diverged"][0].upper() + records["diverged"][1:] + ": the probes below read non-finite weights.")
+        parts.append(f"The run diverged ({records['diverged']}): probes of its non-finite checkpoints are undefined (NaN).")
     if config.task.kind == "parity" and "bits/irrelevant_weight_ratio" not in tensors:
         parts.append(f"Relevant bits {x['relevant_bits']}: every bit is relevant, so there is nothing to prune and the "
                      "irrelevant-bit measures (pruning, flip sensitivity, prune-now check) are undefined.")

@@ -262,14 +262,21 @@ def modular_weights_heatmap(
     if W_E is not None:
         # raw embedding dimensions mix frequencies arbitrarily; the final embedding's top principal
         # directions (fixed for every frame) show one clean wave pair per key frequency
-        _, sv, vt = np.linalg.svd(E[-1], full_matrices=False)
-        k = min(max_columns, int((sv > sv[0] * 1e-3).sum()) if sv.size else 0, vt.shape[0])
+        # directions; a diverged run's NaN / inf weights have no SVD: use the last finite checkpoint,
+        # or the raw dimensions when there is none (the frames then show the non-finite values as gaps)
+        finite = [i for i in range(E.shape[0]) if np.isfinite(E[i]).all()]
+        if finite:
+            _, sv, vt = np.linalg.svd(E[finite[-1]], full_matrices=False)
+            k = min(max_columns, int((sv > sv[0] * 1e-3).sum()) if sv.size else 0, vt.shape[0])
+        else:
+            vt = np.eye(E.shape[2])
+            k = min(max_columns, E.shape[2])
         key = "embedding on its final principal directions"
         panels[key] = np.einsum("npd,kd->npk", E, vt[:k])
         x_labels[key] = [f"PC{i + 1}" for i in range(k)]
     if W_in is not None:
         H = np.einsum("npd,ndm->npm", E, to_numpy(W_in, np.float64))  # [n, p, d_mlp]
-        cols = np.sort(np.argsort(-np.linalg.norm(H[-1], axis=0))[:max_columns])
+        cols = np.sort(np.argsort(-np.nan_to_num(np.linalg.norm(H[-1], axis=0), nan=-1.0))[:max_columns])
         key = "neuron input from a: (W_E W_in)[a, neuron]"
         panels[key] = H[:, :, cols]
         x_labels[key] = [f"n{c}" for c in cols]
