@@ -323,8 +323,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        if self.init == "pair" and self.kind not in ("mlp", "cossin_mlp", "parity_mlp"):
-            _fail("model", "init", f"'pair' (haiku's initialisers) applies to the MLP families, not {self.kind!r}")
         for name in ("d_model", "d_mlp", "n_heads", "d_head"):
             if getattr(self, name) < 1:
                 _fail("model", name, f"must be >= 1, got {getattr(self, name)}")
@@ -514,6 +512,9 @@ class RunConfig:
                 )
             if kind == "cossin_mlp" and self.model.frequency > self.task.p // 2:
                 raise ConfigError(f"model.frequency: must be in [1, {self.task.p // 2}] for p={self.task.p}")
+        # after the format check, so a preset switched to another model kind hears about that first
+        if self.model.init == "pair" and kind not in ("mlp", "cossin_mlp", "parity_mlp"):
+            raise ConfigError(f"model.init: 'pair' (haiku's initialisers) applies to the MLP families, not {kind!r}")
         if self.optim.batch_size and self.optim.batch_size > 10**9:
             raise ConfigError("optim.batch_size: too large")
         _check_name(self.name)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mechgrok import ConfigError, build_model, make_dataset, preset
-from mechgrok.config import ModelConfig, TaskConfig
+from mechgrok.config import TaskConfig
 from mechgrok.models import HAIKU_TRUNC_STD, cossin_embedding, haiku_truncated_normal_
 from mechgrok.sweep._kernels import ce_loss_grad
 from mechgrok.train import loss_and_accuracy
@@ -82,7 +82,7 @@ def test_pair_init_linear_biases_are_zero_and_parity_uses_fan_in():
 
 def test_pair_init_rejected_for_transformer():
     with pytest.raises(ConfigError, match=r"^model\.init: "):
-        ModelConfig(kind="transformer", init="pair")
+        preset("modadd-transformer").with_overrides({"model.init": "pair"})
 
 
 def _pair_loss_float64(logits: np.ndarray, y: np.ndarray) -> float:

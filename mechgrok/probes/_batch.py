@@ -86,7 +86,7 @@ def modular_grid_forward(
         if kind == "mlp":
             W_E = params["embed.W_E"]  # [n, p, d]
         else:
-            W_E = cossin_embedding(p, config.model.frequency).to(W_in).expand(n, p, 2)
+            W_E = cossin_embedding(p, config.model.frequency, config.model.embed_norm, torch.float64).to(W_in).expand(n, p, 2)
         h = torch.einsum("nad,ndm->nam", W_E, W_in)  # [n, p, m]: h(a), shared by both operands
         pre = h[:, :, None, :] + h[:, None, :, :]  # [n, a, b, m]
         if "blocks.0.mlp.b_in" in params:

@@ -92,7 +92,7 @@ def embed_matrix(traj: Trajectory) -> torch.Tensor:
     p = config.task.p
     if config.model.kind == "cossin_mlp":
         W_in = traj.params["blocks.0.mlp.W_in"]
-        W_E = cossin_embedding(p, config.model.frequency).to(W_in)
+        W_E = cossin_embedding(p, config.model.frequency, config.model.embed_norm, torch.float64).to(W_in)
         return torch.einsum("ad,ndm->nam", W_E, W_in)
     return traj.params["embed.W_E"][:, :p]
 
