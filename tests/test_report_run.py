@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from mechgrok import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig, train
+from mechgrok import ModelConfig, OptimConfig, Run, RunConfig, TaskConfig, TrainConfig, train
 from mechgrok.cli import main
 from mechgrok.demo import demo_configs, headline, run_demo
 from mechgrok.probes import analyze
@@ -72,6 +72,17 @@ def test_report_cli(tiny_parity, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path / "nope")])
     assert capsys.readouterr().err.startswith("error: ")
+    # --phase-rule: the stored (accuracy) analysis is recomputed with PAIR's loss rule
+    from mechgrok.probes import detect_events, load_analysis
+
+    main(["report", str(run_dir), "--out", str(tmp_path / "l.html"), "--phase-rule", "loss"])
+    stored = load_analysis(run_dir)
+    assert stored.events.rule == "loss" and stored.records["options"]["phase_rule"] == "loss"
+    assert stored.events.phase == detect_events(Run.open(run_dir).metrics(), rule="loss").phase
+    text = (tmp_path / "l.html").read_text()
+    assert re.search(r"phase rule</t[dh]>\s*<td>loss<", text)
+    main(["analyze", str(run_dir), "--quiet", "--phase-rule", "accuracy", "--chunk-size", "2"])
+    assert "(accuracy rule)" in capsys.readouterr().out and load_analysis(run_dir).events.rule == "accuracy"
 
 
 def test_run_demo_trains_reuses_and_refuses(tiny_parity, tiny_cossin, tmp_path):

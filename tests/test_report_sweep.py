@@ -51,3 +51,37 @@ def test_sweep_report_errors(tmp_path, capsys):
     (tmp_path / "plain").mkdir()
     pd.DataFrame(rows).to_csv(tmp_path / "plain" / "results.csv", index=False)
     assert write_sweep_report(tmp_path / "plain").exists()
+
+
+def test_phase_rule_in_results_and_phase_map(tiny_sweep, tmp_path, capsys):
+    from mechgrok import Run
+    from mechgrok.probes import detect_events
+    from mechgrok.sweep import SWEEP_FILES
+
+    table = tiny_sweep.results()
+    assert set(table["phase_rule"]) == {"accuracy"}
+    members = [Run.open(tiny_sweep.path / d) for d in table["run_dir"]]
+    by_loss = [detect_events(r.metrics(), rule="loss").phase for r in members]
+    by_acc = [detect_events(r.metrics()).phase for r in members]
+    assert list(table["phase"]) == by_acc
+    # the report reclassifies from the members' metrics without touching results.csv
+    loss_table, _, _ = read_results(tiny_sweep.path, "loss")
+    assert list(loss_table["phase"]) == by_loss and set(loss_table["phase_rule"]) == {"loss"}
+    assert set(pd.read_csv(tiny_sweep.path / SWEEP_FILES["results"])["phase_rule"]) == {"accuracy"}
+    out = tmp_path / "loss.html"
+    main(["report", str(tiny_sweep.path), "--out", str(out), "--phase-rule", "loss"])
+    assert "phases by the loss rule" in out.read_text()
+    # the sweep command writes results.csv by the rule asked for (here: resuming a finished sweep)
+    main(["sweep", "--resume", str(tiny_sweep.path), "--phase-rule", "loss", "--quiet"])
+    written = pd.read_csv(tiny_sweep.path / SWEEP_FILES["results"])
+    assert list(written["phase"]) == by_loss and set(written["phase_rule"]) == {"loss"}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tiny_sweep.path), "--phase-rule", "auc"])
+    assert e.value.code == 2 and "phase_rule: must be one of accuracy, loss" in capsys.readouterr().err
+    # a bare results.csv cannot be reclassified: one line, not a silently wrong map
+    (tmp_path / "plain").mkdir()
+    written.to_csv(tmp_path / "plain" / "results.csv", index=False)
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "plain"), "--phase-rule", "accuracy"])
+    assert "cannot be classified by the accuracy rule" in capsys.readouterr().err

@@ -67,6 +67,7 @@ def run_header_html(run: Run, events: dict[str, Any], analysis: Any = None) -> s
             summary = ""
     ev_rows = [(label, step) for label, step, _ in event_steps(events)]
     ev_rows += [
+        ("phase rule", events.get("rule", "accuracy")),
         ("lag (generalised − memorised)", events.get("lag")),
         ("ratio", events.get("ratio")),
         ("final train accuracy", events.get("final_train_acc")),
