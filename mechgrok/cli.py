@@ -65,6 +65,7 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default checkpoints/PRESET)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the killed run in this folder."),
     config: Optional[Path] = typer.Option(None, "--config", help="Train from a config.json instead of a preset."),
+    threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = train.threads, else automatic: 1 for small models)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train one model and write its run folder."""
@@ -75,7 +76,7 @@ def train(
     if resume is not None:
         if preset or set_ or config:
             raise ConfigError("--resume: takes no preset, --set or --config (the run folder's config is used)")
-        result = run_train(None, resume, resume=True, progress=not quiet)  # type: ignore[arg-type]
+        result = run_train(None, resume, resume=True, progress=not quiet, threads=threads)  # type: ignore[arg-type]
         _print_train_summary(result)
         return
     if config is not None:
@@ -96,7 +97,7 @@ def train(
         cfg = get_preset(preset)
     cfg = cfg.with_overrides(_parse_sets(set_)) if set_ else cfg
     out = out or DEFAULT_ROOT / cfg.name
-    result = run_train(cfg, out, progress=not quiet)
+    result = run_train(cfg, out, progress=not quiet, threads=threads)
     _print_train_summary(result)
 
 
@@ -123,6 +124,7 @@ def analyze(
     import_to: Optional[Path] = typer.Option(None, "--import-to", help="Run folder for an imported .pth (default FILE.mechgrok/)."),
     phase_rule: str = typer.Option("accuracy", "--phase-rule", help="accuracy, or loss (PAIR's sweep rule on the loss curves)."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Checkpoints in memory at once (default: what fits in 256 MB)."),
+    threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = automatic: 1 for small models)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Run every probe that applies to a run; save RUN/analysis/ and print a summary."""
@@ -130,7 +132,7 @@ def analyze(
     from .probes.analysis import analyze as run_analyze
 
     result = run_analyze(path, max_checkpoints=max_checkpoints, import_to=import_to, progress=not quiet,
-                         phase_rule=phase_rule, chunk_size=chunk_size)
+                         phase_rule=phase_rule, chunk_size=chunk_size, threads=threads)
     _print_analysis(result, result.run_dir / ANALYSIS_FILES["dir"])
 
 
@@ -163,6 +165,7 @@ def report(
     x: Optional[str] = typer.Option(None, "--x", help="Sweep: parameter on the phase map's x axis."),
     y: Optional[str] = typer.Option(None, "--y", help="Sweep: parameter on the phase map's y axis."),
     phase_rule: Optional[str] = typer.Option(None, "--phase-rule", help="accuracy or loss (PAIR's rule); default: the stored analysis's / results.csv's."),
+    threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = automatic: 1 for small models)."),
 ) -> None:
     """Write one self-contained, offline HTML report for a run or a sweep folder."""
     from .report import write_run_report, write_sweep_report
@@ -178,9 +181,10 @@ def report(
         if x or y:
             raise ConfigError("--x/--y: only for sweep folders")
         with console.status(f"analysing and drawing {path} ..."):
-            written = write_run_report(path, out, compute=not no_analyze, max_frames=max_frames, phase_rule=phase_rule)
+            written = write_run_report(path, out, compute=not no_analyze, max_frames=max_frames, phase_rule=phase_rule,
+                                       threads=threads)
     else:
-        written = write_sweep_report(path, out, x=x, y=y, phase_rule=phase_rule)
+        written = write_sweep_report(path, out, x=x, y=y, phase_rule=phase_rule, threads=threads)
     console.print(f"report: {written} ({written.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -188,6 +192,7 @@ def report(
 def demo(
     out: Path = typer.Option(DEFAULT_ROOT / "demo", "--out", help="Folder for the demo's runs and reports."),
     quick: bool = typer.Option(False, "--quick", help="A few hundred steps per run: checks the pipeline in seconds."),
+    threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = automatic: 1 for small models)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """The main job: train parity, modadd-mlp24 and modadd-cossin5, analyse them, write reports."""
@@ -196,14 +201,25 @@ def demo(
 
     import torch
 
+    from ._threads import ENV_VAR, threads_for
     from .demo import demo_configs, run_demo
 
-    if "OMP_NUM_THREADS" not in os.environ:
+    saved_env = os.environ.get(ENV_VAR)
+    if threads:
+        # through the environment: the demo trains in a spawned background process too
+        os.environ[ENV_VAR] = str(threads_for(None, threads))
+    elif "OMP_NUM_THREADS" not in os.environ:
         # these models are tiny: extra intra-op threads only spin-wait and slow a shared CPU down
         torch.set_num_threads(1)
     t0 = time.perf_counter()
-    results = run_demo(out, demo_configs(quick), progress=not quiet, parallel=(os.cpu_count() or 1) >= 2,
-                       log=lambda s: console.print(s, highlight=False, markup=False))
+    try:
+        results = run_demo(out, demo_configs(quick), progress=not quiet, parallel=(os.cpu_count() or 1) >= 2,
+                           log=lambda s: console.print(s, highlight=False, markup=False))
+    finally:
+        if saved_env is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = saved_env
     console.print(f"\n[bold]mechgrok demo[/bold] finished in {time.perf_counter() - t0:.0f} s; open the reports in a browser:")
     for r in results:
         console.print(f"  {r.report}", highlight=False, markup=False)
@@ -228,7 +244,8 @@ def sweep(
     log_every: int = typer.Option(1, "--log-every", help="Metrics row every N steps (evaluation steps always logged)."),
     engine: str = typer.Option("auto", "--engine", help="Batched forward: auto, fused, vmap or loop."),
     device: str = typer.Option("", "--device", help="torch device (default: the preset's train.device)."),
-    workers: int = typer.Option(0, "--workers", help="CPU threads training chunks side by side (0 = one per core)."),
+    workers: int = typer.Option(0, "--workers", help="CPU threads training chunks side by side (0 = --threads, else one per core)."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for the sweep: that many chunk workers of one intra-op thread each (0 = one per core)."),
     backend: str = typer.Option("local", "--backend", help="local, or ray (needs mechgrok[ray])."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: start a local one)."),
     phase_rule: str = typer.Option("accuracy", "--phase-rule", help="results.csv phases: accuracy, or loss (PAIR's sweep rule)."),
@@ -237,11 +254,16 @@ def sweep(
     """Train a grid of models at once (batched engine) into a sweep folder with a results table."""
     import time
 
+    from ._threads import ENV_VAR, intra_op_threads, threads_for
     from .presets import preset as get_preset
     from .sweep import EngineConfig, SweepSpec, run_sweep
 
+    # one CPU budget: --threads T (or $MECHGROK_THREADS) means T chunk workers, each on one
+    # intra-op thread (the engine sets that while it runs); with --workers 1, T intra-op threads
+    # for the single worker. Neither changes the trajectories (workers are bitwise neutral).
+    budget = threads_for(None, threads) if threads or os.environ.get(ENV_VAR, "").strip() else 0
     eng = EngineConfig(max_batch=max_batch, engine=engine, device=device, log_every=log_every, early_stop=early_stop,
-                       patience=patience, workers=workers)
+                       patience=patience, workers=workers or budget)
     if resume is not None:
         if preset or grid or set_ or seeds != 1:
             raise ConfigError("--resume: takes no preset, --grid, --set or --seeds (the sweep folder's spec is used)")
@@ -255,8 +277,9 @@ def sweep(
         folder = out or DEFAULT_ROOT / f"sweep-{preset}"
         console.print(f"sweep: {spec.describe()} -> {folder}", highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
-    result = run_sweep(spec, folder, engine=eng, backend=backend, progress=not quiet, ray_address=ray_address,
-                       phase_rule=phase_rule)
+    with intra_op_threads(budget or 1):
+        result = run_sweep(spec, folder, engine=eng, backend=backend, progress=not quiet, ray_address=ray_address,
+                           phase_rule=phase_rule)
     counts = result.phase_counts(phase_rule)
     n = sum(counts.values())
     phases = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"

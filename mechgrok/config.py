@@ -52,6 +52,8 @@ MAX_SEED = (1 << 53) - 1
 only up to 2^53 (and torch's generators take at most 2^64 - 1)."""
 MAX_LOG_CHECKPOINTS = 100_000
 """Largest ``train.log_checkpoints``."""
+MAX_THREADS = 1024
+"""Largest ``train.threads``: far above any core count, low enough to catch a typo."""
 MAX_NAME = 128
 """Longest run name (it becomes a folder name: most file systems allow 255 bytes)."""
 
@@ -420,6 +422,11 @@ class TrainConfig:
     """Save optimiser + RNG state every this many steps (and at the end)."""
     device: str = "cpu"
     """torch device for training ('cpu', 'cuda', 'cuda:0', ...)."""
+    threads: int = 0
+    """Intra-op CPU threads (``torch.set_num_threads``) while training or analysing this run;
+    0 = automatic from the work per step: 1 for small models, where extra threads only spin-wait
+    and stall when another process shares the cores (``mechgrok/_threads.py``). Does not change
+    what is computed, only how fast; the caller's count is restored afterwards."""
     max_memory_gb: float = 16.0
     """Refuse a config whose estimated peak memory (parameters, optimiser state, dataset,
     activations of a full batch; :meth:`RunConfig.resources`) exceeds this many GB; 0 = no limit.
@@ -433,6 +440,8 @@ class TrainConfig:
         if self.steps < 1:
             _fail("train", "steps", f"must be >= 1, got {self.steps}")
         _check_seed("train", self.seed)
+        if not 0 <= self.threads <= MAX_THREADS:
+            _fail("train", "threads", f"must be in [0, {MAX_THREADS}] (0 = automatic), got {self.threads}")
         for name in ("eval_every", "checkpoint_every", "resume_every"):
             if getattr(self, name) < 1:
                 _fail("train", name, f"must be >= 1, got {getattr(self, name)}")

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ._threads import intra_op_threads, threads_for
 from ._util import first_step_at_least
 from .config import ConfigError, RunConfig
 from .models import build_model
@@ -172,12 +173,16 @@ def train(
     resume: bool = False,
     progress: bool = True,
     data: Dataset | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train one model as ``config`` says.
 
     ``out``: the run folder (``None`` trains in memory and writes nothing). ``resume=True``
     continues the run in ``out`` from its last resume state (the config stored there wins).
     ``data`` overrides the dataset generated from ``config.task`` (the sweep engine and tests use it).
+    ``threads``: intra-op CPU threads while training, overriding ``config.train.threads`` (e.g. for
+    a run resumed on another machine); both 0/None = automatic from the model size. The caller's
+    ``torch.get_num_threads()`` is restored afterwards.
     """
     run: Run | None = None
     lock = None
@@ -189,6 +194,7 @@ def train(
     # everything that can fail is tried before anything is created: a folder whose config was
     # written but whose training could never start can be neither resumed nor re-run
     device = _device(config.train.device)
+    n_threads = threads_for(config, threads)
     data = (data if data is not None else make_dataset(config.task)).to(device)
     model = build_model(config.model, config.task, seed=config.train.seed).to(device)
     if out is not None:
@@ -199,7 +205,9 @@ def train(
             lock = run.held_lock
         run.clean_temporary()  # left by a killed writer; safe now that the lock is held
     try:
-        return _train(config, run, resume, progress, data, model, device)
+        # torch's default of one thread per core makes tiny models crawl beside a busy process
+        with intra_op_threads(n_threads):
+            return _train(config, run, resume, progress, data, model, device)
     finally:
         if lock is not None:
             lock.release()

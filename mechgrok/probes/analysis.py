@@ -59,6 +59,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from .._threads import with_threads
 from ..store import FILES, Run, StoreError, Trajectory, atomic_save_tensors, atomic_write_json
 from ..tasks import Dataset
 from ._common import to_jsonable
@@ -336,6 +337,7 @@ def _concat(parts: list[dict[str, torch.Tensor]], keep: tuple[str, ...] = ()) ->
     return out
 
 
+@with_threads  # adds threads=: intra-op threads while analysing (0/None = automatic, as in training)
 def analyze(
     run_or_path: str | Path | Run | Trajectory,
     *,
@@ -366,6 +368,8 @@ def analyze(
     :func:`~mechgrok.probes.events.detect_events`.
     ``chunk_size`` / ``chunk_mb``: checkpoints held in memory at once (default: as many as fit in
     ``chunk_mb``); the result does not depend on them.
+    ``threads``: intra-op CPU threads while analysing (:func:`~mechgrok._threads.threads_for`;
+    default automatic from the run's config); the caller's count is restored afterwards.
     """
     from .events import PHASE_RULES
 

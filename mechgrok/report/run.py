@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .._threads import with_threads
 from ..store import Run, StoreError
 from ._common import DEFAULT_MAX_FRAMES, PHASE_COLORS, event_steps, frame_indices
 from .figures import (
@@ -249,6 +250,7 @@ def _load_analysis(run: Run, compute: bool, phase_rule: str | None = None) -> An
     return analyze(run, **options)
 
 
+@with_threads  # adds threads=: intra-op threads for the analysis it may compute
 def write_run_report(
     run_dir: str | Path,
     out: str | Path | None = None,

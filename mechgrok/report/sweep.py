@@ -19,6 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .._threads import with_threads
 from ..store import StoreError
 from ._common import PHASE_COLORS
 from .html import Section, html_table, write_html
@@ -298,6 +299,7 @@ def sweep_sections(table: Any, params: Sequence[str] | None = None, *, x: str | 
     return sections
 
 
+@with_threads  # adds threads=: intra-op threads while reading and drawing (automatic: 1)
 def write_sweep_report(sweep_dir: str | Path, out: str | Path | None = None, *, x: str | None = None, y: str | None = None,
                        phase_rule: str | None = None) -> Path:
     """Write ``SWEEP/report.html`` (or ``out``): phase maps and steps to generalise, one offline file.
