@@ -123,9 +123,21 @@ def metrics_line(row: dict[str, Any]) -> str:
 def append_text(path: Path, text: str) -> None:
     """Append ``text`` to ``path`` (metrics.jsonl). Not atomic: a kill can tear the last line,
     which readers ignore and a resume rewrites."""
-    with open(path, "a") as f:
+    with _naming(path), open(path, "a") as f:
         f.write(text)
         f.flush()
+
+
+@contextlib.contextmanager
+def _naming(path: str | Path):
+    """Give an OSError raised inside (``write`` on a full disk names no file) ``path``, so the
+    CLI can say which file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
 
 
 def remove_temporary(folder: Path) -> list[Path]:
@@ -156,6 +168,11 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename."""
     path = Path(path)
+    with _naming(path):
+        _atomic_write_bytes(path, data)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -473,7 +490,9 @@ class Run:
 
     def truncate_checkpoints(self, after_step: int) -> None:
         """Forget checkpoints with step > ``after_step`` (used when resuming)."""
-        self._write_index({s: h for s, h in self._index().items() if s <= after_step})
+        # the trainer holding the lock: a missing index is rebuilt here without a warning (a kill
+        # between the first checkpoint file and its index leaves exactly that)
+        self._write_index({s: h for s, h in self._index(warn=False).items() if s <= after_step})
 
     def checkpoint(self, step: int, *, _index: dict[int, str | None] | None = None) -> dict[str, torch.Tensor]:
         """Parameters at ``step``; a damaged file (bytes that do not match the index's sha256,

@@ -314,8 +314,17 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
     bar.close()
     writer.flush()
     elapsed = time.perf_counter() - t0
-    summary = summarize_metrics(run.metrics() if run is not None else history, tc.steps)
+    metrics = run.metrics() if run is not None else history
+    summary = summarize_metrics(metrics, tc.steps)
     summary.update(seconds=elapsed, steps_per_second=(tc.steps - start) / max(elapsed, 1e-9), resumed_from=start or None)
+    # the same events the sweep engine stores: a sweep member finished (or resumed) by this
+    # trainer keeps its phase in results.csv
+    from .probes.events import detect_events, loss_scale_of
+
+    try:
+        summary["events"] = detect_events(metrics, loss_scale=loss_scale_of(config)).to_dict()
+    except ValueError:  # no test metrics (train_fraction=1): no events to claim
+        pass
     if run is not None:
         run.write_checkpoint(tc.steps, model.state_dict())
         tensors, meta = resume_tensors(model, opt, ema, gen)

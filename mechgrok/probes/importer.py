@@ -35,9 +35,15 @@ Python's ``random.seed(seed); random.shuffle`` as their ``gen_train_test`` does)
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import os
 import random
+import shutil
+import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +51,8 @@ import einops
 import torch
 from safetensors.torch import load_file
 
-from ..config import ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
-from ..store import FILES, Run, StoreError, atomic_save_tensors, atomic_write_bytes, atomic_write_json
+from ..config import MAX_NAME, ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
+from ..store import FILES, Run, RunLock, StoreError, atomic_save_tensors, atomic_write_bytes, atomic_write_json
 from ..tasks import Dataset, encode_pairs, make_dataset
 
 __all__ = [
@@ -174,27 +180,29 @@ def _losses(obj: dict[str, Any], key: str, path: Path) -> list[float]:
         raise StoreError(f"{path}: {key!r} is not a list of numbers") from None
 
 
-def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, progress: bool = False) -> Run:
+def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, progress: bool = False,
+                            max_memory_gb: float = 16.0) -> Run:
     """Import a progress-measures-paper file (module docstring) as a mechgrok run folder.
 
     ``out`` defaults to ``FILE.mechgrok/`` next to the file. Importing the same file into a folder
     that already holds its import returns that run unchanged; any other existing run there is an
     error (nothing is overwritten).
+
+    The import is written into a temporary sibling folder (``.OUT.import-*``) that is renamed to
+    ``out`` as the commit point: a killed import leaves no half-filled ``out`` that would block
+    importing the file again, and its temporary folder is removed by the next import.
+    ``max_memory_gb`` bounds what the file may unpack to (a small compressed file can expand to
+    gigabytes) and the run's estimated size (0 = no limit).
     """
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"{path}: no such checkpoint file")
     out = Path(out) if out is not None else default_import_dir(path)
     digest = _sha256(path)
-    if (out / FILES["config"]).exists():
-        record_path = out / IMPORT_FILES["record"]
-        try:
-            record = json.loads(record_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            record = {}
-        if record.get("sha256") == digest:
-            return Run.open(out)
-        raise StoreError(f"{out}: already holds a different run; choose another folder for the import")
+    existing = _existing_import(out, digest)
+    if existing is not None:
+        return existing
+    _check_unpacked_size(path, max_memory_gb)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises pickle / runtime errors of many types
@@ -204,7 +212,111 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
         raise StoreError(f"{path}: not a progress-measures-paper run (expected a dict with a 'model' state dict)")
 
     cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-    states: list[tuple[int, dict[str, torch.Tensor]]] = []
+    try:
+        states = _states(obj, cfg, path)
+    except (TypeError, ValueError, OverflowError) as e:  # int() of a hand-made 'epoch' / 'config' value
+        raise StoreError(f"{path}: unreadable epochs or config ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not states:
+        raise StoreError(f"{path}: holds no state dicts")
+    for (_, where), s in states:
+        _check_state(s, f"{path}: {where}")
+    states = [(epoch, s) for (epoch, _), s in states]
+    states.sort(key=lambda es: es[0])
+    shapes = _shapes(states[-1][1], str(path))
+    for _, s in states:
+        if _shapes(s, str(path)) != shapes:
+            raise StoreError(f"{path}: checkpoints disagree on the model's shapes")
+    p = shapes["p"]
+    try:
+        if "p" in cfg and int(cfg["p"]) != p:
+            raise StoreError(f"{path}: config p={cfg['p']} but the unembedding has {shapes['d_vocab']} columns (p + 1)")
+        act = str(cfg.get("act_type", "ReLU"))
+        if act.lower() != "relu":
+            raise StoreError(f"{path}: act_type {act[:40]!r} is not supported (mechgrok's transformer uses ReLU)")
+        if cfg.get("use_ln", False):
+            raise StoreError(f"{path}: use_ln=True is not supported (mechgrok's transformer has no LayerNorm)")
+        frac = float(cfg.get("frac_train", 0.3))
+        seed = int(cfg.get("seed", 0))
+        total_steps = max(1, states[-1][0], int(cfg.get("num_epochs", 0) or 0))
+        lr, wd = float(cfg.get("lr", 1e-3)), float(cfg.get("weight_decay", 1.0))
+        every = max(1, int(cfg.get("checkpoint_every", 100)))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise StoreError(f"{path}: unreadable config value ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    limit = max_memory_gb if max_memory_gb else 0.0
+    try:
+        config = RunConfig(
+            name=_run_name(path),
+            task=TaskConfig(kind="modular", p=p, op="add", pairs="ordered", format="equals", train_fraction=frac, seed=seed),
+            model=ModelConfig(kind="transformer", d_model=shapes["d_model"], n_heads=shapes["n_heads"],
+                              d_head=shapes["d_head"], d_mlp=shapes["d_mlp"]),
+            optim=OptimConfig(lr=lr, weight_decay=wd, betas=(0.9, 0.98)),
+            # the run's length and cadence are theirs; its folder holds only their checkpoints,
+            # whose size is checked below, so the trainer's disk estimate does not apply
+            train=TrainConfig(steps=total_steps, seed=seed, checkpoint_every=every, log_checkpoints=0,
+                              max_memory_gb=limit, max_disk_gb=0.0),
+        )
+    except ConfigError as e:
+        raise StoreError(f"{path}: {e}") from None
+    n_params = sum(states[-1][1][k].numel() for k in _REQUIRED)
+    need = len(states) * n_params * 4
+    if limit and need > limit * 1e9:
+        raise StoreError(f"{path}: {len(states):,} checkpoints of {n_params:,} parameters would take "
+                         f"~{need / 1e9:,.3g} GB, over the limit of {limit:g} GB")
+
+    _clean_stale_imports(out)
+    tmp = out.parent / f".{out.name}.import-{uuid.uuid4().hex[:12]}"
+    try:
+        run = Run.create(tmp, config, keep_lock=True)
+    except StoreError as e:
+        raise StoreError(f"{out}: cannot write the import next to it ({e})") from None
+    try:
+        _write_import(run, obj, cfg, states, path, digest, frac, seed, p)
+        committed = _commit(tmp, out, digest)
+    finally:
+        run.held_lock.release()
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return committed
+
+
+def _run_name(path: Path) -> str:
+    """``nanda-STEM``, cut to a valid run name (control characters replaced)."""
+    stem = "".join(c if ord(c) >= 32 and c not in "/\\" else "_" for c in path.stem) or "run"
+    return f"nanda-{stem}"[:MAX_NAME]
+
+
+def _existing_import(out: Path, digest: str) -> Run | None:
+    """The run in ``out`` when it holds this file's import; an error when it holds anything else."""
+    if (out / FILES["config"]).exists():
+        try:
+            record = json.loads((out / IMPORT_FILES["record"]).read_text())
+        except (OSError, ValueError):
+            record = {}
+        if isinstance(record, dict) and record.get("sha256") == digest:
+            return Run.open(out)
+        raise StoreError(f"{out}: already holds a different run; choose another folder for the import")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise StoreError(f"{out}: exists and is not an empty folder; choose another folder for the import")
+    return None
+
+
+def _check_unpacked_size(path: Path, max_memory_gb: float) -> None:
+    """Refuse a torch zip file whose members unpack to more than the limit, before loading it
+    (torch reads deflate-compressed members: a 3 MB crafted file can unpack to gigabytes)."""
+    if not max_memory_gb or not zipfile.is_zipfile(path):
+        return  # legacy (non-zip) files are read as stored: their size on disk bounds them
+    try:
+        with zipfile.ZipFile(path) as z:
+            total = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise StoreError(f"{path}: damaged torch zip file ({e})") from None
+    if total > max_memory_gb * 1e9:
+        raise StoreError(f"{path}: unpacks to {total / 1e9:,.3g} GB, over the limit of {max_memory_gb:g} GB")
+
+
+def _states(obj: dict[str, Any], cfg: dict[str, Any], path: Path) -> list[tuple[tuple[int, str], Any]]:
+    """``[((epoch, where), state_dict), ...]`` from their file (``where`` names it in errors)."""
+    states: list[tuple[tuple[int, str], Any]] = []
     list_key = "state_dicts" if "state_dicts" in obj else "checkpoints" if "checkpoints" in obj else None
     if list_key is not None:
         ckpts = obj[list_key]
@@ -214,81 +326,112 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
         if epochs is None:  # their full runs save every config['checkpoint_every'] epochs
             every = int(cfg.get("checkpoint_every", 100))
             epochs = [i * every for i in range(len(ckpts))]
-        if len(epochs) != len(ckpts):
-            raise StoreError(f"{path}: {len(ckpts)} checkpoints but {len(epochs)} checkpoint_epochs")
-        states += [(int(e), s) for e, s in zip(epochs, ckpts)]
+        if isinstance(epochs, torch.Tensor):
+            epochs = epochs.tolist()
+        if not isinstance(epochs, (list, tuple)) or len(epochs) != len(ckpts):
+            raise StoreError(f"{path}: {len(ckpts)} checkpoints but checkpoint_epochs does not list as many")
+        states += [((int(e), f"{list_key}[{i}]"), s) for i, (e, s) in enumerate(zip(epochs, ckpts))]
     if "model" in obj:
         if not isinstance(obj["model"], dict):
             raise StoreError(f"{path}: 'model' is not a state dict")
-        last = int(obj.get("epoch", cfg.get("num_epochs", states[-1][0] + 1 if states else 0)))
-        if not states or last > states[-1][0]:
-            states.append((last, obj["model"]))
-    states.sort(key=lambda es: es[0])
-    shapes = _shapes(states[-1][1], str(path))
-    for _, s in states:
-        if _shapes(s, str(path)) != shapes:
-            raise StoreError(f"{path}: checkpoints disagree on the model's shapes")
-    p = shapes["p"]
-    if "p" in cfg and int(cfg["p"]) != p:
-        raise StoreError(f"{path}: config p={cfg['p']} but the unembedding has {shapes['d_vocab']} columns (p + 1)")
-    act = str(cfg.get("act_type", "ReLU"))
-    if act.lower() != "relu":
-        raise StoreError(f"{path}: act_type {act!r} is not supported (mechgrok's transformer uses ReLU)")
-    if cfg.get("use_ln", False):
-        raise StoreError(f"{path}: use_ln=True is not supported (mechgrok's transformer has no LayerNorm)")
-    frac = float(cfg.get("frac_train", 0.3))
-    seed = int(cfg.get("seed", 0))
-    total_steps = max(1, states[-1][0], int(cfg.get("num_epochs", 0) or 0))
-    try:
-        config = RunConfig(
-            name=f"nanda-{path.stem}",
-            task=TaskConfig(kind="modular", p=p, op="add", pairs="ordered", format="equals", train_fraction=frac, seed=seed),
-            model=ModelConfig(kind="transformer", d_model=shapes["d_model"], n_heads=shapes["n_heads"],
-                              d_head=shapes["d_head"], d_mlp=shapes["d_mlp"]),
-            optim=OptimConfig(lr=float(cfg.get("lr", 1e-3)), weight_decay=float(cfg.get("weight_decay", 1.0)),
-                              betas=(0.9, 0.98)),
-            train=TrainConfig(steps=total_steps, seed=seed, checkpoint_every=max(1, int(cfg.get("checkpoint_every", 100)))),
-        )
-    except ConfigError as e:
-        raise StoreError(f"{path}: {e}") from None
+        last = int(obj.get("epoch", cfg.get("num_epochs", states[-1][0][0] + 1 if states else 0)))
+        if not states or last > states[-1][0][0]:
+            states.append(((last, "'model'"), obj["model"]))
+    if len({e for (e, _), _ in states}) != len(states):
+        raise StoreError(f"{path}: two checkpoints at the same epoch")
+    if any(e < 0 for (e, _), _ in states):
+        raise StoreError(f"{path}: negative checkpoint epoch")
+    return states
 
-    converted = [(e, nanda_state_to_mechgrok(s)) for e, s in states]
+
+def _check_state(state: dict[Any, Any], where: str) -> None:
+    """Every entry a floating-point tensor (a crafted file can hold anything a weights-only load
+    allows: ints, strings, nested dicts)."""
+    for key in _REQUIRED:
+        value = state.get(key)
+        if value is None:
+            continue  # _shapes reports the missing key
+        if not isinstance(value, torch.Tensor):
+            raise StoreError(f"{where}: {key!r} is a {type(value).__name__}, not a tensor")
+        if not value.is_floating_point():
+            raise StoreError(f"{where}: {key!r} has dtype {value.dtype}, expected floating point")
+
+
+def _write_import(run: Run, obj: dict[str, Any], cfg: dict[str, Any], states: list, path: Path, digest: str,
+                  frac: float, seed: int, p: int) -> None:
+    out = run.path
+    # one converted state at a time: their list may hold hundreds of checkpoints
+    for epoch, state in states:
+        run.write_checkpoint(epoch, nanda_state_to_mechgrok(state))
     train_ab, test_ab = nanda_split(p, frac, seed)
-    run = Run.create(out, config)
-    with run.lock():
-        for epoch, state in converted:
-            run.write_checkpoint(epoch, state)
-        atomic_save_tensors(out / IMPORT_FILES["split"], {"train_ab": train_ab, "test_ab": test_ab})
-        data = run_dataset(run)
-        rows: dict[int, dict[str, Any]] = {}
-        train_losses, test_losses = _losses(obj, "train_losses", path), _losses(obj, "test_losses", path)
-        # their full runs log the train loss every epoch and the test loss every few epochs
-        stride = len(train_losses) // len(test_losses) if test_losses and len(train_losses) % len(test_losses) == 0 else 1
-        for losses, column, every in ((train_losses, "train_loss", 1), (test_losses, "test_loss", stride)):
-            for i, v in enumerate(losses):
-                rows.setdefault(i * every, {"step": i * every})[column] = v
-        from ..train import loss_and_accuracy
+    atomic_save_tensors(out / IMPORT_FILES["split"], {"train_ab": train_ab, "test_ab": test_ab})
+    data = run_dataset(run)
+    rows: dict[int, dict[str, Any]] = {}
+    train_losses, test_losses = _losses(obj, "train_losses", path), _losses(obj, "test_losses", path)
+    # their full runs log the train loss every epoch and the test loss every few epochs
+    stride = len(train_losses) // len(test_losses) if test_losses and len(train_losses) % len(test_losses) == 0 else 1
+    for losses, column, every in ((train_losses, "train_loss", 1), (test_losses, "test_loss", stride)):
+        for i, v in enumerate(losses):
+            rows.setdefault(i * every, {"step": i * every})[column] = v
+    from ..train import loss_and_accuracy
 
-        for epoch, _ in converted:
-            model = run.model(epoch)
-            with torch.no_grad():
-                tr_loss, tr_acc = loss_and_accuracy(model(data.train_x), data.train_y)
-                te_loss, te_acc = (loss_and_accuracy(model(data.test_x), data.test_y) if data.test_x.shape[0]
-                                   else (torch.tensor(float("nan")),) * 2)
-            row = rows.setdefault(epoch, {"step": epoch})
-            row.setdefault("train_loss", float(tr_loss))
-            row.setdefault("test_loss", float(te_loss))
-            row.update(train_acc=float(tr_acc), test_acc=float(te_acc))
-        lines = "".join(json.dumps({k: v for k, v in rows[s].items() if v == v}) + "\n" for s in sorted(rows))
-        atomic_write_bytes(out / FILES["metrics"], lines.encode())
-        atomic_write_json(out / IMPORT_FILES["record"], {
-            "format": NANDA_FORMAT,
-            "source": str(path.resolve()),
-            "sha256": digest,
-            "epochs": [e for e, _ in converted],
-            "their_config": _plain(cfg),
-        })
-    return run
+    for epoch, _ in states:
+        model = run.model(epoch)
+        with torch.no_grad():
+            tr_loss, tr_acc = loss_and_accuracy(model(data.train_x), data.train_y)
+            te_loss, te_acc = (loss_and_accuracy(model(data.test_x), data.test_y) if data.test_x.shape[0]
+                               else (torch.tensor(float("nan")),) * 2)
+        row = rows.setdefault(epoch, {"step": epoch})
+        row.setdefault("train_loss", float(tr_loss))
+        row.setdefault("test_loss", float(te_loss))
+        row.update(train_acc=float(tr_acc), test_acc=float(te_acc))
+    lines = "".join(json.dumps({k: v for k, v in rows[s].items() if v == v}) + "\n" for s in sorted(rows))
+    atomic_write_bytes(out / FILES["metrics"], lines.encode())
+    atomic_write_json(out / IMPORT_FILES["record"], {
+        "format": NANDA_FORMAT,
+        "source": str(path.resolve()),
+        "sha256": digest,
+        "epochs": [e for e, _ in states],
+        "their_config": _plain(cfg),
+    })
+
+
+def _commit(tmp: Path, out: Path, digest: str) -> Run:
+    """Rename the finished import folder to ``out`` (the commit point)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, out)  # replaces an empty folder; fails on a non-empty one
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        existing = _existing_import(out, digest)  # another process imported it meanwhile
+        if existing is None:
+            raise StoreError(f"{out}: exists and is not an empty folder; choose another folder for the import") from None
+        return existing
+    with contextlib.suppress(OSError):
+        fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return Run.open(out)
+
+
+def _clean_stale_imports(out: Path) -> None:
+    """Remove ``.OUT.import-*`` folders left by killed imports (those whose lock nobody holds)."""
+    if not out.parent.is_dir():
+        return
+    for stale in out.parent.glob(f".{out.name}.import-*"):
+        if not stale.is_dir():
+            continue
+        try:
+            lock = RunLock(stale).acquire()
+        except (StoreError, OSError):
+            continue  # an import in progress in another process
+        try:
+            shutil.rmtree(stale, ignore_errors=True)
+        finally:
+            lock.release()
 
 
 def run_dataset(run: Run) -> Dataset:

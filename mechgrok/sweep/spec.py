@@ -15,6 +15,7 @@ Axis text (CLI ``--grid``)::
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import typing
@@ -25,7 +26,10 @@ import numpy as np
 
 from ..config import SECTIONS, ConfigError, RunConfig, resolve_key
 
-__all__ = ["SweepSpec", "parse_axis", "log_range", "lin_range", "column_name"]
+__all__ = ["SweepSpec", "parse_axis", "log_range", "lin_range", "column_name", "MAX_MEMBERS"]
+
+MAX_MEMBERS = 100_000
+"""Default limit on a sweep's members (``SweepSpec.max_members``, CLI ``--max-members``)."""
 
 
 def log_range(lo: float, hi: float, n: int) -> list[float]:
@@ -56,7 +60,7 @@ def _canonical(key: str) -> tuple[str, str, str]:
     return f"{section}.{name}", section, name
 
 
-def parse_axis(text: str, base: RunConfig | None = None) -> tuple[str, tuple[Any, ...]]:
+def parse_axis(text: str, base: RunConfig | None = None, max_values: int | None = None) -> tuple[str, tuple[Any, ...]]:
     """``"weight_decay=log:0.01:1:10"`` -> ``("optim.weight_decay", (0.01, ...))`` (see module doc).
 
     Values are converted to the field's type and checked against ``base`` (default: the default
@@ -78,6 +82,10 @@ def parse_axis(text: str, base: RunConfig | None = None) -> tuple[str, tuple[Any
             raise ConfigError(f"--grid {text!r}: ranges are log:LOW:HIGH:COUNT or lin:LOW:HIGH:COUNT") from None
         if hint not in (int, float):
             raise ConfigError(f"--grid {text!r}: {full} is not numeric; list its values instead")
+        limit = MAX_MEMBERS if max_values is None else max_values
+        if n_i > limit:  # before generating and validating each value
+            raise ConfigError(f"--grid {text!r}: {n_i:,} values, over the limit of {limit:,} members "
+                              f"(raise --max-members)")
         values = (log_range if kind == "log" else lin_range)(lo_f, hi_f, n_i)
         if hint is int:
             values = list(dict.fromkeys(int(round(v)) for v in values))
@@ -121,6 +129,9 @@ class SweepSpec:
     """Model seeds per grid point (``train.seed = seed_start .. seed_start + seeds - 1``)."""
     seed_start: int = 0
     """First model seed."""
+    max_members: int = MAX_MEMBERS
+    """Refuse a spec with more members than this (CLI ``--max-members``): a typo in a range
+    (``log:0.001:1:1000000``) should fail at once, not after minutes of validation."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.base, RunConfig):
@@ -129,6 +140,8 @@ class SweepSpec:
             raise ConfigError(f"sweep.seeds: must be an integer >= 1, got {self.seeds!r}")
         if not isinstance(self.seed_start, int) or self.seed_start < 0:
             raise ConfigError(f"sweep.seed_start: must be an integer >= 0, got {self.seed_start!r}")
+        if not isinstance(self.max_members, int) or self.max_members < 1:
+            raise ConfigError(f"sweep.max_members: must be an integer >= 1, got {self.max_members!r}")
         axes = []
         seen = set()
         for axis in self.grid:
@@ -147,7 +160,39 @@ class SweepSpec:
             seen.add(full)
             axes.append((full, values))
         object.__setattr__(self, "grid", tuple(axes))
-        self.config(0)  # validates the first member's config early
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every member before anything is written: the member count against
+        ``max_members``, each member's config (a bad combination in member 517 must not surface
+        after ``sweep.json`` exists) and the folder's size against ``base.train.max_disk_gb``.
+
+        Members of one grid point differ only in ``train.seed``, so each grid point is built once
+        with its largest seed (the only seed that can be out of range)."""
+        size = self.size
+        if size > self.max_members:
+            raise ConfigError(
+                f"sweep: {size:,} members ({self.describe_axes()}), over the limit of {self.max_members:,}; "
+                f"shrink the grid or raise --max-members"
+            )
+        keys = [k for k, _ in self.grid]
+        seed_axis = "train.seed" in keys
+        last_seed = {} if seed_axis else {"train.seed": self.seed_start + self.seeds - 1}
+        disk = 0.0
+        for g, combo in enumerate(itertools.product(*(v for _, v in self.grid))):
+            values = dict(zip(keys, combo))
+            try:
+                cfg = self.base.with_overrides({**values, **last_seed})
+            except ConfigError as e:
+                where = ", ".join(f"{column_name(k)}={json.dumps(v)}" for k, v in values.items())
+                raise ConfigError(f"sweep member {g * self.seeds}{f' ({where})' if where else ''}: {e}") from None
+            disk += cfg.resources()["disk_bytes"] * self.seeds
+        limit = self.base.train.max_disk_gb
+        if limit and disk > limit * 1e9:
+            raise ConfigError(
+                f"train.max_disk_gb: the sweep's {size:,} member folders would take ~{disk / 1e9:,.3g} GB, over "
+                f"the limit of {limit:g} GB; shrink the grid, raise train.checkpoint_every or raise train.max_disk_gb"
+            )
 
     @property
     def size(self) -> int:
@@ -179,6 +224,7 @@ class SweepSpec:
             "grid": [[k, list(v)] for k, v in self.grid],
             "seeds": self.seeds,
             "seed_start": self.seed_start,
+            "max_members": self.max_members,
         }
 
     @classmethod
@@ -189,6 +235,7 @@ class SweepSpec:
                 grid=tuple((k, tuple(v)) for k, v in data.get("grid", [])),
                 seeds=int(data.get("seeds", 1)),
                 seed_start=int(data.get("seed_start", 0)),
+                max_members=int(data.get("max_members", MAX_MEMBERS)),
             )
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, ConfigError):
@@ -196,11 +243,16 @@ class SweepSpec:
             raise ConfigError(f"sweep spec: unreadable ({e})") from None
 
     @classmethod
-    def from_cli(cls, base: RunConfig, axes: list[str], seeds: int = 1, seed_start: int = 0) -> "SweepSpec":
+    def from_cli(cls, base: RunConfig, axes: list[str], seeds: int = 1, seed_start: int = 0,
+                 max_members: int = MAX_MEMBERS) -> "SweepSpec":
         """From ``--grid`` texts (see :func:`parse_axis`)."""
-        return cls(base=base, grid=tuple(parse_axis(a, base) for a in axes), seeds=seeds, seed_start=seed_start)
+        return cls(base=base, grid=tuple(parse_axis(a, base, max_members) for a in axes), seeds=seeds, seed_start=seed_start,
+                   max_members=max_members)
+
+    def describe_axes(self) -> str:
+        axes = ", ".join(f"{column_name(k)} x{len(v)}" for k, v in self.grid) or "no grid"
+        return f"{axes}, {self.seeds} seed(s)"
 
     def describe(self) -> str:
-        axes = ", ".join(f"{column_name(k)} x{len(v)}" for k, v in self.grid) or "no grid"
-        return f"{self.size:,} models of {self.base.name}: {axes}, {self.seeds} seed(s)"
+        return f"{self.size:,} models of {self.base.name}: {self.describe_axes()}"
 
