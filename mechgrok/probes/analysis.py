@@ -409,14 +409,19 @@ def analyze(
     records: dict[str, Any] = {"format": FORMAT_VERSION, "options": options, "source": source}
 
     def chunks():
+        from tqdm.auto import tqdm
+
         it = _iter_trajectory(run, traj_in, wanted, chunk_size, chunk_mb)
-        while True:
-            t = time.perf_counter()
-            chunk = next(it, None)
-            timings["load"] += time.perf_counter() - t
-            if chunk is None:
-                return
-            yield chunk
+        total = len(traj_in) if traj_in is not None else len(wanted or [])
+        with tqdm(total=total, disable=not progress, desc="analysing", unit="checkpoint", leave=False) as bar:
+            while True:
+                t = time.perf_counter()
+                chunk = next(it, None)
+                timings["load"] += time.perf_counter() - t
+                if chunk is None:
+                    return
+                yield chunk
+                bar.update(len(chunk))
 
     if run is None:
         need_acc = True
@@ -431,7 +436,7 @@ def analyze(
         t = time.perf_counter()
         relevant = None
         for chunk in chunks():
-            bits = bit_dependence(chunk, data, n_eval=n_eval, progress=progress)
+            bits = bit_dependence(chunk, data, n_eval=n_eval)
             relevant = bits["relevant"] if relevant is None else relevant
             part = {k: v for k, v in bits.items() if k != "relevant"}
             part["prune_now_acc"] = prune_now_accuracy(chunk, data, relevant=relevant)
@@ -492,7 +497,7 @@ def analyze(
         parts = []
         for chunk in chunks():
             parts.append(modular_sweep(chunk, data, parts_wanted, key_freqs=key_freqs, min_gap=min_gap,
-                                       min_explained=min_explained, progress=progress))
+                                       min_explained=min_explained))
             step_parts.append(chunk.steps)
         if not parts:
             raise StoreError(f"{run.path if run is not None else 'trajectory'}: no readable checkpoints")
