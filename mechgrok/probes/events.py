@@ -32,12 +32,15 @@ Phases, ``rule="accuracy"`` (the names of Liu et al., "Omnigrok"):
   first from learning both at once.
 
 ``rule="loss"``: the loss rule of Google PAIR's hyperparameter sweeps ("Do machine learning models
-memorize or generalize?"), on the logged ``train_loss`` / ``test_loss``:
+memorize or generalize?"), on the logged ``train_loss`` / ``test_loss`` at the steps that have both
+(PAIR-code/ai-explorables, ``source/grokking/sweep-mod/parse.js`` computes ``minTrainLoss``,
+``minEvalLoss`` and ``maxRatio = max(eval_loss / train_loss)`` over a run's metric rows;
+``sparse-parity-sweep/init.js`` ``circleFillFn`` colours with both loss thresholds at 1e-5):
 
-* min train loss > ``pair_min_loss`` (1e-5): ``confusion`` (no learning);
-* min test loss > ``pair_min_loss``: ``memorisation`` (no generalisation);
-* max over steps of test loss / train loss < ``pair_max_ratio`` (5e4): ``comprehension``
-  (generalised without delay);
+* min train loss > ``pair_min_loss`` (1e-5): ``confusion`` (their "high train loss");
+* min test loss > ``pair_min_loss``: ``memorisation`` ("high test loss");
+* max test loss / train loss < ``pair_max_ratio`` (5e4): ``comprehension`` ("train/test drop
+  together");
 * otherwise ``grokking``; ``unknown`` with fewer than ``min_evaluated`` steps having both losses.
 
 With this rule the memorisation / generalisation steps are the first steps with train / test loss
