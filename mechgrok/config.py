@@ -15,6 +15,7 @@ returns a copy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import json
 import math
@@ -80,9 +81,16 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    # typing.get_type_hints re-evaluates every string annotation (this module has
+    # ``from __future__ import annotations``): ~70% of building a config, which a sweep does per member
+    return typing.get_type_hints(cls)
+
+
 def check_types(obj: Any) -> None:
     """Reject values whose type does not match the annotation (configs come from JSON and CLIs)."""
-    hints = typing.get_type_hints(type(obj))
+    hints = _hints(type(obj))
     owner = _SECTION_NAMES.get(type(obj).__name__, type(obj).__name__)
     for f in fields(obj):
         value = getattr(obj, f.name)
@@ -702,7 +710,7 @@ def resolve_key(key: str) -> tuple[str, str]:
 def _coerce(section: str, name: str, raw: Any, base: float) -> Any:
     if not isinstance(raw, str):
         return raw
-    hint = typing.get_type_hints(SECTIONS[section])[name]
+    hint = _hints(SECTIONS[section])[name]
     try:
         if hint is bool:
             if raw.lower() in ("1", "true", "yes", "on"):
