@@ -216,13 +216,13 @@ HOW = [
 
 @pytest.mark.parametrize("how", HOW)
 @pytest.mark.parametrize("name", list(HOOK_CASES))
-def test_every_hook_kind_fires_at_every_hook_point(name, how):
+def test_every_hook_kind_fires_at_every_hook_point(name, how, device):
     """A fast path that skips a hook point must notice every kind of hook on it (issue 11 s.2:
     backward hooks on the MLPs' hook_embed / hook_mlp_out never fired); the hooked path gives the
     same logits and parameter gradients as the fast one."""
     mcfg, tcfg = HOOK_CASES[name]
-    model = build_model(mcfg, tcfg, seed=0)
-    x = make_dataset(tcfg).train_x[:5]
+    model = build_model(mcfg, tcfg, seed=0).to(device)
+    x = make_dataset(tcfg).train_x[:5].to(device)
     ref_logits, ref_grads = _plain_logits_and_grads(model, x)
     assert len(model.hook_dict) >= 4
     for point in model.hook_dict:
@@ -238,14 +238,14 @@ def test_every_hook_kind_fires_at_every_hook_point(name, how):
 # the global backward hook also sees Embed/nn.RNN modules, whose integer inputs carry no gradient
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 @pytest.mark.parametrize("name", list(HOOK_CASES))
-def test_global_module_hooks_fire_at_every_hook_point(name):
+def test_global_module_hooks_fire_at_every_hook_point(name, device):
     """``torch.nn.modules.module.register_module_*_hook`` hooks run at every module call, so they
     too must switch off the paths that skip hook points."""
     from torch.nn.modules import module as torch_module
 
     mcfg, tcfg = HOOK_CASES[name]
-    model = build_model(mcfg, tcfg, seed=0)
-    x = make_dataset(tcfg).train_x[:5]
+    model = build_model(mcfg, tcfg, seed=0).to(device)
+    x = make_dataset(tcfg).train_x[:5].to(device)
     ref_logits, ref_grads = _plain_logits_and_grads(model, x)
     names = {m: n for n, m in model.hook_dict.items()}
     fwd, bwd = set(), set()
@@ -264,12 +264,12 @@ def test_global_module_hooks_fire_at_every_hook_point(name):
         torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_backward_hook_on_input_bits_sees_the_input_gradient_and_leaves_the_input_alone():
+def test_backward_hook_on_input_bits_sees_the_input_gradient_and_leaves_the_input_alone(device):
     """Parity bits carry no gradient; a backward hook on hook_embed must still fire (with
     dL/dx = dL/dpre W_in^T) and must not mark the caller's tensor as requiring grad."""
     mcfg, tcfg = HOOK_CASES["parity_mlp_2"]
-    model = build_model(mcfg, tcfg, seed=0).double()
-    x = make_dataset(tcfg).train_x[:5].double()
+    model = build_model(mcfg, tcfg, seed=0).double().to(device)
+    x = make_dataset(tcfg).train_x[:5].double().to(device)
     seen = {}
     with model.hooks(bwd_hooks=[("hook_embed", lambda g, hook: seen.update(g=g))]):
         model(x).sum().backward()
