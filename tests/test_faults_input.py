@@ -429,6 +429,26 @@ def test_import_huge_shapes_from_a_tiny_file(capsys, tmp_path):
     assert not (tmp_path / "huge.mechgrok").exists()
 
 
+def test_import_repeated_state_dicts_refused(tmp_path):
+    """One stored state named 100 times: a 1 MB file that would convert to 100 MB (a crafted
+    3 MB file reached 6.2 GB this way); refused before anything is converted or written."""
+    state = their_state()
+    state["blocks.0.mlp.W_in"] = torch.randn(15_000, D_MODEL)  # ~250k parameters in all
+    state["blocks.0.mlp.b_in"] = torch.randn(15_000)
+    state["blocks.0.mlp.W_out"] = torch.randn(D_MODEL, 15_000)
+    f = tmp_path / "refs.pth"
+    torch.save({"state_dicts": [state] * 100}, f)
+    assert f.stat().st_size < 2_000_000
+    with pytest.raises(StoreError, match=r"refs\.pth: its 100 checkpoints would expand .* \(repeated or overlapping"):
+        import_nanda_checkpoint(f, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # distinct checkpoints are judged against the disk limit
+    torch.save({"state_dicts": [{k: v.clone() for k, v in state.items()} for _ in range(2)]}, f)
+    with pytest.raises(StoreError, match=r"2 checkpoints of .* over the limit of 0\.001 GB"):
+        import_nanda_checkpoint(f, tmp_path / "out", max_disk_gb=0.001)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("bad", [3, "text", [1.0, 2.0], {"nested": torch.zeros(2)}, torch.zeros(2, dtype=torch.int64)])
 def test_import_non_tensors_in_model(capsys, tmp_path, bad):
     state = their_state()

@@ -181,7 +181,7 @@ def _losses(obj: dict[str, Any], key: str, path: Path) -> list[float]:
 
 
 def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, progress: bool = False,
-                            max_memory_gb: float = 16.0) -> Run:
+                            max_memory_gb: float = 16.0, max_disk_gb: float = 64.0) -> Run:
     """Import a progress-measures-paper file (module docstring) as a mechgrok run folder.
 
     ``out`` defaults to ``FILE.mechgrok/`` next to the file. Importing the same file into a folder
@@ -192,7 +192,8 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
     ``out`` as the commit point: a killed import leaves no half-filled ``out`` that would block
     importing the file again, and its temporary folder is removed by the next import.
     ``max_memory_gb`` bounds what the file may unpack to (a small compressed file can expand to
-    gigabytes) and the run's estimated size (0 = no limit).
+    gigabytes) and the run's estimated memory; ``max_disk_gb`` the converted checkpoints (a
+    list can name one stored state dict thousands of times); 0 = no limit.
     """
     path = Path(path)
     if not path.is_file():
@@ -259,9 +260,16 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
         raise StoreError(f"{path}: {e}") from None
     n_params = sum(states[-1][1][k].numel() for k in _REQUIRED)
     need = len(states) * n_params * 4
-    if limit and need > limit * 1e9:
+    # what the file really stores: torch.load shares a storage between every reference to it,
+    # and a view (a stride-0 expand) can claim more elements than its storage holds
+    stored = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for _, s in states for t in
+              (s[k] for k in _REQUIRED)}
+    if need > 4 * sum(stored.values()) + (16 << 20):  # float16 files convert to 2x; real ones never more
+        raise StoreError(f"{path}: its {len(states):,} checkpoints would expand {sum(stored.values()) / 1e6:,.3g} MB "
+                         f"of stored tensors to {need / 1e9:,.3g} GB (repeated or overlapping tensors)")
+    if max_disk_gb and need > max_disk_gb * 1e9:
         raise StoreError(f"{path}: {len(states):,} checkpoints of {n_params:,} parameters would take "
-                         f"~{need / 1e9:,.3g} GB, over the limit of {limit:g} GB")
+                         f"~{need / 1e9:,.3g} GB, over the limit of {max_disk_gb:g} GB")
 
     _clean_stale_imports(out)
     tmp = out.parent / f".{out.name}.import-{uuid.uuid4().hex[:12]}"
