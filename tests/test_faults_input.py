@@ -188,7 +188,13 @@ def test_sweep_member_count_and_disk_limits(capsys, tmp_path):
     spec = SweepSpec(base=preset("parity"), seeds=3, max_members=3)
     with pytest.raises(ConfigError, match="over the limit of 2"):
         SweepSpec(base=preset("parity"), seeds=3, max_members=2)
-    assert SweepSpec.from_dict(spec.to_dict()) == spec
+    assert SweepSpec.from_dict(spec.to_dict()) == spec  # the limit is a guard, not stored
+    assert "max_members" not in spec.to_dict()
+    no_disk_limit = preset("parity", **{"train.max_disk_gb": 0})
+    big = SweepSpec(base=no_disk_limit, seeds=150_000, max_members=200_000)
+    assert SweepSpec.from_dict(big.to_dict()).size == 150_000  # re-opened without the default limit
+    with pytest.raises(ConfigError, match="over the limit of 100,000"):
+        SweepSpec(base=no_disk_limit, seeds=150_000)
     with pytest.raises(ConfigError, match="over the limit"):
         parse_axis("lr=log:0.001:1:20", preset("parity"), max_values=10)
 

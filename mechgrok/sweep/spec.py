@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ __all__ = ["SweepSpec", "parse_axis", "log_range", "lin_range", "column_name", "
 
 MAX_MEMBERS = 100_000
 """Default limit on a sweep's members (``SweepSpec.max_members``, CLI ``--max-members``)."""
+_STORED = 1 << 62  # the limit for a spec read back from sweep.json (checked when it was created)
 
 
 def log_range(lo: float, hi: float, n: int) -> list[float]:
@@ -129,9 +130,11 @@ class SweepSpec:
     """Model seeds per grid point (``train.seed = seed_start .. seed_start + seeds - 1``)."""
     seed_start: int = 0
     """First model seed."""
-    max_members: int = MAX_MEMBERS
+    max_members: int = field(default=MAX_MEMBERS, compare=False)
     """Refuse a spec with more members than this (CLI ``--max-members``): a typo in a range
-    (``log:0.001:1:1000000``) should fail at once, not after minutes of validation."""
+    (``log:0.001:1:1000000``) should fail at once, not after minutes of validation. A guard for
+    new specs, not part of what a sweep trains: not stored in ``sweep.json`` (a stored spec was
+    checked when it was created) and not compared."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.base, RunConfig):
@@ -224,7 +227,6 @@ class SweepSpec:
             "grid": [[k, list(v)] for k, v in self.grid],
             "seeds": self.seeds,
             "seed_start": self.seed_start,
-            "max_members": self.max_members,
         }
 
     @classmethod
@@ -235,7 +237,7 @@ class SweepSpec:
                 grid=tuple((k, tuple(v)) for k, v in data.get("grid", [])),
                 seeds=int(data.get("seeds", 1)),
                 seed_start=int(data.get("seed_start", 0)),
-                max_members=int(data.get("max_members", MAX_MEMBERS)),
+                max_members=_STORED,
             )
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, ConfigError):
