@@ -180,3 +180,36 @@ def test_cli_sweep_threads_are_its_workers(monkeypatch, tmp_path):
             main(["sweep", "parity", "--grid", "optim.weight_decay=0.1,1", "--out", str(tmp_path / "s"), "--quiet", *extra])
         assert got == {"workers": workers, "threads": threads}, extra
         assert torch.get_num_threads() == 2
+
+
+@pytest.mark.integration
+def test_tiny_training_beside_a_busy_process_is_not_slowed_by_extra_threads():
+    """The issue's case: the parity preset beside a process keeping every core busy. With torch's
+    one thread per core it ran ~90x slower; the automatic count (1) must beat it."""
+    import subprocess
+    import sys
+    import time
+
+    from mechgrok._threads import available_cores
+
+    cores = available_cores()
+    if cores < 2:
+        pytest.skip("one usable core: the automatic and the default count are the same")
+    busy = subprocess.Popen(
+        [sys.executable, "-c", f"import torch\ntorch.set_num_threads({cores})\na = torch.randn(384, 384)\n"
+                               "while True:\n    a = (a @ a).tanh()\n"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        cfg = preset("parity").with_overrides({"train.steps": "30", "train.log_checkpoints": "0",
+                                                "train.checkpoint_every": "30", "train.eval_every": "30"})
+        seconds = {}
+        for name, threads in (("auto", None), ("all cores", cores)):
+            t = time.perf_counter()
+            train(cfg, progress=False, threads=threads)
+            seconds[name] = time.perf_counter() - t
+    finally:
+        busy.kill()
+        busy.wait()
+    assert seconds["auto"] < seconds["all cores"], seconds
