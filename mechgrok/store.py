@@ -603,7 +603,11 @@ class Run:
     def append_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Append rows to ``metrics.jsonl`` (strict JSON: non-finite values as ``null``)."""
         if rows:
-            append_text(self.path / FILES["metrics"], "".join(metrics_line(r) for r in rows))
+            self.append_metrics_text("".join(metrics_line(r) for r in rows))
+
+    def append_metrics_text(self, text: str) -> None:
+        """Append lines already made by :func:`metrics_line` (the sweep engine makes them early)."""
+        append_text(self.path / FILES["metrics"], text)
 
     def truncate_metrics(self, before_step: int) -> None:
         """Keep the rows with step < ``before_step`` (used when resuming); damaged lines are

@@ -34,7 +34,7 @@ from ..config import ConfigError, RunConfig, check_types
 from ..models import build_model
 from ..probes.events import detect_events
 from ..store import (
-    FILES, METRICS_FLUSH_ROWS, Run, StoreError, append_text, atomic_save_tensors, atomic_write_json, metrics_line,
+    FILES, METRICS_FLUSH_ROWS, Run, StoreError, atomic_save_tensors, atomic_write_json, metrics_line,
 )
 from ..tasks import Dataset, make_dataset
 from ..train import TrainResult, resume_tensors, grokfast_update, summarize_metrics
@@ -661,10 +661,8 @@ class _Pool:
     def _flush_lines(self, s: _Slot) -> None:
         if s.run is None or not s.lines:
             return
-        text, s.lines = "".join(s.lines), []
-        path = s.run.path / FILES["metrics"]
-
-        self.writer.submit(s.key, lambda: append_text(path, text))
+        text, s.lines, run = "".join(s.lines), [], s.run
+        self.writer.submit(s.key, lambda: run.append_metrics_text(text))
 
     def _checkpoint(self, r: int) -> None:
         s = self.slots[r]

@@ -100,12 +100,13 @@ class Sweep:
         try:
             if (path / SWEEP_FILES["spec"]).exists():
                 raise StoreError(f"{path}: already holds a sweep; use --resume to continue it or choose another --out")
-            if any(p.name != SWEEP_FILES["lock"] for p in path.iterdir()):
+            if not _holds_nothing(path):
                 raise StoreError(f"{path}: folder is not empty and holds no sweep; choose another --out")
-            (path / SWEEP_FILES["members"]).mkdir(exist_ok=True)
+            remove_temporary(path)  # a killed create's sweep.json
             record = {"spec": spec.to_dict(), "engine": engine.to_dict(), "size": spec.size,
                       "versions": library_versions(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
             atomic_write_json(path / SWEEP_FILES["spec"], record)
+            (path / SWEEP_FILES["members"]).mkdir(exist_ok=True)
         finally:
             if own is not None:
                 own.release()
@@ -245,6 +246,34 @@ class Sweep:
         return f"Sweep({str(self.path)!r}, {self.spec.describe()})"
 
 
+def _clean_state_dir(state_dir: Path, finished: set[int]) -> None:
+    """Remove what a kill leaves in ``state/``: temporary files, committed states whose members
+    have all finished (the kill came before the pool removed them), and batch tensors that no
+    committed state names (written, but the kill came before their JSON commit point)."""
+    remove_temporary(state_dir)
+    named = set()
+    for meta_path in state_dir.glob("*.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+            tensors, members = meta["tensors"], set(meta["members"])
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            return  # reported by _SavedStates, and nothing is deleted on a guess
+        if members <= finished:
+            meta_path.unlink(missing_ok=True)  # the commit point first, then what it named
+        else:
+            named.add(tensors)
+    for t in state_dir.glob("*.safetensors"):
+        if t.name not in named:
+            t.unlink(missing_ok=True)
+
+
+def _holds_nothing(path: Path) -> bool:
+    """Whether a folder holds nothing but what a create killed before ``sweep.json`` leaves (the
+    lock and temporary files): such a folder may still become a sweep."""
+    return all(p.name == SWEEP_FILES["lock"] or (p.name.startswith(".") and p.name.endswith(".tmp"))
+               for p in path.iterdir())
+
+
 # ----------------------------------------------------------------------------------------------
 # driving a sweep
 
@@ -335,8 +364,7 @@ def run_sweep(
         raise StoreError(f"{out}: no sweep to resume (no {SWEEP_FILES['spec']})")
     if out.exists() and not out.is_dir():
         raise StoreError(f"{out}: exists and is not a folder")
-    if spec is not None and not (out / SWEEP_FILES["spec"]).exists() and out.is_dir() and any(
-            p.name != SWEEP_FILES["lock"] for p in out.iterdir()):
+    if spec is not None and not (out / SWEEP_FILES["spec"]).exists() and out.is_dir() and not _holds_nothing(out):
         raise StoreError(f"{out}: folder is not empty and holds no sweep; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -357,7 +385,7 @@ def run_sweep(
             sweep = Sweep.create(out, spec, engine or EngineConfig(), lock=lock)
         remove_temporary(out)  # left by a killed writer; nobody else writes here while we hold the lock
         if (out / SWEEP_FILES["state"]).is_dir():
-            remove_temporary(out / SWEEP_FILES["state"])
+            _clean_state_dir(out / SWEEP_FILES["state"], set(sweep.finished()))
         groups = pending_groups(sweep)
         if groups:
             if backend == "ray":
