@@ -544,15 +544,18 @@ class Run:
         for step in wanted:
             try:
                 state = self.checkpoint(step, _index=index)
-                _check_fits(expected, state, str(self.checkpoint_path(step)))
-                states.append(state)
-                good.append(step)
             except CheckpointError as e:
                 last_error = e
                 if errors == "raise":
                     raise
                 if errors == "warn":
                     warnings.warn(str(e), stacklevel=2)
+                continue
+            # parameters that do not fit the config are not one damaged file but a folder whose
+            # config was edited: raised whatever ``errors`` says (skipping would skip them all)
+            _check_fits(expected, state, str(self.checkpoint_path(step)))
+            states.append(state)
+            good.append(step)
         if not states:
             raise StoreError(f"{self.path}: no readable checkpoints" + (f" (last problem: {last_error})" if last_error else ""))
         params = {k: torch.stack([s[k] for s in states]) for k in states[0]}

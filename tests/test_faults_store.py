@@ -501,8 +501,12 @@ def test_crafted_resume_state_and_config_are_one_line_errors(tiny_modadd, tmp_pa
     (out / FILES["config"]).write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match=r"step_00000020.safetensors.*shape"):
         Run.open(out).model(20)
-    with pytest.raises(StoreError, match="no readable checkpoints.*shape"):
-        Run.open(out).trajectory(errors="skip")
+    with pytest.raises(CheckpointError, match=r"step_00000000.safetensors.*shape"):
+        Run.open(out).trajectory(errors="skip")  # an edited config is not a damaged file to skip
+    with pytest.raises(SystemExit) as exit_:
+        main(["analyze", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and str(out) in err[0], err  # one line, no traceback
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--resume", str(out), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
