@@ -278,6 +278,30 @@ def test_two_creators_at_once_leave_one_consistent_config(tiny_modadd, tmp_path,
     assert json.loads((out / FILES["config"]).read_text())["seed"] == winners[0]
 
 
+@pytest.mark.integration
+def test_two_trainers_started_at_once_on_a_new_folder(tiny_modadd, tmp_path):
+    """Two real `mechgrok train` processes, other seeds, same new --out: one trains, the other
+    ends with one line; the stored config's seed is the one the weights were trained with."""
+    out = tmp_path / "r"
+    files = []
+    for seed in (1, 2):
+        f = tmp_path / f"cfg{seed}.json"
+        f.write_text(tiny_modadd.with_overrides({"train.seed": seed, "train.steps": 200}).to_json())
+        files.append(f)
+    procs = [subprocess.Popen([sys.executable, "-m", "mechgrok.cli", "train", "--config", str(f), "--out", str(out), "--quiet"],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for f in files]
+    results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    err = next(e for code, e in results if code == 2).strip().splitlines()
+    assert len(err) == 1 and ("in use by another process" in err[0] or "already holds a run" in err[0]), err
+    run = Run.open(out)
+    ref = train(run.config, None, progress=False)
+    assert run.config.train.seed in (1, 2)
+    final = run.checkpoint(200)
+    assert all(torch.equal(final[k], v) for k, v in ref.model.state_dict().items())
+
+
 def test_two_sweeps_created_at_once(tmp_path, tiny_parity, monkeypatch):
     from mechgrok.sweep import EngineConfig, SweepSpec
     from mechgrok.sweep import store as sweep_store
