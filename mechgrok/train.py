@@ -203,8 +203,9 @@ def train(
         else:
             run = Run.create(out, config, keep_lock=True)
             lock = run.held_lock
-        run.clean_temporary()  # left by a killed writer; safe now that the lock is held
     try:
+        if run is not None:
+            run.clean_temporary()  # left by a killed writer; safe now that the lock is held
         # torch's default of one thread per core makes tiny models crawl beside a busy process
         with intra_op_threads(n_threads):
             return _train(config, run, resume, progress, data, model, device)
