@@ -345,6 +345,16 @@ def test_bad_device_creates_nothing(tiny_modadd, tmp_path):
         assert not (tmp_path / "r").exists(), device
 
 
+def test_model_that_cannot_be_built_creates_nothing(tiny_modadd, tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("not enough memory")
+
+    monkeypatch.setattr(sys.modules["mechgrok.train"], "build_model", broken)
+    with pytest.raises(RuntimeError):
+        train(tiny_modadd, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_without_resume_state_restarts_from_zero(tiny_modadd, tmp_path, monkeypatch):
     ref = train(tiny_modadd, tmp_path / "ref", progress=False)
     out = tmp_path / "r"
