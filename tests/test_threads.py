@@ -213,3 +213,42 @@ def test_tiny_training_beside_a_busy_process_is_not_slowed_by_extra_threads():
         busy.kill()
         busy.wait()
     assert seconds["auto"] < seconds["all cores"], seconds
+
+
+def test_cli_analyze_report_and_demo_pass_threads_on(monkeypatch, tmp_path):
+    import os
+
+    import mechgrok.demo as demo_mod
+    import mechgrok.report as report_mod
+
+    analysis_mod = importlib.import_module("mechgrok.probes.analysis")
+    run_dir = tmp_path / "r"
+    train(_cfg(), run_dir, progress=False)
+    seen = {}
+    inner = analysis_mod.bit_dependence
+
+    def spy(*a, **k):
+        seen["analyze"] = torch.get_num_threads()
+        return inner(*a, **k)
+
+    monkeypatch.setattr(analysis_mod, "bit_dependence", spy)
+    torch.set_num_threads(1)
+    main(["analyze", str(run_dir), "--threads", "2", "--quiet"])
+    assert seen["analyze"] == 2 and torch.get_num_threads() == 1
+
+    def fake_report(path, out=None, **kw):
+        seen["report"] = kw.get("threads")
+        raise SystemExit(0)
+
+    monkeypatch.setattr(report_mod, "write_run_report", fake_report)
+    with pytest.raises(SystemExit):
+        main(["report", str(run_dir), "--threads", "3"])
+    assert seen["report"] == 3
+
+    def fake_demo(*a, **kw):
+        seen["demo"] = os.environ.get(ENV_VAR)
+        return []
+
+    monkeypatch.setattr(demo_mod, "run_demo", fake_demo)
+    main(["demo", "--out", str(tmp_path / "d"), "--threads", "2", "--quiet"])
+    assert seen["demo"] == "2" and ENV_VAR not in os.environ  # the spawned trainer sees it; restored after
