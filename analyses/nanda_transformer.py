@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from mechgrok import Run, preset, train
-from mechgrok.probes import analyze, load_analysis
+from mechgrok.analysis import analyze, load_analysis
 
 ACCELERATED = {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 2.0, "optim.lr": 3e-3, "optim.warmup_steps": 100}
 # benchmarks/time_to_grok.py's fastest variant (grokfast5-lr10-wd3)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from mechgrok import Run, detect_events, loss_and_accuracy, make_dataset, preset, train
-from mechgrok.probes import analyze
+from mechgrok.analysis import analyze
 
 
 def fmt(x) -> str:
@@ -75,7 +75,7 @@ def story(seed: int, out: Path) -> dict:
 
 
 def wd_phase(wd: float, seed: int, steps: int) -> dict:
-    cfg = preset("parity", **{"train.seed": seed, "optim.weight_decay": wd, "train.steps": steps})
+    cfg = preset("parity", {"train.seed": seed, "optim.weight_decay": wd, "train.steps": steps})
     res = train(cfg, None, progress=False)
     ev = detect_events(res.metrics)
     return {"wd": wd, "seed": seed, "phase": ev.phase, "memorised": ev.memorised_step, "generalised": ev.generalised_step,

@@ -28,22 +28,20 @@ from .models import (
 from .probes import (
     PHASE_RULES,
     PHASES,
-    Analysis,
     GrokEvents,
-    analyze,
     bit_dependence,
     classify_phase,
     detect_events,
     fourier_basis,
     fourier_over_training,
-    import_nanda_checkpoint,
     key_frequencies,
-    load_analysis,
     neuron_circles,
     parity_events,
     progress_measures,
     prune_now_accuracy,
 )
+from .analysis import Analysis, analyze, load_analysis
+from .importers import import_nanda_checkpoint
 from . import report
 from .demo import ensure_run, run_demo
 from .presets import PRESETS, describe_preset, preset, preset_names

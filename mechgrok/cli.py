@@ -71,12 +71,13 @@ def train(
     """Train one model and write its run folder."""
     from .config import RunConfig
     from .presets import preset as get_preset
+    from .train import resume as resume_run
     from .train import train as run_train
 
     if resume is not None:
         if preset or set_ or config:
             raise ConfigError("--resume: takes no preset, --set or --config (the run folder's config is used)")
-        result = run_train(None, resume, resume=True, progress=not quiet, threads=threads)  # type: ignore[arg-type]
+        result = resume_run(resume, progress=not quiet, threads=threads)
         _print_train_summary(result)
         return
     if config is not None:
@@ -128,8 +129,8 @@ def analyze(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Run every probe that applies to a run; save RUN/analysis/ and print a summary."""
-    from .probes.analysis import ANALYSIS_FILES
-    from .probes.analysis import analyze as run_analyze
+    from .analysis import analyze as run_analyze
+    from .layout import ANALYSIS_FILES
 
     result = run_analyze(path, max_checkpoints=max_checkpoints, import_to=import_to, progress=not quiet,
                          phase_rule=phase_rule, chunk_size=chunk_size, threads=threads)

@@ -58,7 +58,7 @@ class DemoRun:
 
 def demo_configs(quick: bool = False) -> list[RunConfig]:
     """The demo's configs (``quick``: a few hundred steps each, to check the pipeline)."""
-    return [preset(name, **({**over, **_QUICK[name]} if quick else over)) for name, over in DEMO_RUNS]
+    return [preset(name, {**over, **_QUICK[name]} if quick else over) for name, over in DEMO_RUNS]
 
 
 def _at(event: str, step: int | None) -> str:
@@ -141,7 +141,7 @@ def ensure_run(
 
 
 def _stored_analysis(run: Run) -> Any:
-    from .probes import load_analysis
+    from .analysis import load_analysis
 
     try:
         analysis = load_analysis(run.path)
@@ -183,7 +183,7 @@ def run_demo(
     the checkpoints each analysis reads (evenly spaced) so the demo stays within a couple of
     minutes on 2 CPU cores.
     """
-    from .probes import analyze
+    from .analysis import analyze
     from .report import write_run_report
 
     root = Path(root)

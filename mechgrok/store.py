@@ -45,6 +45,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from .config import ConfigError, RunConfig
+from .layout import RUN_FILES
 
 __all__ = [
     "FILES",
@@ -59,16 +60,7 @@ __all__ = [
     "RunLock",
 ]
 
-FILES = {
-    "config": "config.json",
-    "metrics": "metrics.jsonl",
-    "index": "checkpoints.json",
-    "checkpoints": "checkpoints",
-    "resume": "resume.safetensors",
-    "resume_meta": "resume.json",  # legacy: folders written before the metadata moved into "resume"
-    "summary": "summary.json",
-    "lock": ".lock",
-}
+FILES = RUN_FILES  # the run folder's names, from the registry (mechgrok.layout); the name is kept for callers
 
 
 class StoreError(RuntimeError):

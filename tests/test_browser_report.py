@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mechgrok import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig, train
-from mechgrok.probes import analyze
+from mechgrok.analysis import analyze
 from mechgrok.report import write_run_report
 
 CHROMIUM_ARGS = [

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import mechgrok.probes.analysis as analysis_mod
+import mechgrok.analysis as analysis_mod
 from mechgrok import ModelConfig, OptimConfig, Run, RunConfig, StoreError, TaskConfig, TrainConfig, train
-from mechgrok.probes import analyze, load_analysis
-from mechgrok.probes.analysis import analysis_is_current
+from mechgrok.analysis import analysis_is_current, analyze, load_analysis
 from mechgrok.report import write_run_report
 from mechgrok.store import Run as StoreRun
 

@@ -19,8 +19,7 @@ from mechgrok import RunConfig, StoreError, TrainConfig
 from mechgrok.cli import main
 from mechgrok.config import ConfigError
 from mechgrok.presets import PRESETS, preset
-from mechgrok.probes import import_nanda_checkpoint
-from mechgrok.probes.importer import IMPORT_FILES
+from mechgrok.importers import IMPORT_FILES, import_nanda_checkpoint
 from mechgrok.store import FILES
 from mechgrok.sweep import SweepSpec
 from mechgrok.sweep.spec import parse_axis
@@ -92,7 +91,7 @@ def test_parity_bits_refused(capsys, tmp_path):
 def test_huge_modulus_refused_before_primality_loop():
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=r"^task\.p: must be <="):
-        preset("modadd-mlp24", **{"task.p": 10**18, "task.op": "div"})
+        preset("modadd-mlp24", {"task.p": 10**18, "task.op": "div"})
     assert time.perf_counter() - t0 < 1
 
 
@@ -103,13 +102,13 @@ def test_limits_are_overridable_and_presets_fit():
         assert r["memory_bytes"] < cfg.train.max_memory_gb * 1e9 / 10, name
         assert r["disk_bytes"] < cfg.train.max_disk_gb * 1e9 / 10, name
     with pytest.raises(ConfigError, match="train.max_memory_gb"):
-        preset("modadd-mlp24", **{"task.p": 1500})
+        preset("modadd-mlp24", {"task.p": 1500})
     # a user with a big machine raises the limit (0 = none); nothing is allocated by validation
-    big = preset("modadd-mlp24", **{"task.p": 1500, "train.max_memory_gb": 0})
+    big = preset("modadd-mlp24", {"task.p": 1500, "train.max_memory_gb": 0})
     assert big.resources()["memory_bytes"] > 16e9
-    assert preset("modadd-mlp24", **{"task.p": 1500, "train.max_memory_gb": 64}).task.p == 1500
+    assert preset("modadd-mlp24", {"task.p": 1500, "train.max_memory_gb": 64}).task.p == 1500
     with pytest.raises(ConfigError, match="train.max_disk_gb: must be finite"):
-        preset("parity", **{"train.max_disk_gb": "inf"})
+        preset("parity", {"train.max_disk_gb": "inf"})
 
 
 def test_resource_estimate_bounds_the_real_sizes():
@@ -190,7 +189,7 @@ def test_sweep_member_count_and_disk_limits(capsys, tmp_path):
         SweepSpec(base=preset("parity"), seeds=3, max_members=2)
     assert SweepSpec.from_dict(spec.to_dict()) == spec  # the limit is a guard, not stored
     assert "max_members" not in spec.to_dict()
-    no_disk_limit = preset("parity", **{"train.max_disk_gb": 0})
+    no_disk_limit = preset("parity", {"train.max_disk_gb": 0})
     big = SweepSpec(base=no_disk_limit, seeds=150_000, max_members=200_000)
     assert SweepSpec.from_dict(big.to_dict()).size == 150_000  # re-opened without the default limit
     with pytest.raises(ConfigError, match="over the limit of 100,000"):
@@ -359,8 +358,8 @@ def test_json_values_checked_element_by_element():
     with pytest.raises(ConfigError, match="optim.betas: expected 2 values"):
         RunConfig.from_dict(data)
     # the largest exact seed still works, and a valid --set betas still parses
-    assert preset("parity", **{"train.seed": 2**53 - 1}).train.seed == 2**53 - 1
-    assert preset("parity", betas="0.8, 0.9").optim.betas == (0.8, 0.9)
+    assert preset("parity", {"train.seed": 2**53 - 1}).train.seed == 2**53 - 1
+    assert preset("parity", {"betas": "0.8, 0.9"}).optim.betas == (0.8, 0.9)
 
 
 def test_hostile_config_files(capsys, tmp_path):
@@ -472,7 +471,7 @@ def test_import_bad_config_values_named(capsys, tmp_path):
 
 
 def test_interrupted_import_does_not_block_reimport(tmp_path, monkeypatch):
-    import mechgrok.probes.importer as importer
+    import mechgrok.importers.nanda as importer
 
     f = save_theirs(tmp_path / "run.pth", model=their_state(), train_losses=[1.0, 0.5], test_losses=[1.2, 0.9])
     out = tmp_path / "run.mechgrok"

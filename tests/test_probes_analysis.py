@@ -11,7 +11,8 @@ import torch
 
 from mechgrok import Run, StoreError, build_model, preset, train
 from mechgrok.cli import main
-from mechgrok.probes import GrokEvents, analyze, detect_events, key_frequencies, load_analysis
+from mechgrok.analysis import analyze, load_analysis
+from mechgrok.probes import GrokEvents, detect_events, key_frequencies
 from mechgrok.probes._common import as_trajectory
 from mechgrok.probes.synthetic import interpolated_trajectory, planted_modadd_mlp
 

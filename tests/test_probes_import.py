@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from mechgrok import Run, StoreError
 from mechgrok.cli import main
-from mechgrok.probes import analyze, import_nanda_checkpoint, load_analysis, run_dataset
-from mechgrok.probes.importer import nanda_split
+from mechgrok.analysis import analyze, load_analysis
+from mechgrok.importers import import_nanda_checkpoint, nanda_split, run_dataset
 
 P, D_MODEL, N_HEADS, D_HEAD, D_MLP = 7, 12, 2, 4, 16
 

@@ -8,7 +8,7 @@ import pytest
 from mechgrok import ModelConfig, OptimConfig, Run, RunConfig, TaskConfig, TrainConfig, train
 from mechgrok.cli import main
 from mechgrok.demo import demo_configs, headline, run_demo
-from mechgrok.probes import analyze
+from mechgrok.analysis import analyze
 from mechgrok.report import write_run_report
 
 
@@ -73,7 +73,8 @@ def test_report_cli(tiny_parity, tmp_path, capsys):
         main(["report", str(tmp_path / "nope")])
     assert capsys.readouterr().err.startswith("error: ")
     # --phase-rule: the stored (accuracy) analysis is recomputed with PAIR's loss rule
-    from mechgrok.probes import detect_events, load_analysis
+    from mechgrok.analysis import load_analysis
+    from mechgrok.probes import detect_events
 
     main(["report", str(run_dir), "--out", str(tmp_path / "l.html"), "--phase-rule", "loss"])
     stored = load_analysis(run_dir)

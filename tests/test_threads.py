@@ -126,8 +126,8 @@ def test_bad_threads_argument_creates_nothing(tmp_path):
 
 
 def test_analysis_runs_under_the_runs_count(monkeypatch, tmp_path):
-    import mechgrok.probes.analysis as analysis_mod
-    from mechgrok.probes.analysis import analyze
+    import mechgrok.analysis as analysis_mod
+    from mechgrok.analysis import analyze
 
     run_dir = tmp_path / "r"
     train(_cfg(), run_dir, progress=False)
@@ -221,7 +221,7 @@ def test_cli_analyze_report_and_demo_pass_threads_on(monkeypatch, tmp_path):
     import mechgrok.demo as demo_mod
     import mechgrok.report as report_mod
 
-    analysis_mod = importlib.import_module("mechgrok.probes.analysis")
+    analysis_mod = importlib.import_module("mechgrok.analysis")
     run_dir = tmp_path / "r"
     train(_cfg(), run_dir, progress=False)
     seen = {}

@@ -1,8 +1,8 @@
 """Probes: analysis on checkpoints (Fourier, neuron circles, bit dependence, progress measures,
 events). Every probe is a plain function of checkpoints (a Trajectory) or a live model returning
-tensors / records."""
+tensors / records; nothing here writes files (the pipeline that runs them all and stores the
+results is :mod:`mechgrok.analysis`, importers of other projects' files :mod:`mechgrok.importers`)."""
 
-from .analysis import ANALYSIS_FILES, Analysis, analyze, load_analysis
 from .bits import bit_dependence, infer_relevant_bits, irrelevant_series, parity_events, prune_now_accuracy
 from .circles import neuron_circles
 from .events import PHASE_RULES, PHASES, GrokEvents, classify_phase, detect_events
@@ -16,7 +16,6 @@ from .fourier import (
     neuron_frequency_energy,
     neuron_spectra,
 )
-from .importer import import_nanda_checkpoint, nanda_state_to_mechgrok, run_dataset
 from .progress import modular_events, progress_measures
 from .synthetic import cossin_solution, planted_modadd_mlp, planted_parity_mlp
 
@@ -44,14 +43,6 @@ __all__ = [
     "parity_events",
     "irrelevant_series",
     "infer_relevant_bits",
-    # whole-run analysis and import
-    "ANALYSIS_FILES",
-    "Analysis",
-    "analyze",
-    "load_analysis",
-    "import_nanda_checkpoint",
-    "nanda_state_to_mechgrok",
-    "run_dataset",
     # models with known mechanisms (ground truth)
     "planted_modadd_mlp",
     "cossin_solution",

@@ -11,15 +11,15 @@ from .._threads import with_threads
 from ..store import Run, StoreError
 from ._common import DEFAULT_MAX_FRAMES, PHASE_COLORS, event_steps, frame_indices
 from .figures import (
-    bit_dependence,
-    fourier_spectrum,
-    key_frequency_norms,
-    modular_weights_heatmap,
-    neuron_circles,
-    parity_weights_heatmap,
-    progress_measures,
-    prune_now_accuracy,
-    training_curves,
+    bit_dependence_figure,
+    fourier_spectrum_figure,
+    key_frequency_norms_figure,
+    modular_weights_figure,
+    neuron_circles_figure,
+    parity_weights_figure,
+    progress_measures_figure,
+    prune_now_accuracy_figure,
+    training_curves_figure,
 )
 from .html import Section, html_table, write_html
 
@@ -115,7 +115,7 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
     sections = [
         Section(
             "Training curves",
-            training_curves(metrics, events, title=f"{cfg.name}: loss and accuracy"),
+            training_curves_figure(metrics, events, title=f"{cfg.name}: loss and accuracy"),
             "Loss and accuracy on a log-step axis. Dashed lines: detected events; green shading: weight decay "
             "(darker = stronger).",
             "curves",
@@ -128,7 +128,7 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
         if traj is not None:
             sections.append(Section(
                 "First-layer weights",
-                parity_weights_heatmap(traj.steps, traj.params["blocks.0.mlp.W_in"], cfg.task.relevant_bits, max_frames=max_frames, events=events),
+                parity_weights_figure(traj.steps, traj.params["blocks.0.mlp.W_in"], cfg.task.relevant_bits, max_frames=max_frames, events=events),
                 "Each row is a hidden neuron, each column an input bit (relevant bits starred and outlined). Move the slider: "
                 "weights on irrelevant bits decay away while a few neurons keep reading the relevant bits.",
                 "weights",
@@ -139,7 +139,7 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
             titles = {"weight_norm": "first-layer weight norm", "grad_attr": "input-gradient attribution", "flip_sensitivity": "bit-flip sensitivity"}
             sections.append(Section(
                 "Dependence on each bit",
-                bit_dependence(steps, {titles[k]: v for k, v in bits.items()}, relevant, events=events,
+                bit_dependence_figure(steps, {titles[k]: v for k, v in bits.items()}, relevant, events=events,
                                ratio=tensors.get("bits/irrelevant_weight_ratio"),
                                prune_threshold=(events.get("extra") or {}).get("prune_threshold")),
                 "How much the network depends on each input bit, three ways. Irrelevant bits (grey) must fall to zero before the "
@@ -150,7 +150,7 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
         if "bits/prune_now_acc" in tensors:
             sections.append(Section(
                 "Prune-now causal check",
-                prune_now_accuracy(steps, tensors["bits/prune_now_acc"], metrics, events=events),
+                prune_now_accuracy_figure(steps, tensors["bits/prune_now_acc"], metrics, events=events),
                 "At every checkpoint, a copy of the network with its irrelevant-bit weights zeroed is evaluated on the test set. "
                 "Where this curve is high long before the real test accuracy, pruning alone is what the run was waiting for.",
                 "prune",
@@ -161,11 +161,11 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
     if traj is not None:
         W_in = traj.params.get("blocks.0.mlp.W_in")
         if "embed.W_E" in traj.params:
-            fig = modular_weights_heatmap(traj.steps, traj.params["embed.W_E"], W_in, p=cfg.task.p, max_frames=max_frames, events=events)
+            fig = modular_weights_figure(traj.steps, traj.params["embed.W_E"], W_in, p=cfg.task.p, max_frames=max_frames, events=events)
         elif cfg.model.kind == "cossin_mlp":
             from ..models import cossin_embedding
 
-            fig = modular_weights_heatmap(traj.steps, None, W_in, fixed_embedding=cossin_embedding(cfg.task.p, cfg.model.frequency, cfg.model.embed_norm),
+            fig = modular_weights_figure(traj.steps, None, W_in, fixed_embedding=cossin_embedding(cfg.task.p, cfg.model.frequency, cfg.model.embed_norm),
                                           max_frames=max_frames, events=events)
         else:
             fig = None
@@ -181,21 +181,21 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
     if spectra:
         sections.append(Section(
             "Fourier spectrum over training",
-            fourier_spectrum(steps, spectra, keys),
+            fourier_spectrum_figure(steps, spectra, keys),
             "Share of each frequency in the embedding and the logits at every checkpoint (★ = key frequencies).",
             "spectrum",
         ))
     if "fourier/embed_freq_norms" in tensors:
         sections.append(Section(
             "Key-frequency norms",
-            key_frequency_norms(steps, tensors["fourier/embed_freq_norms"], keys, events=events),
+            key_frequency_norms_figure(steps, tensors["fourier/embed_freq_norms"], keys, events=events),
             "Embedding norm of each key frequency against the other frequencies.",
             "keyfreq",
         ))
     if any(k.startswith("progress/") for k in tensors):
         sections.append(Section(
             "Progress measures",
-            progress_measures(steps, tensors, events=events),
+            progress_measures_figure(steps, tensors, events=events),
             "Restricted loss keeps only the key-frequency part of the logits; excluded loss removes it (on the training set). "
             "Restricted loss falls before the test loss does: the circuit forms before it shows.",
             "progress",
@@ -203,7 +203,7 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
     if "circles/cos" in tensors:
         sections.append(Section(
             "Neuron circles",
-            neuron_circles(
+            neuron_circles_figure(
                 steps, tensors["circles/cos"], tensors["circles/sin"], freq=tensors.get("circles/freq"),
                 spread=tensors.get("circles/phase_spread"), norm_cv=tensors.get("circles/norm_cv"), max_frames=max_frames, events=events,
             ),
@@ -225,8 +225,7 @@ def _load_analysis(run: Run, compute: bool, phase_rule: str | None = None) -> An
     import warnings
 
     try:
-        from ..probes import analyze, load_analysis
-        from ..probes.analysis import analysis_is_current
+        from ..analysis import analysis_is_current, analyze, load_analysis
     except ImportError:  # probes without the analysis layer: report the metrics and weights only
         return None
     wanted = {"phase_rule": phase_rule} if phase_rule else None
@@ -263,7 +262,7 @@ def write_run_report(
     """Write ``RUN/report.html`` (or ``out``): one self-contained offline HTML file.
 
     ``analysis``: a probes ``Analysis`` for the run; by default the stored one is loaded if it is
-    current (see :func:`~mechgrok.probes.analysis.analysis_is_current`), or computed when there is
+    current (see :func:`~mechgrok.analysis.analysis_is_current`), or computed when there is
     none or it is stale and ``compute`` is true. ``phase_rule``: ``"accuracy"`` / ``"loss"``
     (default: the stored analysis's, else accuracy). Returns the path written.
     """

@@ -1,6 +1,6 @@
 """Sweep folders: the spec, one ordinary run folder per member, resume state and the results table.
 
-Layout (file names live only here, in :data:`SWEEP_FILES`)::
+Layout (file names live in :data:`mechgrok.layout.SWEEP_FILES`)::
 
     SWEEP/
       sweep.json          SweepSpec + EngineConfig + library versions (written once)
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ConfigError, RunConfig
+from ..layout import SWEEP_FILES
 from ..store import (
     FILES, Run, RunLock, StoreError, atomic_write_bytes, atomic_write_json, library_versions, remove_temporary,
 )
@@ -36,13 +37,6 @@ from .spec import SweepSpec, column_name
 
 __all__ = ["SWEEP_FILES", "Sweep", "SweepMember", "run_sweep", "RESULT_COLUMNS"]
 
-SWEEP_FILES = {
-    "spec": "sweep.json",
-    "members": "members",
-    "state": "state",
-    "results": "results.csv",
-    "lock": ".lock",
-}
 
 # hyperparameters every results row carries (besides the swept ones)
 _ALWAYS = ("optim.lr", "optim.weight_decay", "model.d_mlp", "train.steps")

@@ -35,36 +35,22 @@ Python's ``random.seed(seed); random.shuffle`` as their ``gen_train_test`` does)
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import hashlib
 import json
-import os
 import random
-import shutil
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import einops
 import torch
-from safetensors.torch import load_file
 
 from ..config import MAX_NAME, ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
-from ..store import FILES, Run, RunLock, StoreError, atomic_save_tensors, atomic_write_bytes, atomic_write_json
-from ..tasks import Dataset, encode_pairs, make_dataset
+from ..layout import IMPORT_FILES, RUN_FILES
+from ..store import Run, StoreError, atomic_save_tensors, atomic_write_bytes, atomic_write_json
+from ._common import default_import_dir, existing_import, file_sha256, plain, run_dataset, write_import
 
-__all__ = [
-    "IMPORT_FILES",
-    "default_import_dir",
-    "import_nanda_checkpoint",
-    "nanda_split",
-    "nanda_state_to_mechgrok",
-    "run_dataset",
-]
+__all__ = ["NANDA_FORMAT", "import_nanda_checkpoint", "nanda_split", "nanda_state_to_mechgrok"]
 
-IMPORT_FILES = {"record": "import.json", "split": "split.safetensors"}
 NANDA_FORMAT = "progress-measures-paper"
 
 _REQUIRED = (
@@ -80,12 +66,6 @@ _REQUIRED = (
     "blocks.0.mlp.b_out",
     "unembed.W_U",
 )
-
-
-def default_import_dir(path: str | Path) -> Path:
-    """Where ``FILE.pth`` is imported by default: ``FILE.mechgrok/`` next to it."""
-    path = Path(path)
-    return path.parent / f"{path.stem}.mechgrok"
 
 
 def _shapes(state: dict[str, torch.Tensor], where: str) -> dict[str, int]:
@@ -150,26 +130,6 @@ def nanda_split(p: int, frac_train: float, seed: int) -> tuple[torch.Tensor, tor
     return as_t(pairs[:div]), as_t(pairs[div:])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist() if value.numel() <= 16 else f"tensor{list(value.shape)}"
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
-
-
 def _losses(obj: dict[str, Any], key: str, path: Path) -> list[float]:
     values = obj.get(key)
     if values is None:
@@ -199,8 +159,8 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
     if not path.is_file():
         raise StoreError(f"{path}: no such checkpoint file")
     out = Path(out) if out is not None else default_import_dir(path)
-    digest = _sha256(path)
-    existing = _existing_import(out, digest)
+    digest = file_sha256(path)
+    existing = existing_import(out, digest)
     if existing is not None:
         return existing
     _check_unpacked_size(path, max_memory_gb)
@@ -271,41 +231,13 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
         raise StoreError(f"{path}: {len(states):,} checkpoints of {n_params:,} parameters would take "
                          f"~{need / 1e9:,.3g} GB, over the limit of {max_disk_gb:g} GB")
 
-    _clean_stale_imports(out)
-    tmp = out.parent / f".{out.name}.import-{uuid.uuid4().hex[:12]}"
-    try:
-        run = Run.create(tmp, config, keep_lock=True)
-    except StoreError as e:
-        raise StoreError(f"{out}: cannot write the import next to it ({e})") from None
-    try:
-        _write_import(run, obj, cfg, states, path, digest, frac, seed, p)
-        committed = _commit(tmp, out, digest)
-    finally:
-        run.held_lock.release()
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return committed
+    return write_import(out, digest, config, lambda run: _write_import(run, obj, cfg, states, path, digest, frac, seed, p))
 
 
 def _run_name(path: Path) -> str:
     """``nanda-STEM``, cut to a valid run name (control characters replaced)."""
     stem = "".join(c if ord(c) >= 32 and c not in "/\\" else "_" for c in path.stem) or "run"
     return f"nanda-{stem}"[:MAX_NAME]
-
-
-def _existing_import(out: Path, digest: str) -> Run | None:
-    """The run in ``out`` when it holds this file's import; an error when it holds anything else."""
-    if (out / FILES["config"]).exists():
-        try:
-            record = json.loads((out / IMPORT_FILES["record"]).read_text())
-        except (OSError, ValueError):
-            record = {}
-        if isinstance(record, dict) and record.get("sha256") == digest:
-            return Run.open(out)
-        raise StoreError(f"{out}: already holds a different run; choose another folder for the import")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise StoreError(f"{out}: exists and is not an empty folder; choose another folder for the import")
-    return None
 
 
 def _check_unpacked_size(path: Path, max_memory_gb: float) -> None:
@@ -394,72 +326,11 @@ def _write_import(run: Run, obj: dict[str, Any], cfg: dict[str, Any], states: li
         row.setdefault("test_loss", float(te_loss))
         row.update(train_acc=float(tr_acc), test_acc=float(te_acc))
     lines = "".join(json.dumps({k: v for k, v in rows[s].items() if v == v}) + "\n" for s in sorted(rows))
-    atomic_write_bytes(out / FILES["metrics"], lines.encode())
+    atomic_write_bytes(out / RUN_FILES["metrics"], lines.encode())
     atomic_write_json(out / IMPORT_FILES["record"], {
         "format": NANDA_FORMAT,
         "source": str(path.resolve()),
         "sha256": digest,
         "epochs": [e for e, _ in states],
-        "their_config": _plain(cfg),
+        "their_config": plain(cfg),
     })
-
-
-def _commit(tmp: Path, out: Path, digest: str) -> Run:
-    """Rename the finished import folder to ``out`` (the commit point)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(tmp, out)  # replaces an empty folder; fails on a non-empty one
-    except OSError as e:
-        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-        existing = _existing_import(out, digest)  # another process imported it meanwhile
-        if existing is None:
-            raise StoreError(f"{out}: exists and is not an empty folder; choose another folder for the import") from None
-        return existing
-    with contextlib.suppress(OSError):
-        fd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return Run.open(out)
-
-
-def _clean_stale_imports(out: Path) -> None:
-    """Remove ``.OUT.import-*`` folders left by killed imports (those whose lock nobody holds)."""
-    if not out.parent.is_dir():
-        return
-    for stale in out.parent.glob(f".{out.name}.import-*"):
-        if not stale.is_dir():
-            continue
-        try:
-            lock = RunLock(stale).acquire()
-        except (StoreError, OSError):
-            continue  # an import in progress in another process
-        try:
-            shutil.rmtree(stale, ignore_errors=True)
-        finally:
-            lock.release()
-
-
-def run_dataset(run: Run) -> Dataset:
-    """The dataset a run was trained on: the imported split when the folder has one
-    (``split.safetensors``), otherwise :func:`~mechgrok.tasks.make_dataset` of its task."""
-    split = run.path / IMPORT_FILES["split"]
-    task = run.config.task
-    if not split.exists():
-        return make_dataset(task)
-    try:
-        tensors = load_file(split)
-        train_ab, test_ab = tensors["train_ab"], tensors["test_ab"]
-    except Exception as e:  # safetensors raises several types for damaged files
-        raise StoreError(f"{split}: unreadable train/test split ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if task.kind != "modular" or task.op != "add":
-        raise StoreError(f"{split}: an imported split needs a modular addition task, got {task.kind} {task.op}")
-    p = task.p
-
-    def xy(ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return encode_pairs(ab[:, 0], ab[:, 1], task), (ab[:, 0] + ab[:, 1]) % p
-
-    (train_x, train_y), (test_x, test_y) = xy(train_ab), xy(test_ab)
-    return Dataset(task, train_x, train_y, test_x, test_y, train_ab, test_ab)

@@ -59,21 +59,20 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .._threads import with_threads
-from ..store import FILES, Run, StoreError, Trajectory, atomic_save_tensors, atomic_write_json
-from ..tasks import Dataset
-from ._common import to_jsonable
-from .bits import bit_dependence, irrelevant_series, parity_events, prune_now_accuracy
-from .circles import circles_from_coefficients
-from .events import GrokEvents, detect_events, loss_scale_of
-from .importer import default_import_dir, import_nanda_checkpoint, run_dataset
-from .progress import modular_events
+from ._threads import with_threads
+from .importers import default_import_dir, import_nanda_checkpoint, run_dataset
+from .layout import ANALYSIS_FILES, IMPORT_FILES, RUN_FILES
+from .probes._common import to_jsonable
+from .probes._modular import modular_sweep
+from .probes.bits import bit_dependence, irrelevant_series, parity_events, prune_now_accuracy
+from .probes.circles import circles_from_coefficients
+from .probes.events import PHASE_RULES, GrokEvents, detect_events, loss_scale_of
+from .probes.progress import modular_events
+from .store import Run, StoreError, Trajectory, atomic_save_tensors, atomic_write_json
+from .tasks import Dataset, make_dataset
 
 __all__ = ["ANALYSIS_FILES", "Analysis", "analyze", "analysis_is_current", "analysis_source", "load_analysis", "resolve_run"]
 
-ANALYSIS_FILES = {"dir": "analysis", "tensors": "analysis.safetensors", "records": "analysis.json",
-                  "generation": "analysis.{generation}.safetensors"}
-"""File names: ``tensors`` is the pre-generation name, still read when the records name no file."""
 FORMAT_VERSION = 2
 _TENSOR_NAME = re.compile(r"analysis(\.[0-9a-f]{8,32})?\.safetensors")
 DEFAULT_CHUNK_MB = 256
@@ -241,8 +240,7 @@ def _metrics_for_events(run: Run | None, fallback: Callable[[], dict[str, torch.
 def analysis_source(run: Run) -> dict[str, Any]:
     """What an analysis of ``run`` is computed from (module docstring); cheap: file stats, no reads
     of the checkpoints themselves."""
-    from .. import __version__
-    from .importer import IMPORT_FILES
+    from . import __version__  # lazy: the package imports this module
 
     def stat(path: Path) -> list[int] | None:
         try:
@@ -256,13 +254,13 @@ def analysis_source(run: Run) -> dict[str, Any]:
     for s in steps:
         h.update(f"{s}:{stat(run.checkpoint_path(s))};".encode())
     try:
-        config_hash = hashlib.sha256((run.path / FILES["config"]).read_bytes()).hexdigest()
+        config_hash = hashlib.sha256((run.path / RUN_FILES["config"]).read_bytes()).hexdigest()
     except OSError:
         config_hash = None
     return {
         "checkpoints": {"n": len(steps), "first_step": steps[0] if steps else None, "last_step": steps[-1] if steps else None,
                         "files_sha256": h.hexdigest()},
-        "metrics": stat(run.path / FILES["metrics"]),
+        "metrics": stat(run.path / RUN_FILES["metrics"]),
         "split": stat(run.path / IMPORT_FILES["split"]),
         "config_sha256": config_hash,
         "mechgrok": __version__,
@@ -360,7 +358,7 @@ def analyze(
     """Compute every probe that applies to a run (module docstring) and save it in the run folder.
 
     ``run_or_path``: a run folder, a :class:`Run`, a progress-measures-paper ``.pth`` file
-    (imported first, see :func:`~mechgrok.probes.importer.import_nanda_checkpoint`) or a
+    (imported first, see :func:`~mechgrok.importers.nanda.import_nanda_checkpoint`) or a
     :class:`Trajectory` (then ``data`` defaults to the task's dataset and nothing is saved).
     ``max_checkpoints`` analyses an evenly spaced subset (first and last always included).
     ``circles``: None = automatic (see module docstring), True / False to force.
@@ -371,8 +369,6 @@ def analyze(
     ``threads``: intra-op CPU threads while analysing (:func:`~mechgrok._threads.threads_for`;
     default automatic from the run's config); the caller's count is restored afterwards.
     """
-    from .events import PHASE_RULES
-
     if phase_rule not in PHASE_RULES:
         raise ValueError(f"phase_rule: must be one of {', '.join(PHASE_RULES)}, got {phase_rule!r}")
     t_start = time.perf_counter()
@@ -386,8 +382,6 @@ def analyze(
         if picked is not None:
             traj_in = traj_in.subset(picked)
         if data is None:
-            from ..tasks import make_dataset
-
             data = make_dataset(traj_in.config.task)
         save = False
         config = traj_in.config
@@ -475,8 +469,6 @@ def analyze(
         records["relevant_bits"] = extra["relevant_bits"]
         records["key_frequencies"] = []
     else:
-        from ._modular import modular_sweep
-
         records["task"] = "modular"
         kind = config.model.kind
         want_circles = kind == "cossin_mlp" if circles is None else bool(circles)
@@ -573,7 +565,7 @@ def _diverged(run: Run | None, tensors: dict[str, torch.Tensor]) -> str | None:
 
 @torch.no_grad()
 def _checkpoint_acc(traj: Trajectory, data: Dataset, split: str) -> torch.Tensor:
-    from ._batch import batched_loss_acc, parity_logits, parity_pre, row_chunks
+    from .probes._batch import batched_loss_acc, parity_logits, parity_pre, row_chunks
 
     x, y = (data.train_x, data.train_y) if split == "train" else (data.test_x, data.test_y)
     out = torch.empty(len(traj), dtype=torch.float64)

@@ -1,0 +1,154 @@
+"""What every importer shares: the import folder's commit point, re-imports, the imported split.
+
+An importer converts a foreign file into a :class:`~mechgrok.store.RunConfig` plus a function that
+fills a run folder, and hands both to :func:`write_import`, which writes into a temporary sibling
+folder (``.OUT.import-*``) renamed to ``out`` as the commit point: a killed import leaves no
+half-filled ``out`` that would block importing the file again, and its temporary folder is
+removed by the next import. The import record (``import.json``) holds the file's SHA-256, so
+importing the same file into the same folder again returns that run unchanged
+(:func:`existing_import`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file
+
+from ..config import RunConfig
+from ..layout import IMPORT_FILES, RUN_FILES
+from ..store import Run, RunLock, StoreError
+from ..tasks import Dataset, encode_pairs, make_dataset
+
+__all__ = ["IMPORT_FILES", "default_import_dir", "existing_import", "file_sha256", "plain", "run_dataset", "write_import"]
+
+
+def default_import_dir(path: str | Path) -> Path:
+    """Where ``FILE.pth`` is imported by default: ``FILE.mechgrok/`` next to it."""
+    path = Path(path)
+    return path.parent / f"{path.stem}.mechgrok"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON-able data for the import record (small tensors as lists, others by shape)."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 16 else f"tensor{list(value.shape)}"
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def existing_import(out: Path, digest: str) -> Run | None:
+    """The run in ``out`` when it holds this file's import; an error when it holds anything else."""
+    if (out / RUN_FILES["config"]).exists():
+        try:
+            record = json.loads((out / IMPORT_FILES["record"]).read_text())
+        except (OSError, ValueError):
+            record = {}
+        if isinstance(record, dict) and record.get("sha256") == digest:
+            return Run.open(out)
+        raise StoreError(f"{out}: already holds a different run; choose another folder for the import")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise StoreError(f"{out}: exists and is not an empty folder; choose another folder for the import")
+    return None
+
+
+def write_import(out: Path, digest: str, config: RunConfig, fill: Callable[[Run], None]) -> Run:
+    """Create a run folder for ``config`` in a temporary sibling of ``out``, let ``fill`` write its
+    checkpoints, metrics and import record, and rename it to ``out`` (the commit point)."""
+    _clean_stale_imports(out)
+    tmp = out.parent / f".{out.name}.import-{uuid.uuid4().hex[:12]}"
+    try:
+        run = Run.create(tmp, config, keep_lock=True)
+    except StoreError as e:
+        raise StoreError(f"{out}: cannot write the import next to it ({e})") from None
+    try:
+        fill(run)
+        committed = _commit(tmp, out, digest)
+    finally:
+        run.held_lock.release()
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return committed
+
+
+def _commit(tmp: Path, out: Path, digest: str) -> Run:
+    """Rename the finished import folder to ``out`` (the commit point)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, out)  # replaces an empty folder; fails on a non-empty one
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        existing = existing_import(out, digest)  # another process imported it meanwhile
+        if existing is None:
+            raise StoreError(f"{out}: exists and is not an empty folder; choose another folder for the import") from None
+        return existing
+    with contextlib.suppress(OSError):
+        fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return Run.open(out)
+
+
+def _clean_stale_imports(out: Path) -> None:
+    """Remove ``.OUT.import-*`` folders left by killed imports (those whose lock nobody holds)."""
+    if not out.parent.is_dir():
+        return
+    for stale in out.parent.glob(f".{out.name}.import-*"):
+        if not stale.is_dir():
+            continue
+        try:
+            lock = RunLock(stale).acquire()
+        except (StoreError, OSError):
+            continue  # an import in progress in another process
+        try:
+            shutil.rmtree(stale, ignore_errors=True)
+        finally:
+            lock.release()
+
+
+def run_dataset(run: Run) -> Dataset:
+    """The dataset a run was trained on: the imported split when the folder has one
+    (``split.safetensors``), otherwise :func:`~mechgrok.tasks.make_dataset` of its task."""
+    split = run.path / IMPORT_FILES["split"]
+    task = run.config.task
+    if not split.exists():
+        return make_dataset(task)
+    try:
+        tensors = load_file(split)
+        train_ab, test_ab = tensors["train_ab"], tensors["test_ab"]
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise StoreError(f"{split}: unreadable train/test split ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if task.kind != "modular" or task.op != "add":
+        raise StoreError(f"{split}: an imported split needs a modular addition task, got {task.kind} {task.op}")
+    p = task.p
+
+    def xy(ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_pairs(ab[:, 0], ab[:, 1], task), (ab[:, 0] + ab[:, 1]) % p
+
+    (train_x, train_y), (test_x, test_y) = xy(train_ab), xy(test_ab)
+    return Dataset(task, train_x, train_y, test_x, test_y, train_ab, test_ab)
