@@ -37,8 +37,8 @@ args = parser.parse_args()
 torch.set_num_threads(1)  # tiny models: extra threads only spin-wait
 
 # 1. the members: only the final checkpoint is needed, so checkpoint sparsely
-base = mg.preset(args.preset, **{"train.checkpoint_every": 2500, "train.log_checkpoints": 0},
-                 **dict(s.split("=", 1) for s in args.set))
+overrides = {"train.checkpoint_every": 2500, "train.log_checkpoints": 0, **dict(s.split("=", 1) for s in args.set)}
+base = mg.preset(args.preset).with_overrides(overrides)
 start = base.train.seed if args.seed_start is None else args.seed_start
 seeds = list(range(start, start + args.seeds))
 configs = [base.with_overrides({"train.seed": s, **({} if args.fixed_split else {"task.seed": s})}) for s in seeds]

@@ -3,8 +3,9 @@
 ``mechgrok demo`` (and ``./run demo``) trains
 
 * ``parity``          - sparse parity: memorisation, pruning of irrelevant-bit weights, generalisation;
-* ``modadd-mlp24``    - the 24-neuron modular-addition MLP, shortened to 24,000 steps (it reaches
-  99% test accuracy near step 20,000; the preset's 50,000 steps only polish it);
+* ``modadd-mlp24``    - the 24-neuron modular-addition MLP with seed 169 (split and weights),
+  shortened to 12,000 steps: it reaches 99% test accuracy near step 8,100. The preset's seed, PAIR's
+  165, groks late in PAIR's notebook and not within 50,000 steps here (RESULTS.md, section 6);
 * ``modadd-cossin5``  - the five-neuron cos/sin model, the preset's 15,000 steps (with PAIR's
   column-normalised embedding it reaches 100% train and test accuracy together near step 11,000);
 
@@ -30,7 +31,7 @@ __all__ = ["DEMO_RUNS", "DemoRun", "demo_configs", "ensure_run", "run_demo", "he
 
 DEMO_RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("parity", {}),
-    ("modadd-mlp24", {"train.steps": 24_000}),
+    ("modadd-mlp24", {"train.steps": 12_000, "train.seed": 169, "task.seed": 169}),
     ("modadd-cossin5", {}),
 )
 """(preset, overrides) of the demo's runs."""
