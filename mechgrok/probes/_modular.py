@@ -18,7 +18,7 @@ from ..models import cossin_embedding
 from ..store import Trajectory
 from ..tasks import Dataset, modular_table
 from ._batch import DEFAULT_BUDGET, batched_loss_acc, grid_forward, grid_row_cost, row_chunks
-from .fourier import (
+from ._spectral import (
     fourier_basis,
     frac_explained_by_frequency,
     frequency_norms,

@@ -27,6 +27,7 @@ from ..config import TaskConfig
 from ..store import Run, Trajectory
 from ._batch import DEFAULT_BUDGET
 from ._common import as_trajectory
+from ._modular import modular_sweep
 
 __all__ = ["neuron_circles", "phase_spread", "norm_cv"]
 
@@ -79,8 +80,6 @@ def neuron_circles(
     ``sin`` (each ``[n, d_mlp]``: cos = norm cos(phase), sin = norm sin(phase)), ``phase_spread
     [n]`` and ``norm_cv [n]`` (module docstring).
     """
-    from ._modular import modular_sweep
-
     traj = as_trajectory(traj, task)
     if traj.config.model.kind not in ("mlp", "cossin_mlp", "transformer"):
         raise ValueError(f"neuron_circles: needs a model with an MLP layer, got {traj.config.model.kind!r}")

@@ -29,15 +29,18 @@ Events (:func:`modular_events`):
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from .._util import first_step
 from ..store import Run, Trajectory
 from ..tasks import Dataset
 from ._batch import DEFAULT_BUDGET
-from ._common import as_trajectory, first_stable_step, first_step
+from ._common import as_trajectory, first_stable_step
+from ._modular import modular_sweep
+from .events import ModularEvents
 
 __all__ = ["progress_measures", "modular_events"]
 
@@ -56,8 +59,6 @@ def progress_measures(
     ``test_acc`` and ``sum_sq_weights``, each ``[n]`` float64. ``key_freqs`` defaults to
     :func:`~mechgrok.probes.fourier.key_frequencies` of the last checkpoint.
     """
-    from ._modular import modular_sweep
-
     traj = as_trajectory(traj, data.task)
     res = modular_sweep(traj, data, ("progress",), key_freqs=key_freqs, budget=budget, progress=progress)
     keys = ("restricted_loss", "excluded_loss", "train_loss", "test_loss", "train_acc", "test_acc", "sum_sq_weights")
@@ -72,7 +73,7 @@ def modular_events(
     *,
     rise_factor: float = 10.0,
     p: int | None = None,
-) -> dict[str, Any]:
+) -> ModularEvents:
     """Events of a modular run from :func:`progress_measures` (and the per-checkpoint
     ``key_freq_mask`` of :func:`~mechgrok.probes.fourier.fourier_over_training`); ``p`` (the
     modulus) sets the chance level log p, default: no chance condition."""
@@ -81,21 +82,19 @@ def modular_events(
         if "key_frequencies" not in progress:
             raise ValueError("modular_events: pass key_freqs (the frequencies the progress measures used)")
         key_freqs = [int(k) for k in progress["key_frequencies"]]
-    out: dict[str, Any] = {"key_frequencies": [int(k) for k in key_freqs]}
+    key_freqs = [int(k) for k in key_freqs]
+    key_freq_step = None
     if key_freq_mask is not None and key_freqs:
         cols = torch.tensor([k - 1 for k in key_freqs])
-        out["key_freq_step"] = first_stable_step(steps, key_freq_mask[:, cols].all(-1))
-    else:
-        out["key_freq_step"] = None
+        key_freq_step = first_stable_step(steps, key_freq_mask[:, cols].all(-1))
     r = progress["restricted_loss"]
     high, low = float(r.max()), float(r[-1])
+    drop_step = None
     if math.isfinite(high) and high > 0 and low <= high / 2:
         threshold = math.sqrt(high * max(low, 1e-300))
-        out["restricted_drop_step"] = first_stable_step(steps, r <= threshold)
-    else:
-        out["restricted_drop_step"] = None
+        drop_step = first_stable_step(steps, r <= threshold)
     ex, tr = progress["excluded_loss"], progress["train_loss"]
     chance = math.log(p) if p else 0.0
-    out["excluded_rise_step"] = first_step(steps, (ex >= rise_factor * tr) & (ex > chance)) if key_freqs else None
-    out["rise_factor"] = rise_factor
-    return out
+    rise_step = first_step(steps, (ex >= rise_factor * tr) & (ex > chance)) if key_freqs else None
+    return ModularEvents(key_frequencies=key_freqs, key_freq_step=key_freq_step, restricted_drop_step=drop_step,
+                         excluded_rise_step=rise_step, rise_factor=rise_factor)
