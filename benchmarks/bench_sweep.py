@@ -43,7 +43,7 @@ from mechgrok.train import loss_and_accuracy
 
 MODELS = {
     "modadd-mlp24": lambda: preset("modadd-mlp24"),
-    "parity-mlp24": lambda: preset("parity", **{"model.d_mlp": 24}),
+    "parity-mlp24": lambda: preset("parity", {"model.d_mlp": 24}),
     "parity": lambda: preset("parity"),
 }
 QUIET = {"train.eval_every": 10**9, "train.checkpoint_every": 10**9, "train.log_checkpoints": 0}

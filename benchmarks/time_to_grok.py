@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mechgrok import RunConfig, build_model, grokfast_update, loss_and_accuracy, make_dataset, preset, train
+from mechgrok import RunConfig, build_model, loss_and_accuracy, make_dataset, preset, train
+from mechgrok.train import grokfast_update
 
 VARIANTS: dict[str, dict[str, object]] = {
     "plain": {},

@@ -5,36 +5,24 @@ The whole public API is re-exported here.
 
 __version__ = "0.1.0"
 
-from .config import (
-    ConfigError,
-    ModelConfig,
-    OptimConfig,
-    RunConfig,
-    TaskConfig,
-    TrainConfig,
-    parse_schedule,
-    schedule_value,
-)
-from .models import (
-    CosSinMLP,
-    HookedConfig,
-    ModAddMLP,
-    OneLayerTransformer,
-    ParityMLP,
-    RecurrentModel,
-    build_model,
-    cossin_embedding,
-)
+from .config import ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
+from .tasks import Dataset, make_dataset
+from .models import build_model
+from .train import TrainResult, loss_and_accuracy, resume, train
+from .store import CheckpointError, Run, StoreError, Trajectory
 from .probes import (
     PHASE_RULES,
     PHASES,
     GrokEvents,
+    ModularEvents,
+    ParityEvents,
     bit_dependence,
     classify_phase,
     detect_events,
     fourier_basis,
     fourier_over_training,
     key_frequencies,
+    modular_events,
     neuron_circles,
     parity_events,
     progress_measures,
@@ -43,56 +31,42 @@ from .probes import (
 from .analysis import Analysis, analyze, load_analysis
 from .importers import import_nanda_checkpoint
 from . import report
-from .demo import ensure_run, run_demo
-from .presets import PRESETS, describe_preset, preset, preset_names
+from .demo import ensure_run
+from .presets import describe_preset, preset, preset_names
 from .report import write_run_report, write_sweep_report
-from .store import CheckpointError, Run, StoreError, Trajectory
 from .sweep import EngineConfig, Sweep, SweepSpec, run_sweep, train_batch
-from .tasks import Dataset, ModularVocab, encode_pairs, make_dataset, modular_table
-from .train import TrainResult, grokfast_update, loss_and_accuracy, train, weight_norm
 
+# The user's API: what a notebook or an analysis script calls. Building blocks (model classes,
+# schedules, optimiser tricks, vocabularies, the demo job, figure builders) stay importable from
+# their modules (mechgrok.models, mechgrok.config, mechgrok.train, mechgrok.tasks, mechgrok.demo,
+# mechgrok.report, mechgrok.probes).
 __all__ = [
     "__version__",
-    # config
+    # configs and presets
     "ConfigError",
-    "ModelConfig",
-    "OptimConfig",
     "RunConfig",
     "TaskConfig",
+    "ModelConfig",
+    "OptimConfig",
     "TrainConfig",
-    "parse_schedule",
-    "schedule_value",
-    # tasks
+    "preset",
+    "preset_names",
+    "describe_preset",
+    # data, models, training
     "Dataset",
-    "ModularVocab",
-    "encode_pairs",
     "make_dataset",
-    "modular_table",
-    # models
-    "CosSinMLP",
-    "HookedConfig",
-    "ModAddMLP",
-    "OneLayerTransformer",
-    "ParityMLP",
-    "RecurrentModel",
     "build_model",
-    "cossin_embedding",
-    # training and store
-    "TrainResult",
     "train",
+    "resume",
+    "TrainResult",
     "loss_and_accuracy",
-    "weight_norm",
-    "grokfast_update",
+    # run folders
     "Run",
     "Trajectory",
     "StoreError",
     "CheckpointError",
-    # probes
-    "PHASES",
-    "PHASE_RULES",
-    "GrokEvents",
-    "classify_phase",
-    "detect_events",
+    "ensure_run",
+    # probes and events
     "fourier_basis",
     "fourier_over_training",
     "key_frequencies",
@@ -100,26 +74,28 @@ __all__ = [
     "neuron_circles",
     "bit_dependence",
     "prune_now_accuracy",
+    "detect_events",
+    "classify_phase",
     "parity_events",
+    "modular_events",
+    "GrokEvents",
+    "ParityEvents",
+    "ModularEvents",
+    "PHASES",
+    "PHASE_RULES",
+    # the whole analysis of a run, importers
     "Analysis",
     "analyze",
     "load_analysis",
     "import_nanda_checkpoint",
-    # reports (figure builders: mechgrok.report.*) and the main job
+    # reports (figure builders: mechgrok.report.*_figure)
     "report",
     "write_run_report",
     "write_sweep_report",
-    "ensure_run",
-    "run_demo",
     # sweeps: many models at once (batched engine), grids, sweep folders
     "EngineConfig",
     "SweepSpec",
     "Sweep",
     "run_sweep",
     "train_batch",
-    # presets
-    "PRESETS",
-    "preset",
-    "preset_names",
-    "describe_preset",
 ]

@@ -463,7 +463,7 @@ def analyze(
             extra = parity_events(
                 bits, steps, generalised_step=events.generalised_step, prune_threshold=prune_threshold,
                 sensitivity_tol=sensitivity_tol, prune_now_acc=prune_acc, memorised_step=events.memorised_step,
-            )
+            ).to_dict()
         extra["relevant_bits"] = relevant_bits
         events.extra.update(extra)
         records["relevant_bits"] = extra["relevant_bits"]
@@ -517,8 +517,7 @@ def analyze(
         metrics = _metrics_for_events(run, lambda: {k: res[k] for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
                                       steps)
         events = detect_events(metrics, rule=phase_rule, loss_scale=loss_scale_of(config))
-        extra = modular_events(steps, res, res["key_freq_mask"], key_freqs, p=config.task.p)
-        events.extra.update(extra)
+        events.extra.update(modular_events(steps, res, res["key_freq_mask"], key_freqs, p=config.task.p).to_dict())
     diverged = _diverged(run, tensors)
     if diverged:
         records["diverged"] = diverged  # e.g. "train_loss is not finite from step 2"

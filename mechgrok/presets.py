@@ -6,6 +6,8 @@ are ones measured here to grok on a 2-core CPU (noted per preset).
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from .config import ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
 
 __all__ = ["PRESETS", "preset", "preset_names", "describe_preset"]
@@ -145,8 +147,14 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
-def preset(name: str, **overrides) -> RunConfig:
-    """The named preset, optionally with ``section.key=value`` overrides (a new config)."""
+def preset(name: str, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """The named preset, optionally with overrides (a new config).
+
+    ``overrides`` maps ``"section.key"`` (or a key unique across sections) to a value or its
+    string form, as ``RunConfig.with_overrides`` takes it: ``preset("parity", {"optim.weight_decay": 0.3})``.
+    """
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"preset: overrides must be a mapping of 'section.key' to value, got {type(overrides).__name__}")
     if name not in PRESETS:
         raise ConfigError(f"preset: unknown preset {name!r}; available: {', '.join(PRESETS)}")
     cfg = PRESETS[name][0]()

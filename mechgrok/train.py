@@ -19,18 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ._threads import intra_op_threads, threads_for
-from ._util import first_step_at_least
+from ._util import first_step
 from .config import ConfigError, RunConfig
 from .models import build_model
 from .store import FILES, METRICS_FLUSH_ROWS, Run, StoreError, _check_fits
 from .tasks import Dataset, make_dataset
 
 __all__ = [
-    "TrainResult", "train", "loss_and_accuracy", "weight_norm", "grokfast_update", "summarize_metrics", "resume_tensors",
+    "TrainResult", "train", "resume", "loss_and_accuracy", "weight_norm", "grokfast_update", "summarize_metrics", "resume_tensors",
 ]
 
 
@@ -82,8 +83,8 @@ def summarize_metrics(metrics: dict[str, Any], total_steps: int) -> dict[str, An
     steps = metrics["step"]
     out: dict[str, Any] = {
         "steps": int(total_steps),
-        "step_train_acc_100": first_step_at_least(steps, metrics["train_acc"], 1.0),
-        "step_test_acc_99": first_step_at_least(steps, metrics["test_acc"], 0.99),
+        "step_train_acc_100": first_step(steps, np.asarray(metrics["train_acc"], dtype=np.float64) >= 1.0),
+        "step_test_acc_99": first_step(steps, np.asarray(metrics["test_acc"], dtype=np.float64) >= 0.99),
     }
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm"):
         # last evaluated (non-NaN) value; None when never evaluated (no test set) or the run diverged
@@ -212,6 +213,12 @@ def train(
     finally:
         if lock is not None:
             lock.release()
+
+
+def resume(out: str | Path, *, progress: bool = True, threads: int | None = None) -> TrainResult:
+    """Continue the killed (or finished) run in ``out`` from its last resume state, with the
+    config stored there; ends with the same weights as an uninterrupted run."""
+    return train(Run.open(out).config, out, resume=True, progress=progress, threads=threads)
 
 
 def _device(name: str) -> torch.device:

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from mechgrok import ConfigError, OptimConfig, RunConfig, TaskConfig, TrainConfig, parse_schedule, preset, preset_names, schedule_value
+from mechgrok import ConfigError, OptimConfig, RunConfig, TaskConfig, TrainConfig, preset, preset_names
+from mechgrok.config import parse_schedule, schedule_value
 
 
 @pytest.mark.parametrize("name", preset_names())

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import ActivationCache, HookedRootModule
 
-from mechgrok import ModelConfig, TaskConfig, build_model, cossin_embedding, make_dataset
+from mechgrok import ModelConfig, TaskConfig, build_model, make_dataset
+from mechgrok.models import cossin_embedding
 from mechgrok.models import is_hooked
 
 P = 7

@@ -58,7 +58,7 @@ def test_net_reading_only_relevant_bits_has_zero_irrelevant_dependence(data, n_o
     assert prune_now_accuracy(model, data).tolist() == [1.0]
     traj = as_trajectory(model, data.task)
     ev = parity_events(b, traj.steps)
-    assert ev["pruned_step"] == 0 and ev["sensitivity_zero_step"] == 0
+    assert ev.pruned_step == 0 and ev.sensitivity_zero_step == 0
 
 
 @pytest.mark.parametrize("n_out", [1, 2])
@@ -69,7 +69,7 @@ def test_planted_irrelevant_weight_is_detected(data, n_out):
     assert b["flip_sensitivity"][0, 3] > 0.2 and b["grad_attr"][0, 3] > 0
     assert (b["flip_sensitivity"][0, [0, 2, 5, 7]] == 0).all()
     ev = parity_events(b, [0])
-    assert ev["pruned_step"] is None and ev["sensitivity_zero_step"] is None
+    assert ev.pruned_step is None and ev.sensitivity_zero_step is None
     # the causal check zeroes the weight on a copy: accuracy restored, model untouched
     assert prune_now_accuracy(model, data).tolist() == [1.0]
     assert model.blocks[0].mlp.W_in[3, 0].item() == pytest.approx(0.8)
@@ -85,8 +85,8 @@ def test_pruning_event_on_a_decaying_weight(data):
     # ratio = largest irrelevant weight / largest relevant weight (1.0): 0.8 * (1 - t)
     torch.testing.assert_close(series["irrelevant_weight_ratio"], 0.8 * (1 - torch.linspace(0, 1, 6)).double(), atol=1e-6, rtol=0)
     ev = parity_events(b, traj.steps, generalised_step=40, prune_threshold=0.2)
-    assert ev["pruned_step"] == 40 and ev["prune_lag"] == 0  # 0.16 <= 0.2 from row 4 on
-    assert parity_events(b, traj.steps, prune_threshold=0.1)["pruned_step"] == 50
+    assert ev.pruned_step == 40 and ev.prune_lag == 0  # 0.16 <= 0.2 from row 4 on
+    assert parity_events(b, traj.steps, prune_threshold=0.1).pruned_step == 50
 
 
 @pytest.mark.parametrize("n_out", [1, 2])

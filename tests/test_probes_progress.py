@@ -140,12 +140,12 @@ def test_modular_events_on_synthetic_curves():
     ev = modular_events(steps, {"restricted_loss": restricted, "excluded_loss": excluded, "train_loss": train},
                         mask, [2, 4])
     # threshold sqrt(4.2 * 0.03) = 0.355: below it from step 500 on
-    assert ev["restricted_drop_step"] == 500
-    assert ev["excluded_rise_step"] == 400  # first excluded >= 10 x train: 0.2 >= 0.1 at step 400
-    assert ev["key_freq_step"] == 500
+    assert ev.restricted_drop_step == 500
+    assert ev.excluded_rise_step == 400  # first excluded >= 10 x train: 0.2 >= 0.1 at step 400
+    assert ev.key_freq_step == 500
     flat = modular_events(steps, {"restricted_loss": torch.full((n,), 4.0, dtype=torch.float64),
                                   "excluded_loss": train.clone(), "train_loss": train}, None, [])
-    assert flat["restricted_drop_step"] is None and flat["excluded_rise_step"] is None and flat["key_freq_step"] is None
+    assert flat.restricted_drop_step is None and flat.excluded_rise_step is None and flat.key_freq_step is None
 
 
 def test_progress_needs_data_of_a_modular_task():

@@ -9,19 +9,19 @@ import torch
 
 from mechgrok.report import (
     Section,
-    bit_dependence,
-    fourier_spectrum,
+    bit_dependence_figure,
+    fourier_spectrum_figure,
     frame_indices,
-    key_frequency_norms,
-    modular_weights_heatmap,
-    neuron_circles,
-    parity_weights_heatmap,
-    phase_map,
-    progress_measures,
-    prune_now_accuracy,
+    key_frequency_norms_figure,
+    modular_weights_figure,
+    neuron_circles_figure,
+    parity_weights_figure,
+    phase_map_figure,
+    progress_measures_figure,
+    prune_now_accuracy_figure,
     render_html,
-    steps_to_generalise,
-    training_curves,
+    steps_to_generalise_figure,
+    training_curves_figure,
 )
 from mechgrok.report._common import event_steps
 
@@ -90,7 +90,7 @@ def test_event_steps_include_extra(events):
 
 
 def test_training_curves(metrics, events):
-    fig = training_curves(metrics, events)
+    fig = training_curves_figure(metrics, events)
     assert isinstance(fig, go.Figure)
     assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.range is not None
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.range is not None
@@ -113,7 +113,7 @@ def test_training_curves(metrics, events):
 def test_training_curves_thins_long_runs():
     s = np.arange(100_001)
     m = {"step": s, "train_loss": np.ones(len(s)), "train_acc": np.ones(len(s)), "test_loss": np.ones(len(s)), "test_acc": np.ones(len(s))}
-    fig = training_curves(m, None, max_points=500)
+    fig = training_curves_figure(m, None, max_points=500)
     assert max(len(t.x) for t in fig.data) <= 520
 
 
@@ -121,7 +121,7 @@ def test_parity_heatmap_slider(steps, events):
     n = len(steps)
     W = torch.randn(n, N_BITS, D_MLP) * torch.linspace(1, 0.01, n)[:, None, None]
     W[:, [1, 4], :3] = 2.0  # three neurons reading the relevant bits
-    fig = parity_weights_heatmap(steps, W, [1, 4], max_frames=12, events=events)
+    fig = parity_weights_figure(steps, W, [1, 4], max_frames=12, events=events)
     names = _check_slider(fig, 12)
     assert f"step {int(steps[-1])}" in names and "step 0" in names
     assert "step 800" in names and "step 900" in names  # event steps are frames
@@ -146,16 +146,16 @@ def test_bit_dependence_and_prune_now(steps, events, metrics):
     wn[:, [1, 4]] = 1.0
     relevant = torch.zeros(N_BITS, dtype=torch.bool)
     relevant[[1, 4]] = True
-    fig = bit_dependence(steps, {"weight norm": wn, "grad attr": wn * 2, "flip sensitivity": wn / 2}, relevant, events=events)
+    fig = bit_dependence_figure(steps, {"weight norm": wn, "grad attr": wn * 2, "flip sensitivity": wn / 2}, relevant, events=events)
     legend = [t.name for t in fig.data if t.showlegend]
     assert "bit 1 (relevant)" in legend and "bit 4 (relevant)" in legend and "irrelevant bits" in legend
     assert sum(t.name == "irrelevant bits" for t in fig.data) == 3 * (N_BITS - 2)
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis3.range is not None
     # relevant given as indices is the same
-    fig2 = bit_dependence(steps, {"weight norm": wn}, [1, 4])
+    fig2 = bit_dependence_figure(steps, {"weight norm": wn}, [1, 4])
     assert sum((t.name or "").endswith("(relevant)") for t in fig2.data) == 2
     acc = torch.where(steps >= 800, 1.0, 0.5)
-    fig3 = prune_now_accuracy(steps, acc, metrics, events=events)
+    fig3 = prune_now_accuracy_figure(steps, acc, metrics, events=events)
     assert {t.name for t in fig3.data} == {"train accuracy", "test accuracy (real)", "test accuracy if pruned now"}
     assert list(fig3.layout.yaxis.range) == [-0.02, 1.05]
 
@@ -166,7 +166,7 @@ def test_modular_heatmaps(steps):
     periodic = torch.stack([torch.cos(2 * torch.pi * 3 * a / P + j) for j in range(20)], 1)  # [p, d]
     W_E = torch.randn(n, P, 20) * 0.1 + periodic * torch.linspace(0, 1, n)[:, None, None]
     W_in = torch.randn(n, 20, D_MLP)
-    fig = modular_weights_heatmap(steps, W_E, W_in, max_frames=10, max_columns=8)
+    fig = modular_weights_figure(steps, W_E, W_in, max_frames=10, max_columns=8)
     _check_slider(fig, 10)
     assert len(fig.data) == 2
     assert np.asarray(fig.data[0].z).shape == (P, 8)  # columns capped
@@ -179,31 +179,31 @@ def test_modular_heatmaps(steps):
     assert all(t.zmid == 0 for t in fig.data)
     assert len(fig.frames[0].data) == 2 and list(fig.frames[0].traces) == [0, 1]
     # the fixed cos/sin embedding model: no embedding panel, only the neuron inputs
-    from mechgrok import cossin_embedding
+    from mechgrok.models import cossin_embedding
 
-    fig2 = modular_weights_heatmap(steps, None, torch.randn(n, 2, 5), fixed_embedding=cossin_embedding(P, 1), max_frames=5)
+    fig2 = modular_weights_figure(steps, None, torch.randn(n, 2, 5), fixed_embedding=cossin_embedding(P, 1), max_frames=5)
     assert len(fig2.data) == 1 and np.asarray(fig2.data[0].z).shape == (P, 5)
     with pytest.raises(ValueError):
-        modular_weights_heatmap(steps, None, None)
+        modular_weights_figure(steps, None, None)
 
 
 def test_fourier_figures(steps, events):
     n, K = len(steps), P // 2
     norms = torch.rand(n, K)
     norms[:, 2] += torch.linspace(0, 5, n)
-    fig = fourier_spectrum(steps, {"embedding": norms, "logits": norms * 2}, [3])
+    fig = fourier_spectrum_figure(steps, {"embedding": norms, "logits": norms * 2}, [3])
     assert len(fig.data) == 2 and fig.data[0].type == "heatmap"
     z = np.asarray(fig.data[0].z)
     assert z.shape == (K, n - 1)  # frequency x step (step 0 left out of the log axis)
     np.testing.assert_allclose(z.sum(0), 1, rtol=1e-5)  # normalised per checkpoint
     assert "★3" in fig.layout.yaxis.ticktext
-    fig2 = key_frequency_norms(steps, norms, [3], events=events)
+    fig2 = key_frequency_norms_figure(steps, norms, [3], events=events)
     assert fig2.data[0].name == "k = 3" and len(fig2.data) == 3
     t = {
         "progress/train_loss": torch.rand(n) + 0.1, "progress/test_loss": torch.rand(n) + 1, "progress/restricted_loss": torch.rand(n),
         "progress/excluded_loss": torch.rand(n) + 2, "progress/sum_sq_weights": torch.rand(n) * 100, "fourier/sparsity": torch.rand(n),
     }
-    fig3 = progress_measures(steps, t, events=events)
+    fig3 = progress_measures_figure(steps, t, events=events)
     assert len(fig3.data) == 6 and fig3.layout.yaxis.type == "log"
     assert fig3.layout.yaxis2.range is not None and fig3.layout.yaxis3.range is not None
 
@@ -212,7 +212,7 @@ def test_neuron_circles(steps, events):
     n = len(steps)
     phase = torch.rand(n, 5) * 2 * torch.pi
     norm = torch.linspace(0.1, 2, n)[:, None].expand(n, 5)
-    fig = neuron_circles(steps, norm * torch.cos(phase), norm * torch.sin(phase), freq=torch.ones(n, 5),
+    fig = neuron_circles_figure(steps, norm * torch.cos(phase), norm * torch.sin(phase), freq=torch.ones(n, 5),
                          spread=torch.linspace(0, 1, n), norm_cv=torch.linspace(1, 0, n), max_frames=15, events=events)
     names = _check_slider(fig, 15)
     assert len(fig.frames[0].data) == 3
@@ -245,26 +245,26 @@ def test_phase_map_and_steps(sweep_table):
 
     df = pd.DataFrame(sweep_table)
     for table in (df, sweep_table, {k: df[k].tolist() for k in df.columns}):
-        fig = phase_map(table)
+        fig = phase_map_figure(table)
         assert fig.layout.xaxis.title.text == "weight_decay" and fig.layout.xaxis.type == "log"
         assert fig.layout.yaxis.title.text == "d_mlp"
         by_name = {t.name.split(" (")[0]: len(t.x) for t in fig.data}
         assert by_name == {"comprehension": 4, "grokking": 8, "memorisation": 6, "confusion": 6}
         assert fig.data[1].text[0].startswith("weight_decay: 0.01<br>d_mlp: 16<br>")
-    fig2 = steps_to_generalise(df)
+    fig2 = steps_to_generalise_figure(df)
     never = [t for t in fig2.data if t.marker.symbol == "x"]
     assert sum(len(t.x) for t in never) == 12 * 2  # one panel per swept parameter
     assert fig2.layout.yaxis.type == "log"
     with pytest.raises(ValueError, match="two swept parameters"):
-        phase_map(df[df.d_mlp == 16].drop(columns=["d_mlp"]))
+        phase_map_figure(df[df.d_mlp == 16].drop(columns=["d_mlp"]))
 
 
 def test_render_html_embeds_plotly_once(steps, metrics, events):
     n = len(steps)
     figs = [
-        training_curves(metrics, events),
-        parity_weights_heatmap(steps, torch.randn(n, N_BITS, D_MLP), [0], max_frames=8),
-        neuron_circles(steps, torch.randn(n, 5), torch.randn(n, 5), max_frames=8),
+        training_curves_figure(metrics, events),
+        parity_weights_figure(steps, torch.randn(n, N_BITS, D_MLP), [0], max_frames=8),
+        neuron_circles_figure(steps, torch.randn(n, 5), torch.randn(n, 5), max_frames=8),
     ]
     text = render_html("t <x>", [Section(f"fig {i}", f) for i, f in enumerate(figs)] + [Section("text only", None, "hello")])
     # plotly.js inlined exactly once, no CDN / network reference

@@ -93,10 +93,10 @@ def test_sweep_folder_results_and_members(parity_base, tmp_path):
     assert set(df["phase"]) <= {"comprehension", "grokking", "memorisation", "confusion"}
     assert list(df["d_mlp"][:4]) == [8, 8, 16, 16]
     # the phase map and the sweep report read the table
-    from mechgrok.report import phase_map, write_sweep_report
+    from mechgrok.report import phase_map_figure, write_sweep_report
 
     assert write_sweep_report(tmp_path / "sw").exists()
-    fig = phase_map(df, "weight_decay", "d_mlp")
+    fig = phase_map_figure(df, "weight_decay", "d_mlp")
     assert sum(len(t.x) for t in fig.data) == 8
     # every member is an ordinary run folder, equal to the single trainer's run of its config
     member = sweep.member(3)

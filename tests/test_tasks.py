@@ -1,6 +1,7 @@
 import torch
 
-from mechgrok import ModularVocab, TaskConfig, make_dataset, modular_table
+from mechgrok import TaskConfig, make_dataset
+from mechgrok.tasks import ModularVocab, modular_table
 
 
 def test_modular_table_ops():

@@ -5,7 +5,7 @@ results is :mod:`mechgrok.analysis`, importers of other projects' files :mod:`me
 
 from .bits import bit_dependence, infer_relevant_bits, irrelevant_series, parity_events, prune_now_accuracy
 from .circles import neuron_circles
-from .events import PHASE_RULES, PHASES, GrokEvents, classify_phase, detect_events
+from .events import PHASE_RULES, PHASES, GrokEvents, ModularEvents, ParityEvents, classify_phase, detect_events
 from .fourier import (
     fourier_basis,
     fourier_over_training,
@@ -23,6 +23,8 @@ __all__ = [
     "PHASES",
     "PHASE_RULES",
     "GrokEvents",
+    "ParityEvents",
+    "ModularEvents",
     "classify_phase",
     "detect_events",
     # Fourier / progress / circles (modular arithmetic)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 
@@ -66,12 +64,6 @@ def first_stable_step(steps: torch.Tensor, cond: torch.Tensor) -> int | None:
     return int(steps[first])
 
 
-def first_step(steps: torch.Tensor, cond: torch.Tensor) -> int | None:
-    """First step at which ``cond`` holds (None if never)."""
-    hit = torch.nonzero(torch.as_tensor(cond, dtype=torch.bool), as_tuple=False)
-    return int(steps[hit[0, 0]]) if hit.numel() else None
-
-
 def to_jsonable(value):
     """Plain Python values (ints, floats, lists, dicts) for JSON records."""
     if isinstance(value, torch.Tensor):
@@ -86,6 +78,3 @@ def to_jsonable(value):
         return value.item()
     return value
 
-
-def as_int_list(values: Sequence[int] | torch.Tensor) -> list[int]:
-    return [int(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]

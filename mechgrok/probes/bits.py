@@ -30,11 +30,10 @@ or after memorisation where that reaches 99%.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
+from .._util import first_step
 from ..store import Trajectory
 from ..tasks import Dataset
 from ._batch import (
@@ -45,6 +44,7 @@ from ._batch import (
     row_chunks,
 )
 from ._common import as_trajectory, first_stable_step
+from .events import ParityEvents
 
 __all__ = [
     "bit_dependence",
@@ -225,12 +225,13 @@ def parity_events(
     prune_now_acc: torch.Tensor | None = None,
     memorised_step: int | None = None,
     acc_threshold: float = 0.99,
-) -> dict[str, Any]:
+) -> ParityEvents:
     """Pruning events of a parity run from :func:`bit_dependence` output (rules in the module
     docstring).
 
-    Returns ``pruned_step`` and ``sensitivity_zero_step`` (None if never), the thresholds used,
-    and, when ``generalised_step`` is given, ``prune_lag`` =
+    Returns a :class:`~mechgrok.probes.events.ParityEvents`: ``pruned_step`` and
+    ``sensitivity_zero_step`` (None if never), the thresholds used, and, when ``generalised_step``
+    is given, ``prune_lag`` =
     generalised_step - pruned_step and ``sensitivity_lag`` likewise. With ``prune_now_acc`` (from
     :func:`prune_now_accuracy`), ``prune_now_step`` is the first checkpoint at or after
     ``memorised_step`` whose pruned copy reaches ``acc_threshold`` test accuracy.
@@ -240,19 +241,14 @@ def parity_events(
     ratio, sens = series["irrelevant_weight_ratio"], series["irrelevant_sensitivity"]
     pruned = first_stable_step(steps_t, ratio <= prune_threshold)
     sens_zero = first_stable_step(steps_t, sens <= sensitivity_tol)
-    out: dict[str, Any] = {
-        "pruned_step": pruned,
-        "sensitivity_zero_step": sens_zero,
-        "prune_threshold": prune_threshold,
-        "sensitivity_tol": sensitivity_tol,
-    }
+    out = ParityEvents(pruned_step=pruned, sensitivity_zero_step=sens_zero, prune_threshold=prune_threshold,
+                       sensitivity_tol=sensitivity_tol)
     if generalised_step is not None:
-        out["prune_lag"] = None if pruned is None else generalised_step - pruned
-        out["sensitivity_lag"] = None if sens_zero is None else generalised_step - sens_zero
+        out.prune_lag = None if pruned is None else generalised_step - pruned
+        out.sensitivity_lag = None if sens_zero is None else generalised_step - sens_zero
     if prune_now_acc is not None:
         ok = prune_now_acc >= acc_threshold
         if memorised_step is not None:
             ok &= steps_t >= memorised_step
-        hit = torch.nonzero(ok, as_tuple=False)
-        out["prune_now_step"] = int(steps_t[hit[0, 0]]) if hit.numel() else None
+        out.prune_now_step = first_step(steps_t, ok)
     return out

@@ -58,7 +58,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["GrokEvents", "PHASES", "PHASE_RULES", "detect_events", "classify_phase", "loss_for_accuracy", "loss_scale_of"]
+from .._util import first_step, format_step
+
+__all__ = [
+    "GrokEvents", "ParityEvents", "ModularEvents", "PHASES", "PHASE_RULES", "detect_events", "classify_phase",
+    "loss_for_accuracy", "loss_scale_of",
+]
 
 PHASES = ("comprehension", "grokking", "memorisation", "confusion", "unknown")
 PHASE_RULES = ("accuracy", "loss")
@@ -89,7 +94,7 @@ class GrokEvents:
         return asdict(self)
 
     def describe(self) -> str:
-        fmt = lambda s: "never" if s is None else f"{s:,}"  # noqa: E731
+        fmt = format_step
         if self.phase == "unknown":
             ev = self.evidence or {}
             return (f"unknown: not enough evidence for a phase ({ev.get('n_train', 0)} evaluated train step(s), "
@@ -98,6 +103,48 @@ class GrokEvents:
         if self.lag is not None:
             text += f" (lag {self.lag:,} steps, ratio {self.ratio:.1f})"
         return text
+
+
+@dataclass
+class ParityEvents:
+    """Pruning events of a sparse-parity run (:func:`~mechgrok.probes.bits.parity_events`);
+    steps are ``None`` when the event never happened or was not asked for."""
+
+    pruned_step: int | None
+    """First checkpoint from which no irrelevant-bit weight exceeds ``prune_threshold``."""
+    sensitivity_zero_step: int | None
+    """First checkpoint from which flipping any irrelevant bit changes <= ``sensitivity_tol``."""
+    prune_threshold: float
+    sensitivity_tol: float
+    prune_lag: int | None = None
+    """generalised_step - pruned_step (when the generalisation step was given)."""
+    sensitivity_lag: int | None = None
+    """generalised_step - sensitivity_zero_step (likewise)."""
+    prune_now_step: int | None = None
+    """First checkpoint at/after memorisation whose pruned copy reaches the accuracy threshold
+    (when the prune-now accuracies were given)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModularEvents:
+    """Progress-measure events of a modular-arithmetic run (:func:`~mechgrok.probes.progress.modular_events`)."""
+
+    key_frequencies: list[int]
+    """The key frequencies the progress measures used."""
+    key_freq_step: int | None
+    """First checkpoint from which every key frequency stays in the logits' key set."""
+    restricted_drop_step: int | None
+    """First checkpoint from which the restricted loss stays below the geometric mean of its
+    maximum and its final value (``None`` when it never halves)."""
+    excluded_rise_step: int | None
+    """First checkpoint where the excluded loss is >= ``rise_factor`` x train loss (and above chance)."""
+    rise_factor: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def classify_phase(
@@ -165,11 +212,6 @@ def _reached(acc: np.ndarray | None, loss: np.ndarray | None, threshold: float, 
     return out, "+".join(used) or "none"
 
 
-def _first(steps: np.ndarray, hit: np.ndarray) -> int | None:
-    idx = np.nonzero(np.nan_to_num(hit, nan=0.0) > 0)[0]
-    return int(steps[idx[0]]) if idx.size else None
-
-
 def detect_events(
     metrics: Mapping[str, Sequence[float]],
     train_threshold: float = 0.99,
@@ -226,7 +268,7 @@ def detect_events(
                     "max_loss_ratio": float(np.nanmax(ratios)) if both.any() and not np.isnan(ratios).all() else None}
         thresholds.update(pair_min_loss=pair_min_loss, pair_max_ratio=pair_max_ratio)
     evidence["min_evaluated"] = min_evaluated
-    mem, gen = _first(steps, train_hit), _first(steps, test_hit)
+    mem, gen = first_step(steps, train_hit > 0), first_step(steps, test_hit > 0)  # NaN (no evidence) > 0 is False
     lag = gen - mem if mem is not None and gen is not None else None
     ratio = gen / max(mem, 1) if lag is not None else None
     if n_train < min_evaluated or n_test < min_evaluated:

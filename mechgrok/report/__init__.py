@@ -3,35 +3,35 @@ offline HTML reports for a run (``write_run_report``) or a sweep (``write_sweep_
 
 from ._common import frame_indices
 from .figures import (
-    bit_dependence,
-    fourier_spectrum,
-    key_frequency_norms,
-    modular_weights_heatmap,
-    neuron_circles,
-    parity_weights_heatmap,
-    progress_measures,
-    prune_now_accuracy,
-    slider_heatmaps,
-    training_curves,
+    bit_dependence_figure,
+    fourier_spectrum_figure,
+    key_frequency_norms_figure,
+    modular_weights_figure,
+    neuron_circles_figure,
+    parity_weights_figure,
+    progress_measures_figure,
+    prune_now_accuracy_figure,
+    slider_heatmaps_figure,
+    training_curves_figure,
 )
 from .html import Section, render_html, write_html
 from .run import REPORT_FILE, run_sections, write_run_report
-from .sweep import phase_map, steps_to_generalise, sweep_sections, write_sweep_report
+from .sweep import phase_map_figure, steps_to_generalise_figure, sweep_sections, write_sweep_report
 
 __all__ = [
     "frame_indices",
-    "training_curves",
-    "slider_heatmaps",
-    "parity_weights_heatmap",
-    "bit_dependence",
-    "prune_now_accuracy",
-    "modular_weights_heatmap",
-    "fourier_spectrum",
-    "key_frequency_norms",
-    "progress_measures",
-    "neuron_circles",
-    "phase_map",
-    "steps_to_generalise",
+    "training_curves_figure",
+    "slider_heatmaps_figure",
+    "parity_weights_figure",
+    "bit_dependence_figure",
+    "prune_now_accuracy_figure",
+    "modular_weights_figure",
+    "fourier_spectrum_figure",
+    "key_frequency_norms_figure",
+    "progress_measures_figure",
+    "neuron_circles_figure",
+    "phase_map_figure",
+    "steps_to_generalise_figure",
     "Section",
     "render_html",
     "write_html",

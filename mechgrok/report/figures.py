@@ -33,16 +33,16 @@ from ._common import (
 )
 
 __all__ = [
-    "training_curves",
-    "slider_heatmaps",
-    "parity_weights_heatmap",
-    "bit_dependence",
-    "prune_now_accuracy",
-    "modular_weights_heatmap",
-    "fourier_spectrum",
-    "key_frequency_norms",
-    "progress_measures",
-    "neuron_circles",
+    "training_curves_figure",
+    "slider_heatmaps_figure",
+    "parity_weights_figure",
+    "bit_dependence_figure",
+    "prune_now_accuracy_figure",
+    "modular_weights_figure",
+    "fourier_spectrum_figure",
+    "key_frequency_norms_figure",
+    "progress_measures_figure",
+    "neuron_circles_figure",
 ]
 
 _BIT_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -85,7 +85,7 @@ def _shade_schedule(fig: go.Figure, steps: np.ndarray, values: np.ndarray, label
         )
 
 
-def training_curves(
+def training_curves_figure(
     metrics: Mapping[str, Sequence[float]],
     events: Any = None,
     *,
@@ -134,7 +134,7 @@ def training_curves(
 # heatmaps with a step slider
 
 
-def slider_heatmaps(
+def slider_heatmaps_figure(
     steps: Sequence[int],
     panels: Mapping[str, Any],
     *,
@@ -190,7 +190,7 @@ def slider_heatmaps(
     return fig
 
 
-def parity_weights_heatmap(
+def parity_weights_figure(
     steps: Sequence[int],
     W_in: Any,
     relevant_bits: Sequence[int],
@@ -213,7 +213,7 @@ def parity_weights_heatmap(
     z = np.transpose(W[:, :, order], (0, 2, 1))  # [n, neuron, bit]
     bits = [f"{b}*" if b in rel else str(b) for b in range(n_bits)]
     neurons = [f"n{j}" for j in order]
-    fig = slider_heatmaps(
+    fig = slider_heatmaps_figure(
         steps, {"first-layer weight": z}, x_labels={"first-layer weight": bits}, y_labels={"first-layer weight": neurons},
         x_titles={"first-layer weight": "input bit (* = relevant)"}, y_titles={"first-layer weight": "hidden neuron (sorted)"},
         title="Parity MLP first-layer weights [neuron × bit]", max_frames=max_frames,
@@ -226,7 +226,7 @@ def parity_weights_heatmap(
     return fig
 
 
-def modular_weights_heatmap(
+def modular_weights_figure(
     steps: Sequence[int],
     W_E: Any | None,
     W_in: Any | None = None,
@@ -255,7 +255,7 @@ def modular_weights_heatmap(
         E = E[:, :p]
     else:
         if fixed_embedding is None:
-            raise ValueError("modular_weights_heatmap: give W_E or fixed_embedding")
+            raise ValueError("modular_weights_figure: give W_E or fixed_embedding")
         E0 = to_numpy(fixed_embedding, np.float64)
         p = p or E0.shape[0]
         E = np.broadcast_to(E0[:p], (len(steps), *E0[:p].shape))
@@ -281,9 +281,9 @@ def modular_weights_heatmap(
         panels[key] = H[:, :, cols]
         x_labels[key] = [f"n{c}" for c in cols]
     if not panels:
-        raise ValueError("modular_weights_heatmap: nothing to draw")
+        raise ValueError("modular_weights_figure: nothing to draw")
     a_labels = list(range(p))
-    return slider_heatmaps(
+    return slider_heatmaps_figure(
         steps, panels, x_labels=x_labels, y_labels={k: a_labels for k in panels},
         x_titles={k: ("principal direction (final embedding)" if k.startswith("embedding") else "hidden neuron") for k in panels},
         y_titles={k: "operand a" for k in panels}, title="Weights over the operand a (noisy → periodic)",
@@ -295,7 +295,7 @@ def modular_weights_heatmap(
 # parity bit dependence
 
 
-def bit_dependence(
+def bit_dependence_figure(
     steps: Sequence[int],
     measures: Mapping[str, Any],
     relevant: Sequence[bool] | Sequence[int],
@@ -367,7 +367,7 @@ def bit_dependence(
     return fig
 
 
-def prune_now_accuracy(
+def prune_now_accuracy_figure(
     steps: Sequence[int],
     prune_now_acc: Any,
     metrics: Mapping[str, Sequence[float]] | None = None,
@@ -406,7 +406,7 @@ def prune_now_accuracy(
 # modular addition: Fourier
 
 
-def fourier_spectrum(
+def fourier_spectrum_figure(
     steps: Sequence[int],
     spectra: Mapping[str, Any],
     key_frequencies: Sequence[int] = (),
@@ -447,7 +447,7 @@ def fourier_spectrum(
     return fig
 
 
-def key_frequency_norms(
+def key_frequency_norms_figure(
     steps: Sequence[int],
     freq_norms: Any,
     key_frequencies: Sequence[int],
@@ -482,7 +482,7 @@ def key_frequency_norms(
     return fig
 
 
-def progress_measures(
+def progress_measures_figure(
     steps: Sequence[int],
     tensors: Mapping[str, Any],
     *,
@@ -534,7 +534,7 @@ def progress_measures(
 # neuron circles
 
 
-def neuron_circles(
+def neuron_circles_figure(
     steps: Sequence[int],
     cos: Any,
     sin: Any,

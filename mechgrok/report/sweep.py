@@ -24,7 +24,7 @@ from ..store import StoreError
 from ._common import PHASE_COLORS
 from .html import Section, html_table, write_html
 
-__all__ = ["phase_map", "steps_to_generalise", "swept_parameters", "read_results", "sweep_sections", "write_sweep_report", "SWEEP_REPORT_FILE"]
+__all__ = ["phase_map_figure", "steps_to_generalise_figure", "swept_parameters", "read_results", "sweep_sections", "write_sweep_report", "SWEEP_REPORT_FILE"]
 
 SWEEP_REPORT_FILE = "report.html"
 _OUTCOME = {
@@ -132,7 +132,7 @@ def _padded_range(u: np.ndarray, log: bool) -> list[float]:
     return [lo - pad, hi + pad]
 
 
-def phase_map(table: Any, x: str | None = None, y: str | None = None, *, title: str | None = None) -> go.Figure:
+def phase_map_figure(table: Any, x: str | None = None, y: str | None = None, *, title: str | None = None) -> go.Figure:
     """The phase map: two hyperparameters on the axes (log scale when they span >= 8×), one point
     per member coloured by its phase (comprehension / grokking / memorisation / confusion), every
     column of the row in the hover. Members sharing a grid point are spread slightly around it."""
@@ -141,10 +141,10 @@ def phase_map(table: Any, x: str | None = None, y: str | None = None, *, title: 
     x = x or (params[0] if params else None)
     y = y or next((p for p in params if p != x), None)
     if x is None or y is None:
-        raise ValueError(f"phase_map: need two swept parameters, found {params or 'none'}; name them with x= and y=")
+        raise ValueError(f"phase_map_figure: need two swept parameters, found {params or 'none'}; name them with x= and y=")
     for name in (x, y):
         if name not in cols:
-            raise ValueError(f"phase_map: no column {name!r}; have {', '.join(cols)}")
+            raise ValueError(f"phase_map_figure: no column {name!r}; have {', '.join(cols)}")
     (xv, xset), (yv, yset) = _axis(cols[x]), _axis(cols[y])
     xlog, ylog = xset["type"] == "log", yset["type"] == "log"
     xj, yj = _jitter(xv, xlog), _jitter(yv, ylog)
@@ -170,16 +170,16 @@ def phase_map(table: Any, x: str | None = None, y: str | None = None, *, title: 
     return fig
 
 
-def steps_to_generalise(table: Any, params: Sequence[str] | None = None, *, step_column: str = "generalised_step") -> go.Figure:
+def steps_to_generalise_figure(table: Any, params: Sequence[str] | None = None, *, step_column: str = "generalised_step") -> go.Figure:
     """Steps until the test accuracy reached the threshold against each swept parameter (one panel
     per parameter, log step axis, colour = phase, median per grid value as a line). Members that
     never generalised are drawn as ``×`` above the top of the axis."""
     cols = _columns(table)
     params = list(params) if params else swept_parameters(cols)
     if not params:
-        raise ValueError("steps_to_generalise: no swept parameter found")
+        raise ValueError("steps_to_generalise_figure: no swept parameter found")
     if step_column not in cols:
-        raise ValueError(f"steps_to_generalise: no column {step_column!r}")
+        raise ValueError(f"steps_to_generalise_figure: no column {step_column!r}")
     steps = cols[step_column].astype(np.float64)
     done = np.isfinite(steps) & (steps > 0)
     total = cols.get("total_steps")
@@ -289,12 +289,12 @@ def sweep_sections(table: Any, params: Sequence[str] | None = None, *, x: str | 
         pairs.append((first, second))
     pairs += [pr for pr in itertools.combinations(params, 2) if pr not in pairs and pr[::-1] not in pairs]
     for a, b in pairs[:max_maps]:
-        sections.append(Section(f"Phase map: {a} × {b}", phase_map(cols, a, b),
+        sections.append(Section(f"Phase map: {a} × {b}", phase_map_figure(cols, a, b),
                                 "Each point is one model; members at the same grid point (seeds, other parameters) are spread "
                                 "slightly around it. Hover for the member's settings, events and run folder.",
                                 f"map-{a}-{b}".replace(".", "-")))
     if params and "generalised_step" in cols:
-        sections.append(Section("Steps to generalise", steps_to_generalise(cols, params),
+        sections.append(Section("Steps to generalise", steps_to_generalise_figure(cols, params),
                                 "Step at which each model's test accuracy first reached the threshold (× = never).", "steps"))
     return sections
 
