@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import mechgrok as mg
+from mechgrok.layout import RUN_FILES
 from mechgrok.report import Section, modular_weights_heatmap, neuron_circles, training_curves, write_html
 
 parser = argparse.ArgumentParser(description="The cos/sin model's neurons on a circle.")
@@ -32,7 +33,7 @@ torch.set_num_threads(1)  # tiny models: extra threads only spin-wait
 
 # 1. the run
 config = mg.preset(args.preset, **dict(s.split("=", 1) for s in args.set))
-have_run = (Path(args.run_dir) / "config.json").exists()
+have_run = (Path(args.run_dir) / RUN_FILES["config"]).exists()
 run = mg.ensure_run(args.run_dir, None if have_run else config, log=print)
 if run.config.model.kind != "cossin_mlp":
     raise SystemExit(f"error: {run.path} holds a {run.config.model.kind!r} model, not the cos/sin MLP")

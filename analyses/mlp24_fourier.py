@@ -25,6 +25,7 @@ import plotly.graph_objects as go
 import torch
 
 import mechgrok as mg
+from mechgrok.layout import RUN_FILES
 from mechgrok.probes import frequency_norms
 from mechgrok.report import Section, fourier_spectrum, key_frequency_norms, modular_weights_heatmap, training_curves, write_html
 
@@ -38,7 +39,7 @@ torch.set_num_threads(1)  # tiny models: extra threads only spin-wait
 
 # 1. the run
 config = mg.preset(args.preset, **dict(s.split("=", 1) for s in args.set))
-have_run = (Path(args.run_dir) / "config.json").exists()
+have_run = (Path(args.run_dir) / RUN_FILES["config"]).exists()
 run = mg.ensure_run(args.run_dir, None if have_run else config, log=print)
 if run.config.model.kind != "mlp":
     raise SystemExit(f"error: {run.path} holds a {run.config.model.kind!r} model; this script reads the MLP's W_E and W_in")

@@ -34,6 +34,7 @@ import torch
 
 from mechgrok import Run, preset, train
 from mechgrok.analysis import analyze, load_analysis
+from mechgrok.layout import ANALYSIS_FILES, RUN_FILES
 
 ACCELERATED = {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 2.0, "optim.lr": 3e-3, "optim.warmup_steps": 100}
 # benchmarks/time_to_grok.py's fastest variant (grokfast5-lr10-wd3)
@@ -97,10 +98,10 @@ def main() -> None:
     if args.analyse_only:
         run = Run.open(out)
         print(f"analysing {out} as it stands ({len(run.steps)} checkpoints, last step {run.steps[-1]:,})")
-    elif (out / "summary.json").exists():
+    elif (out / RUN_FILES["summary"]).exists():
         run = Run.open(out)
         print(f"reusing finished run {out}")
-    elif (out / "config.json").exists():
+    elif (out / RUN_FILES["config"]).exists():
         print(f"continuing {out}")
         train(None, out, resume=True)  # type: ignore[arg-type]
         run = Run.open(out)
@@ -113,7 +114,7 @@ def main() -> None:
               f"({s.get('steps_per_second', float('nan')):.2f} steps/s, device {run.config.train.device}, "
               f"{args.threads} thread(s))")
 
-    if (out / "analysis" / "analysis.json").exists() and not args.reanalyze:
+    if (out / ANALYSIS_FILES["dir"] / ANALYSIS_FILES["records"]).exists() and not args.reanalyze:
         an = load_analysis(out)
     else:
         an = analyze(run, max_checkpoints=args.max_checkpoints, progress=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import mechgrok as mg
+from mechgrok.layout import RUN_FILES
 
 parser = argparse.ArgumentParser(description="Grok rate and key frequencies of a modular MLP preset over seeds.")
 parser.add_argument("out", nargs="?", default="checkpoints/pair-mlp24-seeds", help="folder for the member runs")
@@ -46,7 +47,7 @@ out = Path(args.out)
 folders = [out / f"seed{s}" for s in seeds]
 
 # 2. train the members not yet finished (a folder without a summary is an interrupted run: redo it)
-todo = [i for i, f in enumerate(folders) if not (f / "summary.json").exists()]
+todo = [i for i, f in enumerate(folders) if not (f / RUN_FILES["summary"]).exists()]
 for i in todo:
     if folders[i].exists():
         raise SystemExit(f"error: {folders[i]} holds an unfinished run; remove it to retrain that seed")
@@ -59,7 +60,7 @@ if todo:
 rows = []
 for s, folder in zip(seeds, folders):
     run = mg.Run.open(folder)
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = json.loads((folder / RUN_FILES["summary"]).read_text())
     freqs = mg.key_frequencies(run)
     rows.append({
         "seed": s,

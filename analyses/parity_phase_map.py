@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import mechgrok as mg
+from mechgrok.layout import SWEEP_FILES
 from mechgrok.sweep import EngineConfig, SweepSpec, run_sweep
 
 parser = argparse.ArgumentParser(description="Sparse-parity phase map over weight decay x width x data size.")
@@ -89,7 +90,7 @@ if len(grok):
 try:
     from mechgrok.report import write_sweep_report
 except ImportError:
-    print(f"\nresults table: {Path(args.out) / 'results.csv'} (mechgrok.report is not available for the figure)")
+    print(f"\nresults table: {Path(args.out) / SWEEP_FILES['results']} (mechgrok.report is not available for the figure)")
 else:
     report = write_sweep_report(args.out, x="weight_decay", y="d_mlp")
-    print(f"\nresults table: {Path(args.out) / 'results.csv'}\nphase-map report: {report}")
+    print(f"\nresults table: {Path(args.out) / SWEEP_FILES['results']}\nphase-map report: {report}")

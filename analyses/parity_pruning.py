@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import mechgrok as mg
+from mechgrok.layout import RUN_FILES
 from mechgrok.report import Section, bit_dependence, parity_weights_heatmap, prune_now_accuracy, training_curves, write_html
 
 parser = argparse.ArgumentParser(description="Sparse parity: pruning and generalisation.")
@@ -40,7 +41,7 @@ torch.set_num_threads(1)  # tiny models: extra threads only spin-wait
 
 # 1. the run: open it, or train the preset into the empty folder
 config = mg.preset(args.preset, **dict(s.split("=", 1) for s in args.set))
-have_run = (Path(args.run_dir) / "config.json").exists()
+have_run = (Path(args.run_dir) / RUN_FILES["config"]).exists()
 run = mg.ensure_run(args.run_dir, None if have_run else config, log=print)
 if run.config.task.kind != "parity":
     raise SystemExit(f"error: {run.path} is a {run.config.task.kind} run, not sparse parity")

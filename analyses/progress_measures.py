@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import mechgrok as mg
+from mechgrok.layout import RUN_FILES
 from mechgrok.report import Section, fourier_spectrum, key_frequency_norms, progress_measures, training_curves, write_html
 
 parser = argparse.ArgumentParser(description="Nanda et al.'s progress measures on a run or an imported checkpoint.")
@@ -41,7 +42,7 @@ if path.is_file():
     run = mg.import_nanda_checkpoint(path)
 else:
     config = mg.preset(args.preset, **dict(s.split("=", 1) for s in args.set))
-    run = mg.ensure_run(path, None if (path / "config.json").exists() else config, log=print)
+    run = mg.ensure_run(path, None if (path / RUN_FILES["config"]).exists() else config, log=print)
 if run.config.task.kind != "modular":
     raise SystemExit(f"error: {run.path} is a {run.config.task.kind} run; progress measures need modular arithmetic")
 

@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 
 from mechgrok import Run, detect_events, preset, train
+from mechgrok.layout import RUN_FILES
 
 
 def run_or_reuse(name: str, out: Path, overrides: dict | None = None) -> Run:
     folder = out / (name + "".join(f"-{k.split('.')[-1]}{v}" for k, v in (overrides or {}).items()))
-    if (folder / "summary.json").exists():
+    if (folder / RUN_FILES["summary"]).exists():
         return Run.open(folder)
-    if (folder / "config.json").exists():
+    if (folder / RUN_FILES["config"]).exists():
         train(None, folder, resume=True, progress=False)  # type: ignore[arg-type]
     else:
         cfg = preset(name).with_overrides(overrides or {})

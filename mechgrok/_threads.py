@@ -119,14 +119,15 @@ def threads_for(config: "RunConfig | None", requested: int | None = None) -> int
 def run_config_of(run_or_path: Any) -> "RunConfig | None":
     """The config of a run folder, :class:`~mechgrok.store.Run` or trajectory; None when there is
     none to read (a ``.pth`` to import, a sweep folder, a damaged folder: the caller reports that)."""
-    from .store import FILES, Run
+    from .layout import RUN_FILES
+    from .store import Run
 
     config = getattr(run_or_path, "config", None)
     if config is not None or isinstance(run_or_path, Run):
         return config
     try:
         path = Path(run_or_path)
-        if (path / FILES["config"]).is_file():
+        if (path / RUN_FILES["config"]).is_file():
             return Run.open(path).config
     except Exception:  # noqa: BLE001 - only a hint for the thread count; the real call reports it
         return None

@@ -17,7 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ._util import format_step
 from .config import ConfigError
+from .layout import ANALYSIS_FILES, REPORT_FILES, RUN_FILES, SWEEP_FILES
 from .store import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train small networks into grokking and explain the transition.")
@@ -34,10 +36,6 @@ def _parse_sets(sets: list[str]) -> dict[str, str]:
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
-
-
-def _fmt_step(step) -> str:
-    return "never" if step is None else f"{step:,}"
 
 
 def _fmt_num(value, spec: str) -> str:
@@ -64,7 +62,7 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default checkpoints/PRESET)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the killed run in this folder."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Train from a config.json instead of a preset."),
+    config: Optional[Path] = typer.Option(None, "--config", help=f"Train from a {RUN_FILES['config']} instead of a preset."),
     threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = train.threads, else automatic: 1 for small models)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -108,8 +106,8 @@ def _print_train_summary(result) -> None:
     where = f" -> {result.run.path}" if result.run is not None else ""
     console.print(
         f"[bold]{name}[/bold]{where}\n"
-        f"  100% train accuracy at step {_fmt_step(s['step_train_acc_100'])}, "
-        f">= 99% test accuracy at step {_fmt_step(s['step_test_acc_99'])}\n"
+        f"  100% train accuracy at step {format_step(s['step_train_acc_100'])}, "
+        f">= 99% test accuracy at step {format_step(s['step_test_acc_99'])}\n"
         f"  final: train acc {_fmt_num(s['final_train_acc'], '.3f')}, test acc {_fmt_num(s['final_test_acc'], '.3f')}, "
         f"test loss {_fmt_num(s['final_test_loss'], '.3g')}, weight norm {_fmt_num(s['final_weight_norm'], '.1f')}\n"
         f"  {s['steps']:,} steps in {s['seconds']:.1f} s ({s['steps_per_second']:.0f} steps/s)"
@@ -130,7 +128,6 @@ def analyze(
 ) -> None:
     """Run every probe that applies to a run; save RUN/analysis/ and print a summary."""
     from .analysis import analyze as run_analyze
-    from .layout import ANALYSIS_FILES
 
     result = run_analyze(path, max_checkpoints=max_checkpoints, import_to=import_to, progress=not quiet,
                          phase_rule=phase_rule, chunk_size=chunk_size, threads=threads)
@@ -146,13 +143,13 @@ def _print_analysis(result, where) -> None:
     console.print(f"{name} -> {where}", markup=False, highlight=False)
     if result.records.get("diverged"):
         console.print(f"  the run diverged: {result.records['diverged']}", markup=False, highlight=False)
-    console.print(f"  phase: {ev.phase} ({ev.rule} rule); memorised at step {_fmt_step(ev.memorised_step)}, "
-                  f"generalised at step {_fmt_step(ev.generalised_step)}")
+    console.print(f"  phase: {ev.phase} ({ev.rule} rule); memorised at step {format_step(ev.memorised_step)}, "
+                  f"generalised at step {format_step(ev.generalised_step)}")
     if result.task == "modular":
         console.print(f"  key frequencies: {result.key_frequencies or 'none'}")
     else:
-        console.print(f"  pruned at step {_fmt_step(ev.extra.get('pruned_step'))}, irrelevant-bit sensitivity ~0 "
-                      f"from step {_fmt_step(ev.extra.get('sensitivity_zero_step'))}")
+        console.print(f"  pruned at step {format_step(ev.extra.get('pruned_step'))}, irrelevant-bit sensitivity ~0 "
+                      f"from step {format_step(ev.extra.get('sensitivity_zero_step'))}")
     console.print(f"  {result.summary}", soft_wrap=True, markup=False, highlight=False)
     console.print(f"  {result.records['run']['n_checkpoints']} checkpoints in {result.timings['total']:.1f} s")
 
@@ -160,25 +157,24 @@ def _print_analysis(result, where) -> None:
 @app.command()
 def report(
     path: Path = typer.Argument(..., help="Run folder or sweep folder."),
-    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default PATH/report.html)."),
+    out: Optional[Path] = typer.Option(None, "--out", help=f"HTML file to write (default PATH/{REPORT_FILES['run']})."),
     max_frames: int = typer.Option(60, "--max-frames", help="At most this many slider frames per figure."),
     no_analyze: bool = typer.Option(False, "--no-analyze", help="Do not run the probes when the run has no stored analysis."),
     x: Optional[str] = typer.Option(None, "--x", help="Sweep: parameter on the phase map's x axis."),
     y: Optional[str] = typer.Option(None, "--y", help="Sweep: parameter on the phase map's y axis."),
-    phase_rule: Optional[str] = typer.Option(None, "--phase-rule", help="accuracy or loss (PAIR's rule); default: the stored analysis's / results.csv's."),
+    phase_rule: Optional[str] = typer.Option(None, "--phase-rule", help=f"accuracy or loss (PAIR's rule); default: the stored analysis's / {SWEEP_FILES['results']}'s."),
     threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = automatic: 1 for small models)."),
 ) -> None:
     """Write one self-contained, offline HTML report for a run or a sweep folder."""
     from .report import write_run_report, write_sweep_report
-    from .store import FILES
 
     if not path.is_dir():
         raise StoreError(f"{path}: no such run or sweep folder")
     if out is not None and out.is_dir():
-        raise StoreError(f"{out}: is a folder; --out takes the HTML file to write (e.g. {out / 'report.html'})")
+        raise StoreError(f"{out}: is a folder; --out takes the HTML file to write (e.g. {out / REPORT_FILES['run']})")
     if out is not None and any(p.exists() and not p.is_dir() for p in out.parents):
         raise StoreError(f"{out}: cannot write there, {next(p for p in out.parents if p.exists() and not p.is_dir())} is a file")
-    if (path / FILES["config"]).exists():
+    if (path / RUN_FILES["config"]).exists():
         if x or y:
             raise ConfigError("--x/--y: only for sweep folders")
         with console.status(f"analysing and drawing {path} ..."):
@@ -224,7 +220,7 @@ def demo(
     console.print(f"\n[bold]mechgrok demo[/bold] finished in {time.perf_counter() - t0:.0f} s; open the reports in a browser:")
     for r in results:
         console.print(f"  {r.report}", highlight=False, markup=False)
-    console.print(f"  {out / 'index.html'} (all three)", highlight=False, markup=False)
+    console.print(f"  {out / REPORT_FILES['index']} (all three)", highlight=False, markup=False)
     console.print("\n[bold]headline numbers[/bold]")
     for r in results:
         console.print(f"  {r.headline}", highlight=False, markup=False, soft_wrap=True)
@@ -249,7 +245,7 @@ def sweep(
     threads: int = typer.Option(0, "--threads", help="CPU threads for the sweep: that many chunk workers of one intra-op thread each (0 = one per core)."),
     backend: str = typer.Option("local", "--backend", help="local, or ray (needs mechgrok[ray])."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: start a local one)."),
-    phase_rule: str = typer.Option("accuracy", "--phase-rule", help="results.csv phases: accuracy, or loss (PAIR's sweep rule)."),
+    phase_rule: str = typer.Option("accuracy", "--phase-rule", help=f"{SWEEP_FILES['results']} phases: accuracy, or loss (PAIR's sweep rule)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a grid of models at once (batched engine) into a sweep folder with a results table."""
@@ -285,7 +281,7 @@ def sweep(
     n = sum(counts.values())
     phases = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
     console.print(f"[bold]sweep[/bold] {result.path}: {n:,} of {len(result):,} models finished in "
-                  f"{time.perf_counter() - t0:.1f} s\n  phases: {phases}\n  results: {result.path / 'results.csv'}",
+                  f"{time.perf_counter() - t0:.1f} s\n  phases: {phases}\n  results: {result.path / SWEEP_FILES['results']}",
                   highlight=False, soft_wrap=True)
 
 
@@ -312,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the typer app, turning known errors into one line and exit code 2."""
     try:
         app(args=argv, standalone_mode=False)
-    except (ConfigError, StoreError, ValueError) as e:
+    except (ConfigError, StoreError) as e:
+        # bad input only: any other exception (ValueError, TypeError, ...) is a bug and keeps its traceback
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None

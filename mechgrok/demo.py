@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 
 from .config import RunConfig
 from .presets import preset
-from .store import FILES, Run, StoreError
+from .layout import REPORT_FILES, RUN_FILES
+from .store import Run, StoreError
 
 __all__ = ["DEMO_RUNS", "DemoRun", "demo_configs", "ensure_run", "run_demo", "headline"]
 
@@ -97,7 +98,7 @@ def headline(analysis: Any) -> str:
 
 def _prepare(config: RunConfig, run_dir: Path) -> tuple[str, Run | None]:
     """What to do with ``run_dir``: 'train', 'resume' or 'reuse' (refuses a different run)."""
-    if not (run_dir / FILES["config"]).exists():
+    if not (run_dir / RUN_FILES["config"]).exists():
         return "train", None
     run = Run.open(run_dir)
     if run.config != config:
@@ -239,7 +240,7 @@ def run_demo(
         seconds["report"] = time.perf_counter() - t
         log(f"      report: {report} ({report.stat().st_size / 1e6:.1f} MB)")
         results.append(DemoRun(cfg, run.path, report, analysis, headline(analysis), seconds))
-    write_index(root / "index.html", results)
+    write_index(root / REPORT_FILES["index"], results)
     return results
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .._threads import with_threads
+from ..layout import REPORT_FILES
 from ..store import Run, StoreError
 from ._common import DEFAULT_MAX_FRAMES, PHASE_COLORS, event_steps, frame_indices
 from .figures import (
@@ -25,7 +26,7 @@ from .html import Section, html_table, write_html
 
 __all__ = ["REPORT_FILE", "run_sections", "run_header_html", "write_run_report"]
 
-REPORT_FILE = "report.html"
+REPORT_FILE = REPORT_FILES["run"]
 """File name of a run's report inside its run folder."""
 
 

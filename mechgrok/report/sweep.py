@@ -20,19 +20,26 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .._threads import with_threads
+from ..config import ConfigError
+from ..layout import REPORT_FILES, RUN_FILES, SWEEP_FILES
+from ..probes.events import PHASE_RULES, PHASES
 from ..store import StoreError
 from ._common import PHASE_COLORS
 from .html import Section, html_table, write_html
 
 __all__ = ["phase_map_figure", "steps_to_generalise_figure", "swept_parameters", "read_results", "sweep_sections", "write_sweep_report", "SWEEP_REPORT_FILE"]
 
-SWEEP_REPORT_FILE = "report.html"
+SWEEP_REPORT_FILE = REPORT_FILES["sweep"]
 _OUTCOME = {
     "phase", "phase_rule", "memorised_step", "generalised_step", "lag", "ratio", "final_train_acc", "final_test_acc", "total_steps",
     "pruned_step", "seed", "member", "index", "id", "run_dir", "path", "steps", "status", "seconds", "name",
     "stopped_early", "stopped_step", "final_train_loss", "final_test_loss", "final_weight_norm",
 }
-_PHASE_ORDER = ("comprehension", "grokking", "memorisation", "confusion", "unknown")
+
+
+def _phase_order(phases: Any) -> list[str]:
+    """The known phases in :data:`PHASES` order, then any others (a hand-edited table) sorted."""
+    return [*PHASES, *sorted(set(phases) - set(PHASES))]
 
 
 def _columns(table: Any) -> dict[str, np.ndarray]:
@@ -150,7 +157,7 @@ def phase_map_figure(table: Any, x: str | None = None, y: str | None = None, *, 
     xj, yj = _jitter(xv, xlog), _jitter(yv, ylog)
     phases = cols["phase"].astype(str)
     fig = go.Figure()
-    for phase in [*_PHASE_ORDER, *sorted(set(phases) - set(_PHASE_ORDER))]:
+    for phase in _phase_order(phases):
         rows = np.nonzero(phases == phase)[0]
         if phase == "unknown" and rows.size == 0:  # legend entry only when some member lacks the evidence
             continue
@@ -192,7 +199,7 @@ def steps_to_generalise_figure(table: Any, params: Sequence[str] | None = None, 
         v, settings = _axis(cols[name])
         log = settings["type"] == "log"
         vj = _jitter(v, log, 0.2)
-        for phase in [*_PHASE_ORDER, *sorted(set(phases) - set(_PHASE_ORDER))]:
+        for phase in _phase_order(phases):
             rows = np.nonzero((phases == phase) & done)[0]
             never = np.nonzero((phases == phase) & ~done)[0]
             color = PHASE_COLORS.get(phase, "#7f7f7f")
@@ -234,7 +241,7 @@ def read_results(sweep_dir: str | Path, phase_rule: str | None = None) -> tuple[
     """
     import pandas as pd
 
-    from ..sweep import SWEEP_FILES, Sweep
+    from ..sweep import Sweep
     from ..sweep.spec import column_name
 
     sweep_dir = Path(sweep_dir)
@@ -258,7 +265,7 @@ def read_results(sweep_dir: str | Path, phase_rule: str | None = None) -> tuple[
             raise StoreError(f"{results}: phases by the {_table_rule(table)} rule, and without the sweep folder's members "
                              f"they cannot be classified by the {phase_rule} rule")
     else:
-        raise StoreError(f"{sweep_dir}: not a run or sweep folder (no config.json, {SWEEP_FILES['spec']} or {SWEEP_FILES['results']})")
+        raise StoreError(f"{sweep_dir}: not a run or sweep folder (no {RUN_FILES['config']}, {SWEEP_FILES['spec']} or {SWEEP_FILES['results']})")
     if len(table) == 0 or "phase" not in table.columns:
         raise StoreError(f"{sweep_dir}: no finished members in the results table yet")
     return table, swept or swept_parameters(table), spec
@@ -280,7 +287,7 @@ def sweep_sections(table: Any, params: Sequence[str] | None = None, *, x: str | 
     params = list(params) if params else swept_parameters(cols)
     for name in (x, y):
         if name is not None and name not in cols:
-            raise ValueError(f"phase map: no column {name!r}; have {', '.join(cols)}")
+            raise ConfigError(f"phase map: no column {name!r}; have {', '.join(cols)}")
     sections = []
     pairs: list[tuple[str, str]] = []
     if x or y:
@@ -305,16 +312,14 @@ def write_sweep_report(sweep_dir: str | Path, out: str | Path | None = None, *, 
     """Write ``SWEEP/report.html`` (or ``out``): phase maps and steps to generalise, one offline file.
     ``phase_rule``: classify members by ``"accuracy"`` or ``"loss"`` (PAIR's rule); default: as
     ``results.csv`` does."""
-    from ..probes.events import PHASE_RULES
-
     if phase_rule is not None and phase_rule not in PHASE_RULES:
-        raise ValueError(f"phase_rule: must be one of {', '.join(PHASE_RULES)}, got {phase_rule!r}")
+        raise ConfigError(f"phase_rule: must be one of {', '.join(PHASE_RULES)}, got {phase_rule!r}")
     sweep_dir = Path(sweep_dir)
     table, params, spec = read_results(sweep_dir, phase_rule)
     rule = _table_rule(table)
     cols = _columns(table)
     phases = cols["phase"].astype(str)
-    counts = [(p, int((phases == p).sum())) for p in [*_PHASE_ORDER, *sorted(set(phases) - set(_PHASE_ORDER))] if (phases == p).any()]
+    counts = [(p, int((phases == p).sum())) for p in _phase_order(phases) if (phases == p).any()]
     ranges = {}
     for p in params:
         col = cols[p]

@@ -218,7 +218,7 @@ class Sweep:
         try:
             import pandas as pd
         except ImportError:
-            raise StoreError("Sweep.results: needs pandas (pip install pandas); the table is in results.csv") from None
+            raise StoreError("Sweep.results: needs pandas (pip install pandas); the table is in " + SWEEP_FILES["results"]) from None
         path = self.path / SWEEP_FILES["results"]
         if not path.exists():
             self.write_results()
