@@ -60,6 +60,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ._threads import with_threads
+from ._util import format_step
+from .config import ConfigError
 from .importers import default_import_dir, import_nanda_checkpoint, run_dataset
 from .layout import ANALYSIS_FILES, IMPORT_FILES, RUN_FILES
 from .probes._common import to_jsonable
@@ -217,7 +219,7 @@ def _pick_rows(n: int, max_checkpoints: int | None) -> list[int] | None:
     if max_checkpoints is None or max_checkpoints >= n:
         return None
     if max_checkpoints < 2:
-        raise ValueError(f"max_checkpoints: must be >= 2, got {max_checkpoints}")
+        raise ConfigError(f"max_checkpoints: must be >= 2, got {max_checkpoints}")
     return sorted({int(round(x)) for x in np.linspace(0, n - 1, max_checkpoints)})
 
 
@@ -303,7 +305,7 @@ def analysis_is_current(analysis: Analysis, run: Run | str | Path | None = None,
 
 def _chunk_rows(n: int, per_checkpoint_bytes: int, chunk_size: int | None, chunk_mb: float) -> list[slice]:
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+        raise ConfigError(f"chunk_size: must be >= 1, got {chunk_size}")
     size = chunk_size or max(1, int(chunk_mb * 2**20 // max(per_checkpoint_bytes, 1)))
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
@@ -370,7 +372,7 @@ def analyze(
     default automatic from the run's config); the caller's count is restored afterwards.
     """
     if phase_rule not in PHASE_RULES:
-        raise ValueError(f"phase_rule: must be one of {', '.join(PHASE_RULES)}, got {phase_rule!r}")
+        raise ConfigError(f"phase_rule: must be one of {', '.join(PHASE_RULES)}, got {phase_rule!r}")
     t_start = time.perf_counter()
     run: Run | None = None
     source: dict[str, Any] | None = None
@@ -575,10 +577,6 @@ def _checkpoint_acc(traj: Trajectory, data: Dataset, split: str) -> torch.Tensor
     return out
 
 
-def _fmt(step: int | None) -> str:
-    return "never" if step is None else f"{step:,}"
-
-
 def _summary(config, steps: torch.Tensor, events: GrokEvents, tensors: dict[str, torch.Tensor], records: dict[str, Any]) -> str:
     name = config.name if len(config.name) <= 80 else config.name[:77] + "..."
     head = (
@@ -623,8 +621,8 @@ def _summary(config, steps: torch.Tensor, events: GrokEvents, tensors: dict[str,
             parts.append(f"Key frequencies {keys}" + (f", all in the logit spectrum's cut from step {kf:,}." if kf is not None else "."))
         else:
             parts.append("No key frequencies at the last checkpoint (no sparse logit spectrum).")
-        parts.append(f"Restricted loss drops at step {_fmt(x.get('restricted_drop_step'))}, excluded loss rises at "
-                     f"step {_fmt(x.get('excluded_rise_step'))}.")
+        parts.append(f"Restricted loss drops at step {format_step(x.get('restricted_drop_step'))}, excluded loss rises at "
+                     f"step {format_step(x.get('excluded_rise_step'))}.")
         sp = tensors["fourier/sparsity"]
         parts.append(f"Fourier sparsity (Gini of the embedding spectrum) {float(sp[0]):.2f} -> {float(sp[-1]):.2f}.")
         if "circles/phase_spread" in tensors:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 
 __all__ = [
     "FUSED_KINDS",
@@ -423,14 +423,14 @@ def _make_model(config: RunConfig, model: torch.nn.Module, engine: str) -> Batch
             return _FusedModular(config, model)
         if kind in ("rnn", "lstm"):
             return _FusedRecurrent(config, model)
-        raise ValueError(f"engine: 'fused' supports {', '.join(FUSED_KINDS)}, not {kind!r}; use 'vmap' or 'auto'")
+        raise ConfigError(f"engine: 'fused' supports {', '.join(FUSED_KINDS)}, not {kind!r}; use 'vmap' or 'auto'")
     if engine == "vmap":
         if kind not in VMAP_KINDS:
-            raise ValueError(f"engine: 'vmap' cannot batch {kind!r} (no vmap rule for its recurrent op); use 'loop' or 'auto'")
+            raise ConfigError(f"engine: 'vmap' cannot batch {kind!r} (no vmap rule for its recurrent op); use 'loop' or 'auto'")
         return _VmapForward(config, model)
     if engine == "loop":
         return _LoopForward(config, model)
-    raise ValueError(f"engine: must be auto, fused, vmap or loop, got {engine!r}")
+    raise ConfigError(f"engine: must be auto, fused, vmap or loop, got {engine!r}")
 
 
 # ----------------------------------------------------------------------------------------------
