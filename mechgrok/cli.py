@@ -11,7 +11,7 @@ import errno
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, get_args, get_type_hints
 
 import typer
 from rich.console import Console
@@ -20,12 +20,21 @@ from rich.table import Table
 from ._util import format_step
 from .config import ConfigError
 from .layout import ANALYSIS_FILES, REPORT_FILES, RUN_FILES, SWEEP_FILES
+from .probes.events import PHASE_RULES
+from .report._common import DEFAULT_MAX_FRAMES
 from .store import StoreError
+from .sweep import EngineConfig, SweepSpec
+from .sweep.spec import MAX_MEMBERS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train small networks into grokking and explain the transition.")
 console = Console()
 
 DEFAULT_ROOT = Path("checkpoints")
+# option defaults come from the classes that own them, so the CLI and the API cannot drift apart
+_ENGINE = EngineConfig()
+_ENGINES = ", ".join(get_args(get_type_hints(EngineConfig)["engine"]))
+_PHASE_RULE = PHASE_RULES[0]  # the accuracy rule; detect_events' default
+_MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; do not read a stray big file
 
 
 def _parse_sets(sets: list[str]) -> dict[str, str]:
@@ -83,7 +92,7 @@ def train(
 
         if not config.is_file():
             raise StoreError(f"{config}: no such config file")
-        if config.stat().st_size > 1 << 20:  # a config is a few KB; do not read a stray big file
+        if config.stat().st_size > _MAX_CONFIG_BYTES:
             raise ConfigError(f"{config}: too large for a config file ({config.stat().st_size:,} bytes)")
         data = load_json_text(config.read_bytes(), str(config))
         try:
@@ -121,7 +130,7 @@ def analyze(
     path: Path = typer.Argument(..., help="Run folder, or a progress-measures-paper checkpoint (.pth) to import."),
     max_checkpoints: Optional[int] = typer.Option(None, "--max-checkpoints", help="Analyse at most this many checkpoints, evenly spaced."),
     import_to: Optional[Path] = typer.Option(None, "--import-to", help="Run folder for an imported .pth (default FILE.mechgrok/)."),
-    phase_rule: str = typer.Option("accuracy", "--phase-rule", help="accuracy, or loss (PAIR's sweep rule on the loss curves)."),
+    phase_rule: str = typer.Option(_PHASE_RULE, "--phase-rule", help="accuracy, or loss (PAIR's sweep rule on the loss curves)."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Checkpoints in memory at once (default: what fits in 256 MB)."),
     threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = automatic: 1 for small models)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -158,7 +167,7 @@ def _print_analysis(result, where) -> None:
 def report(
     path: Path = typer.Argument(..., help="Run folder or sweep folder."),
     out: Optional[Path] = typer.Option(None, "--out", help=f"HTML file to write (default PATH/{REPORT_FILES['run']})."),
-    max_frames: int = typer.Option(60, "--max-frames", help="At most this many slider frames per figure."),
+    max_frames: int = typer.Option(DEFAULT_MAX_FRAMES, "--max-frames", help="At most this many slider frames per figure."),
     no_analyze: bool = typer.Option(False, "--no-analyze", help="Do not run the probes when the run has no stored analysis."),
     x: Optional[str] = typer.Option(None, "--x", help="Sweep: parameter on the phase map's x axis."),
     y: Optional[str] = typer.Option(None, "--y", help="Sweep: parameter on the phase map's y axis."),
@@ -193,7 +202,6 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """The main job: train parity, modadd-mlp24 and modadd-cossin5, analyse them, write reports."""
-    import os
     import time
 
     import torch
@@ -230,22 +238,22 @@ def demo(
 def sweep(
     preset: Optional[str] = typer.Argument(None, help="Preset every member starts from (see `mechgrok presets`)."),
     grid: list[str] = typer.Option([], "--grid", help="Axis key=values: 0.1,1 | log:LOW:HIGH:N | lin:LOW:HIGH:N (repeatable)."),
-    seeds: int = typer.Option(1, "--seeds", help="Model seeds per grid point."),
-    max_members: int = typer.Option(100_000, "--max-members", help="Refuse grids with more members than this."),
+    seeds: int = typer.Option(SweepSpec.seeds, "--seeds", help="Model seeds per grid point."),
+    max_members: int = typer.Option(MAX_MEMBERS, "--max-members", help="Refuse grids with more members than this."),
     set_: list[str] = typer.Option([], "--set", help="Override a base config value: section.key=value (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default checkpoints/sweep-PRESET)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the killed sweep in this folder."),
-    max_batch: int = typer.Option(1024, "--max-batch", help="Models trained at once."),
-    early_stop: bool = typer.Option(False, "--early-stop", help="Stop members once clearly generalised (or diverged)."),
-    patience: int = typer.Option(500, "--patience", help="Early stop: steps a member must stay generalised."),
-    log_every: int = typer.Option(1, "--log-every", help="Metrics row every N steps (evaluation steps always logged)."),
-    engine: str = typer.Option("auto", "--engine", help="Batched forward: auto, fused, vmap or loop."),
-    device: str = typer.Option("", "--device", help="torch device (default: the preset's train.device)."),
+    max_batch: int = typer.Option(_ENGINE.max_batch, "--max-batch", help="Models trained at once."),
+    early_stop: bool = typer.Option(_ENGINE.early_stop, "--early-stop", help="Stop members once clearly generalised (or diverged)."),
+    patience: int = typer.Option(_ENGINE.patience, "--patience", help="Early stop: steps a member must stay generalised."),
+    log_every: int = typer.Option(_ENGINE.log_every, "--log-every", help="Metrics row every N steps (evaluation steps always logged)."),
+    engine: str = typer.Option(_ENGINE.engine, "--engine", help=f"Batched forward: {_ENGINES}."),
+    device: str = typer.Option(_ENGINE.device, "--device", help="torch device (default: the preset's train.device)."),
     workers: int = typer.Option(0, "--workers", help="CPU threads training chunks side by side (0 = --threads, else one per core)."),
     threads: int = typer.Option(0, "--threads", help="CPU threads for the sweep: that many chunk workers of one intra-op thread each (0 = one per core)."),
     backend: str = typer.Option("local", "--backend", help="local, or ray (needs mechgrok[ray])."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: start a local one)."),
-    phase_rule: str = typer.Option("accuracy", "--phase-rule", help=f"{SWEEP_FILES['results']} phases: accuracy, or loss (PAIR's sweep rule)."),
+    phase_rule: str = typer.Option(_PHASE_RULE, "--phase-rule", help=f"{SWEEP_FILES['results']} phases: accuracy, or loss (PAIR's sweep rule)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a grid of models at once (batched engine) into a sweep folder with a results table."""
@@ -262,7 +270,7 @@ def sweep(
     eng = EngineConfig(max_batch=max_batch, engine=engine, device=device, log_every=log_every, early_stop=early_stop,
                        patience=patience, workers=workers or budget)
     if resume is not None:
-        if preset or grid or set_ or seeds != 1:
+        if preset or grid or set_ or seeds != SweepSpec.seeds:
             raise ConfigError("--resume: takes no preset, --grid, --set or --seeds (the sweep folder's spec is used)")
         spec, folder = None, resume
     else:

@@ -37,7 +37,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from .config import ConfigError, RunConfig
-from .layout import RUN_FILES
+from .layout import NAME_PATTERNS, RUN_FILES, pattern_affixes
 
 __all__ = [
     "FILES",
@@ -72,7 +72,7 @@ class CheckpointError(StoreError):
 
 
 def checkpoint_name(step: int) -> str:
-    return f"step_{step:08d}.safetensors"
+    return NAME_PATTERNS["checkpoint"].format(step=step)
 
 
 # metadata key of resume.safetensors holding the JSON resume metadata (step, optimiser scalars)
@@ -437,13 +437,14 @@ class Run:
 
     def _rebuild_index(self, warn: bool) -> dict[int, str]:
         folder = self.path / FILES["checkpoints"]
-        files = sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
+        prefix, suffix = pattern_affixes("checkpoint")
+        files = sorted(folder.glob(f"{prefix}*{suffix}")) if folder.is_dir() else []
         key = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
         if self._rebuilt is not None and self._rebuilt[0] == key:
             return self._rebuilt[1]  # warned already
         found: dict[int, str] = {}
         for f in files:
-            stem = f.name[len("step_") : -len(".safetensors")]
+            stem = f.name[len(prefix) : -len(suffix)]
             if not stem.isdigit() or f.name != checkpoint_name(int(stem)):
                 continue
             data = f.read_bytes()
@@ -674,11 +675,4 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, preset={self.config.name!r}, checkpoints={len(self.steps)})"
-
-
-def iter_runs(root: str | Path) -> Iterator[Run]:
-    """Every run folder directly under ``root``."""
-    for p in sorted(Path(root).iterdir()):
-        if (p / FILES["config"]).exists():
-            yield Run.open(p)
 
