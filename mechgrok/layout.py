@@ -9,7 +9,16 @@ reading the old one, as ``analysis.safetensors`` and ``resume.json`` show).
 
 from __future__ import annotations
 
-__all__ = ["ANALYSIS_FILES", "IMPORT_FILES", "REPORT_FILES", "RUN_FILES", "SWEEP_FILES", "registered_names"]
+__all__ = [
+    "ANALYSIS_FILES",
+    "IMPORT_FILES",
+    "NAME_PATTERNS",
+    "REPORT_FILES",
+    "RUN_FILES",
+    "SWEEP_FILES",
+    "pattern_affixes",
+    "registered_names",
+]
 
 RUN_FILES = {
     "config": "config.json",  # the full RunConfig and library versions
@@ -52,6 +61,18 @@ REPORT_FILES = {
     "index": "index.html",  # the demo's ROOT/index.html linking its reports
 }
 """HTML reports written into run, sweep and demo folders by default."""
+
+NAME_PATTERNS = {
+    "checkpoint": "step_{step:08d}.safetensors",  # RUN/checkpoints/, one per checkpointed step
+    "member": "m{index:05d}",  # SWEEP/members/, one run folder per member
+}
+"""Names with a number in them (``NAME_PATTERNS["checkpoint"].format(step=1234)``); one field each."""
+
+
+def pattern_affixes(key: str) -> tuple[str, str]:
+    """The fixed text around the field of ``NAME_PATTERNS[key]``: ``("step_", ".safetensors")``."""
+    pattern = NAME_PATTERNS[key]
+    return pattern[: pattern.index("{")], pattern[pattern.index("}") + 1 :]
 
 
 def registered_names() -> set[str]:

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from mechgrok.layout import ANALYSIS_FILES, IMPORT_FILES, REPORT_FILES, RUN_FILES, SWEEP_FILES, registered_names
+from mechgrok.layout import (
+    ANALYSIS_FILES,
+    IMPORT_FILES,
+    NAME_PATTERNS,
+    REPORT_FILES,
+    RUN_FILES,
+    SWEEP_FILES,
+    pattern_affixes,
+    registered_names,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mechgrok"
@@ -62,6 +71,10 @@ def test_registry_names_are_consistent():
     assert SWEEP_FILES["results"] == "results.csv" and IMPORT_FILES["split"] == "split.safetensors"
     assert ANALYSIS_FILES["generation"].format(generation="ab") == "analysis.ab.safetensors"
     assert REPORT_FILES["run"] == "report.html"
+    from mechgrok.store import checkpoint_name
+
+    assert checkpoint_name(1234) == "step_00001234.safetensors" and pattern_affixes("checkpoint") == ("step_", ".safetensors")
+    assert NAME_PATTERNS["member"].format(index=7) == "m00007"
     # the modules that used to own these dicts hand out the registry's, not copies
     from mechgrok import store
     from mechgrok.analysis import ANALYSIS_FILES as analysis_files

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ConfigError, RunConfig
-from ..layout import SWEEP_FILES
+from ..layout import NAME_PATTERNS, SWEEP_FILES
 from ..store import (
     FILES, Run, RunLock, StoreError, atomic_write_bytes, atomic_write_json, library_versions, remove_temporary,
 )
@@ -129,7 +129,7 @@ class Sweep:
         return self.spec.size
 
     def member_path(self, index: int) -> Path:
-        return self.path / SWEEP_FILES["members"] / f"m{index:05d}"
+        return self.path / SWEEP_FILES["members"] / NAME_PATTERNS["member"].format(index=index)
 
     def member(self, index: int) -> SweepMember:
         return SweepMember(index, self.spec.point(index), self.spec.config(index), self.member_path(index))
