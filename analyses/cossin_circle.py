@@ -13,28 +13,17 @@ the spread / norm-equality measures at the start and at the end. It writes RUN/c
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import torch
 
 import mechgrok as mg
-from mechgrok.layout import RUN_FILES
-from mechgrok.report import Section, modular_weights_heatmap, neuron_circles, training_curves, write_html
+from mechgrok.models import cossin_embedding
+from mechgrok.report import Section, modular_weights_figure, neuron_circles_figure, training_curves_figure, write_html
+from mechgrok.scripts import script_run
 
-parser = argparse.ArgumentParser(description="The cos/sin model's neurons on a circle.")
-parser.add_argument("run_dir", nargs="?", default="checkpoints/modadd-cossin5", help="run folder (trained from --preset if empty)")
-parser.add_argument("--preset", default="modadd-cossin5", help="preset to train when the folder holds no run")
-parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for training")
-parser.add_argument("--max-checkpoints", type=int, default=200, help="analyse at most this many checkpoints")
-args = parser.parse_args()
-torch.set_num_threads(1)  # tiny models: extra threads only spin-wait
-
-# 1. the run
-config = mg.preset(args.preset, **dict(s.split("=", 1) for s in args.set))
-have_run = (Path(args.run_dir) / RUN_FILES["config"]).exists()
-run = mg.ensure_run(args.run_dir, None if have_run else config, log=print)
+# 1. the run: open it, or train the preset (with --set overrides) into the empty folder
+run, args = script_run("The cos/sin model's neurons on a circle.", run_dir="checkpoints/modadd-cossin5", preset="modadd-cossin5")
 if run.config.model.kind != "cossin_mlp":
     raise SystemExit(f"error: {run.path} holds a {run.config.model.kind!r} model, not the cos/sin MLP")
 
@@ -58,12 +47,12 @@ print(f"  phase spread (1 = even) {float(spread[0]):.2f} -> {float(spread[-1]):.
 # 3. figures -> one offline HTML file
 traj = run.trajectory([int(s) for s in analysis.steps])
 sections = [
-    Section("Training curves", training_curves(run.metrics(), analysis.events)),
-    Section("Neuron circles", neuron_circles(analysis.steps, analysis["circles/cos"], analysis["circles/sin"], freq=analysis["circles/freq"],
+    Section("Training curves", training_curves_figure(run.metrics(), analysis.events)),
+    Section("Neuron circles", neuron_circles_figure(analysis.steps, analysis["circles/cos"], analysis["circles/sin"], freq=analysis["circles/freq"],
                                              spread=spread, norm_cv=cv, events=analysis.events)),
-    Section("Neuron input over the operand", modular_weights_heatmap(
+    Section("Neuron input over the operand", modular_weights_figure(
         traj.steps, None, traj.params["blocks.0.mlp.W_in"],
-        fixed_embedding=mg.cossin_embedding(run.config.task.p, run.config.model.frequency), events=analysis.events)),
+        fixed_embedding=cossin_embedding(run.config.task.p, run.config.model.frequency), events=analysis.events)),
 ]
 out = write_html(run.path / "cossin_circle.html", f"Neuron circle: {run.config.name}", sections, subtitle=analysis.summary)
 print(f"\nreport: {out}")

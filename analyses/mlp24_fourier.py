@@ -18,29 +18,24 @@ each neuron's dominant frequency).
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import plotly.graph_objects as go
 import torch
 
 import mechgrok as mg
-from mechgrok.layout import RUN_FILES
 from mechgrok.probes import frequency_norms
-from mechgrok.report import Section, fourier_spectrum, key_frequency_norms, modular_weights_heatmap, training_curves, write_html
+from mechgrok.report import (
+    Section,
+    fourier_spectrum_figure,
+    key_frequency_norms_figure,
+    modular_weights_figure,
+    training_curves_figure,
+    write_html,
+)
+from mechgrok.scripts import script_run
 
-parser = argparse.ArgumentParser(description="The 24-neuron MLP's periodic weights and their DFT.")
-parser.add_argument("run_dir", nargs="?", default="checkpoints/modadd-mlp24", help="run folder (trained from --preset if empty)")
-parser.add_argument("--preset", default="modadd-mlp24", help="preset to train when the folder holds no run")
-parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for training")
-parser.add_argument("--max-checkpoints", type=int, default=200, help="analyse at most this many checkpoints")
-args = parser.parse_args()
-torch.set_num_threads(1)  # tiny models: extra threads only spin-wait
-
-# 1. the run
-config = mg.preset(args.preset, **dict(s.split("=", 1) for s in args.set))
-have_run = (Path(args.run_dir) / RUN_FILES["config"]).exists()
-run = mg.ensure_run(args.run_dir, None if have_run else config, log=print)
+# 1. the run: open it, or train the preset (with --set overrides) into the empty folder
+run, args = script_run("The 24-neuron MLP's periodic weights and their DFT.", run_dir="checkpoints/modadd-mlp24",
+                       preset="modadd-mlp24")
 if run.config.model.kind != "mlp":
     raise SystemExit(f"error: {run.path} holds a {run.config.model.kind!r} model; this script reads the MLP's W_E and W_in")
 p = run.config.task.p
@@ -75,12 +70,12 @@ bars = go.Figure(go.Bar(x=[f"n{j}" for j in range(H.shape[1])], y=top_share[-1].
 bars.update_layout(title="Share of each neuron's input power in its dominant frequency (last checkpoint)", template="plotly_white",
                    yaxis={"range": [0, 1], "title": "share"}, height=380)
 sections = [
-    Section("Training curves", training_curves(run.metrics(), analysis.events)),
-    Section("Weights over the operand", modular_weights_heatmap(traj.steps, traj.params["embed.W_E"], traj.params["blocks.0.mlp.W_in"], p=p,
+    Section("Training curves", training_curves_figure(run.metrics(), analysis.events)),
+    Section("Weights over the operand", modular_weights_figure(traj.steps, traj.params["embed.W_E"], traj.params["blocks.0.mlp.W_in"], p=p,
                                                                events=analysis.events)),
-    Section("DFT over training", fourier_spectrum(traj.steps, {"embedding W_E": embed_spec, "neuron inputs W_E W_in": neuron_spec.pow(2).sum(1).sqrt()},
+    Section("DFT over training", fourier_spectrum_figure(traj.steps, {"embedding W_E": embed_spec, "neuron inputs W_E W_in": neuron_spec.pow(2).sum(1).sqrt()},
                                                   analysis.key_frequencies)),
-    Section("Key-frequency norms", key_frequency_norms(traj.steps, embed_spec, analysis.key_frequencies, events=analysis.events)),
+    Section("Key-frequency norms", key_frequency_norms_figure(traj.steps, embed_spec, analysis.key_frequencies, events=analysis.events)),
     Section("Dominant frequency per neuron", bars),
 ]
 out = write_html(run.path / "mlp24_fourier.html", f"Periodic weights: {run.config.name}", sections, subtitle=analysis.summary)

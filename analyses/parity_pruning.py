@@ -22,27 +22,22 @@ dependence, and the causal check.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
 import mechgrok as mg
-from mechgrok.layout import RUN_FILES
-from mechgrok.report import Section, bit_dependence, parity_weights_heatmap, prune_now_accuracy, training_curves, write_html
+from mechgrok.report import (
+    Section,
+    bit_dependence_figure,
+    parity_weights_figure,
+    prune_now_accuracy_figure,
+    training_curves_figure,
+    write_html,
+)
+from mechgrok.scripts import format_step, script_run
 
-parser = argparse.ArgumentParser(description="Sparse parity: pruning and generalisation.")
-parser.add_argument("run_dir", nargs="?", default="checkpoints/parity", help="parity run folder (trained from --preset if empty)")
-parser.add_argument("--preset", default="parity", help="preset to train when the folder holds no run")
-parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for training")
-parser.add_argument("--max-checkpoints", type=int, default=None, help="analyse at most this many checkpoints")
-args = parser.parse_args()
-torch.set_num_threads(1)  # tiny models: extra threads only spin-wait
-
-# 1. the run: open it, or train the preset into the empty folder
-config = mg.preset(args.preset, **dict(s.split("=", 1) for s in args.set))
-have_run = (Path(args.run_dir) / RUN_FILES["config"]).exists()
-run = mg.ensure_run(args.run_dir, None if have_run else config, log=print)
+# 1. the run: open it, or train the preset (with --set overrides) into the empty folder
+run, args = script_run("Sparse parity: pruning and generalisation.", run_dir="checkpoints/parity", preset="parity",
+                       max_checkpoints=None)
 if run.config.task.kind != "parity":
     raise SystemExit(f"error: {run.path} is a {run.config.task.kind} run, not sparse parity")
 
@@ -53,16 +48,12 @@ x = ev.extra
 steps = analysis.steps
 
 
-def fmt(step):
-    return "never" if step is None else f"{step:>8,}"
-
-
 print(f"\n{run.config.name}: relevant bits {x['relevant_bits']} of {run.config.task.n_bits}, "
       f"{len(steps)} checkpoints to step {int(steps[-1]):,}")
 story = [("memorised", ev.memorised_step), ("prune-now >= 99%", x.get("prune_now_step")),
          ("insensitive", x["sensitivity_zero_step"]), ("pruned", x["pruned_step"]), ("generalised", ev.generalised_step)]
 for name, step in sorted(story, key=lambda t: float("inf") if t[1] is None else t[1]):
-    print(f"  {name:<18} {fmt(step)}")
+    print(f"  {name:<18} {format_step(step, 8)}")
 if x["pruned_step"] is not None and ev.generalised_step is not None:
     print(f"  generalised {ev.generalised_step - x['pruned_step']:+,} steps after the pruning event")
 
@@ -82,13 +73,13 @@ if ev.memorised_step is not None and ev.generalised_step is not None:
 relevant = analysis["bits/relevant"]
 traj = run.trajectory()
 sections = [
-    Section("Training curves", training_curves(metrics, ev)),
-    Section("First-layer weights", parity_weights_heatmap(traj.steps, traj.params["blocks.0.mlp.W_in"], x["relevant_bits"], events=ev)),
-    Section("Dependence on each bit", bit_dependence(
+    Section("Training curves", training_curves_figure(metrics, ev)),
+    Section("First-layer weights", parity_weights_figure(traj.steps, traj.params["blocks.0.mlp.W_in"], x["relevant_bits"], events=ev)),
+    Section("Dependence on each bit", bit_dependence_figure(
         steps, {"weight norm": analysis["bits/weight_norm"], "gradient attribution": analysis["bits/grad_attr"],
                 "flip sensitivity": analysis["bits/flip_sensitivity"]},
         relevant, ratio=analysis["bits/irrelevant_weight_ratio"], prune_threshold=x["prune_threshold"], events=ev)),
-    Section("Causal check", prune_now_accuracy(steps, acc, metrics, events=ev)),
+    Section("Causal check", prune_now_accuracy_figure(steps, acc, metrics, events=ev)),
 ]
 out = write_html(run.path / "parity_pruning.html", f"Parity pruning story: {run.config.name}", sections, subtitle=analysis.summary)
 print(f"\nreport: {out}")

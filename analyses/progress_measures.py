@@ -25,24 +25,25 @@ from pathlib import Path
 import torch
 
 import mechgrok as mg
-from mechgrok.layout import RUN_FILES
-from mechgrok.report import Section, fourier_spectrum, key_frequency_norms, progress_measures, training_curves, write_html
+from mechgrok.report import (
+    Section,
+    fourier_spectrum_figure,
+    key_frequency_norms_figure,
+    progress_measures_figure,
+    training_curves_figure,
+    write_html,
+)
+from mechgrok.scripts import add_run_arguments, config_from_args, format_step, open_or_train
 
 parser = argparse.ArgumentParser(description="Nanda et al.'s progress measures on a run or an imported checkpoint.")
-parser.add_argument("path", nargs="?", default="checkpoints/modadd-transformer", help="run folder or progress-measures-paper .pth file")
-parser.add_argument("--preset", default="modadd-transformer", help="preset to train when the folder holds no run")
-parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for training")
-parser.add_argument("--max-checkpoints", type=int, default=200, help="analyse at most this many checkpoints")
+add_run_arguments(parser, run_dir="checkpoints/modadd-transformer", preset_name="modadd-transformer",
+                  path_help="run folder (trained from --preset if it holds no run) or progress-measures-paper .pth file")
 args = parser.parse_args()
-torch.set_num_threads(1)
+torch.set_num_threads(1)  # tiny models: extra threads only spin-wait
 
 # 1. the run: an imported file, an existing folder, or a preset trained into an empty folder
-path = Path(args.path)
-if path.is_file():
-    run = mg.import_nanda_checkpoint(path)
-else:
-    config = mg.preset(args.preset, **dict(s.split("=", 1) for s in args.set))
-    run = mg.ensure_run(path, None if (path / RUN_FILES["config"]).exists() else config, log=print)
+path = Path(args.run_dir)
+run = mg.import_nanda_checkpoint(path) if path.is_file() else open_or_train(path, config_from_args(args))
 if run.config.task.kind != "modular":
     raise SystemExit(f"error: {run.path} is a {run.config.task.kind} run; progress measures need modular arithmetic")
 
@@ -51,14 +52,10 @@ analysis = mg.analyze(run, max_checkpoints=args.max_checkpoints)
 ev, x = analysis.events, analysis.events.extra
 
 
-def fmt(step):
-    return "never" if step is None else f"{step:,}"
-
-
 print(f"\n{run.config.name} ({run.config.model.kind}, p = {run.config.task.p}): {len(analysis.steps)} checkpoints")
-print(f"  key frequencies: {analysis.key_frequencies or 'none'} (in the logits' cut from step {fmt(x.get('key_freq_step'))})")
-print(f"  memorised at step {fmt(ev.memorised_step)}; excluded loss rises at {fmt(x.get('excluded_rise_step'))}; "
-      f"restricted loss drops at {fmt(x.get('restricted_drop_step'))}; generalised at {fmt(ev.generalised_step)}")
+print(f"  key frequencies: {analysis.key_frequencies or 'none'} (in the logits' cut from step {format_step(x.get('key_freq_step'))})")
+print(f"  memorised at step {format_step(ev.memorised_step)}; excluded loss rises at {format_step(x.get('excluded_rise_step'))}; "
+      f"restricted loss drops at {format_step(x.get('restricted_drop_step'))}; generalised at {format_step(ev.generalised_step)}")
 r, g = x.get("restricted_drop_step"), ev.generalised_step
 if r is not None and g is not None:
     print(f"  the restricted loss drops {g - r:,} steps {'before' if g >= r else 'after'} the test accuracy reaches 99%")
@@ -70,12 +67,12 @@ print(f"  Fourier sparsity {float(sp[0]):.2f} -> {float(sp[-1]):.2f}; "
 # 3. figures -> one offline HTML file
 sections = []
 if run.metrics_rows():
-    sections.append(Section("Training curves", training_curves(run.metrics(), ev)))
+    sections.append(Section("Training curves", training_curves_figure(run.metrics(), ev)))
 sections += [
-    Section("Progress measures", progress_measures(analysis.steps, analysis.tensors, events=ev)),
-    Section("Fourier spectrum", fourier_spectrum(analysis.steps, {"embedding": analysis["fourier/embed_freq_norms"],
+    Section("Progress measures", progress_measures_figure(analysis.steps, analysis.tensors, events=ev)),
+    Section("Fourier spectrum", fourier_spectrum_figure(analysis.steps, {"embedding": analysis["fourier/embed_freq_norms"],
                                                                   "logits": analysis["fourier/logit_freq_norms"]}, analysis.key_frequencies)),
-    Section("Key-frequency norms", key_frequency_norms(analysis.steps, analysis["fourier/embed_freq_norms"], analysis.key_frequencies, events=ev)),
+    Section("Key-frequency norms", key_frequency_norms_figure(analysis.steps, analysis["fourier/embed_freq_norms"], analysis.key_frequencies, events=ev)),
 ]
 out = write_html(run.path / "progress_measures.html", f"Progress measures: {run.config.name}", sections, subtitle=analysis.summary)
 print(f"\nreport: {out}")

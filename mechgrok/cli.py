@@ -22,6 +22,7 @@ from .config import ConfigError
 from .layout import ANALYSIS_FILES, REPORT_FILES, RUN_FILES, SWEEP_FILES
 from .probes.events import PHASE_RULES
 from .report._common import DEFAULT_MAX_FRAMES
+from .scripts import parse_sets
 from .store import StoreError
 from .sweep import EngineConfig, SweepSpec
 from .sweep.spec import MAX_MEMBERS
@@ -35,16 +36,6 @@ _ENGINE = EngineConfig()
 _ENGINES = ", ".join(get_args(get_type_hints(EngineConfig)["engine"]))
 _PHASE_RULE = PHASE_RULES[0]  # the accuracy rule; detect_events' default
 _MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; do not read a stray big file
-
-
-def _parse_sets(sets: list[str]) -> dict[str, str]:
-    out = {}
-    for item in sets:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _fmt_num(value, spec: str) -> str:
@@ -103,7 +94,7 @@ def train(
         raise ConfigError("train: name a preset (see `mechgrok presets`), --config FILE or --resume RUN")
     else:
         cfg = get_preset(preset)
-    cfg = cfg.with_overrides(_parse_sets(set_)) if set_ else cfg
+    cfg = cfg.with_overrides(parse_sets(set_)) if set_ else cfg
     out = out or DEFAULT_ROOT / cfg.name
     result = run_train(cfg, out, progress=not quiet, threads=threads)
     _print_train_summary(result)
@@ -277,7 +268,7 @@ def sweep(
         if preset is None:
             raise ConfigError("sweep: name a preset (see `mechgrok presets`) or --resume SWEEP")
         base = get_preset(preset)
-        base = base.with_overrides(_parse_sets(set_)) if set_ else base
+        base = base.with_overrides(parse_sets(set_)) if set_ else base
         spec = SweepSpec.from_cli(base, grid, seeds=seeds, max_members=max_members)
         folder = out or DEFAULT_ROOT / f"sweep-{preset}"
         console.print(f"sweep: {spec.describe()} -> {folder}", highlight=False, soft_wrap=True)
