@@ -569,7 +569,7 @@ class Run:
         except OSError as e:
             raise StoreError(f"{path}: cannot read metrics ({e.strerror or e})") from None
         lines = text.split("\n")
-        torn = lines.pop()  # "" when the file ends with a newline, else an interrupted append
+        last = len(lines)  # the piece after the final newline: "" or an append a kill cut short
         rows = []
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
@@ -579,10 +579,10 @@ class Run:
                 if not isinstance(row, dict) or type(row.get("step")) is not int:
                     raise ValueError("not an object with an integer 'step'")
             except ValueError as e:  # JSONDecodeError is a ValueError
-                warnings.warn(f"{path}:{lineno}: damaged metrics line skipped ({e})", stacklevel=2)
+                if lineno != last:  # a torn last line is expected after a kill: silent
+                    warnings.warn(f"{path}:{lineno}: damaged metrics line skipped ({e})", stacklevel=2)
                 continue
             rows.append({k: (math.nan if v is None else v) for k, v in row.items()})
-        del torn
         return rows
 
     def metrics(self) -> dict[str, np.ndarray]:

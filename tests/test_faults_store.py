@@ -399,6 +399,9 @@ def test_damaged_metrics_line_is_reported_and_the_rest_kept(tiny_modadd, tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert [r["step"] for r in run.metrics_rows()][-1] == 60
+        # a whole last row that only lacks its newline is kept
+        _write_lines(path, lines[:10] + lines[11:20] + lines[21:], end="")
+        assert [r["step"] for r in run.metrics_rows()][-1] == 60
 
 
 def test_resume_keeps_rows_after_a_damaged_line(tiny_modadd, tmp_path):
