@@ -71,12 +71,16 @@ def has_batched_modular(config: RunConfig) -> bool:
 
 
 def modular_grid_forward(
-    params: dict[str, torch.Tensor], config: RunConfig, *, need_logits: bool = True
+    params: dict[str, torch.Tensor], config: RunConfig, *, need_logits: bool = True,
+    logit_rows: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Activations on the full p x p operand grid for stacked parameters ``[n, ...]``.
 
     Returns ``pre``/``post`` ``[n, p, p, d_mlp]`` (the hidden layer at the answer position) and,
-    if asked, ``logits [n, p, p, p]``. Only for :func:`has_batched_modular` configs.
+    if asked, ``logits [n, p, p, p]``, or ``[n, len(logit_rows), p]`` for only the inputs
+    ``logit_rows`` (flat indices a * p + b) when given: the output layer is the largest matmul,
+    and a task's table of unordered pairs is half the grid. Only for :func:`has_batched_modular`
+    configs.
     """
     kind = config.model.kind
     p = config.task.p
@@ -101,13 +105,17 @@ def modular_grid_forward(
             # (post @ W_out) @ W_U == post @ (W_out @ W_U): the neuron-logit map W_L = W_out W_U
             # is [d_mlp, p], far smaller than d_model-wide intermediates over p^2 inputs
             W_L = torch.einsum("nmd,ndc->nmc", params["blocks.0.mlp.W_out"], W_U)
-            logits = torch.einsum("nabm,nmc->nabc", post, W_L)
+            flat = post.reshape(n, p * p, -1) if logit_rows is None else post.reshape(n, p * p, -1)[:, logit_rows]
+            logits = torch.bmm(flat, W_L)  # [n, inputs, C]
             if "blocks.0.mlp.b_out" in params:
-                logits = logits + torch.einsum("nd,ndc->nc", params["blocks.0.mlp.b_out"], W_U)[:, None, None, :]
-            out["logits"] = logits
+                logits = logits + torch.einsum("nd,ndc->nc", params["blocks.0.mlp.b_out"], W_U)[:, None, :]
+            out["logits"] = logits.view(n, p, p, -1) if logit_rows is None else logits
         return out
     if kind == "transformer" and config.task.format == "equals":
-        return _transformer_equals_forward(params, p, need_logits)
+        out = _transformer_equals_forward(params, p, need_logits)
+        if need_logits and logit_rows is not None:
+            out["logits"] = out["logits"].reshape(out["logits"].shape[0], p * p, -1)[:, logit_rows]
+        return out
     raise ValueError(f"model.kind: no batched forward for {kind!r} with format {config.task.format!r}")
 
 
@@ -205,12 +213,19 @@ def live_grid_forward(traj: Trajectory, rows: range | list[int], *, need_logits:
     return result
 
 
-def grid_forward(traj: Trajectory, rows: slice, *, need_logits: bool = True) -> dict[str, torch.Tensor]:
-    """Grid activations for ``rows`` of a trajectory: batched when possible, else live models."""
+def grid_forward(
+    traj: Trajectory, rows: slice, *, need_logits: bool = True, logit_rows: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Grid activations for ``rows`` of a trajectory: batched when possible, else live models.
+    ``logit_rows``: as in :func:`modular_grid_forward` (logits ``[n, len(logit_rows), C]``)."""
     if has_batched_modular(traj.config):
         params = {k: v[rows] for k, v in traj.params.items()}
-        return modular_grid_forward(params, traj.config, need_logits=need_logits)
-    return live_grid_forward(traj, list(range(len(traj)))[rows], need_logits=need_logits)
+        return modular_grid_forward(params, traj.config, need_logits=need_logits, logit_rows=logit_rows)
+    out = live_grid_forward(traj, list(range(len(traj)))[rows], need_logits=need_logits)
+    if need_logits and logit_rows is not None:
+        p = traj.config.task.p
+        out["logits"] = out["logits"].reshape(out["logits"].shape[0], p * p, -1)[:, logit_rows]
+    return out
 
 
 def grid_row_cost(config: RunConfig) -> int:

@@ -71,14 +71,15 @@ def frequency_norms(x: torch.Tensor, dim: int, batch_dims: int = 0) -> torch.Ten
     dim = dim % x.ndim
     if dim < batch_dims:
         raise ValueError(f"frequency_norms: dim {dim} is one of the {batch_dims} batch axes")
-    x = x.movedim(dim, -1)  # [*batch, rest..., p]
-    p = x.shape[-1]
+    batch = x.shape[:batch_dims]
+    p = x.shape[dim]
+    # [*batch, p, rest]: for embeddings [n, p, d] a view, so the basis multiplies from the left
+    # without copying, and the squares are summed over the rest before folding to frequencies
+    x = x.movedim(dim, batch_dims).reshape(*batch, p, -1)
     basis, _ = fourier_basis(p)
-    energy = (x @ basis.T).pow(2) @ _fold_matrix(p)  # [*batch, rest..., K]
-    rest = tuple(range(batch_dims, energy.ndim - 1))
-    if rest:
-        energy = energy.sum(rest)
-    return energy.sqrt()
+    coef = torch.matmul(basis, x)  # [*batch, p (basis row), rest]
+    energy = coef.pow_(2).sum(-1)  # [*batch, p]
+    return (energy @ _fold_matrix(p)).sqrt()
 
 
 def gini(x: torch.Tensor) -> torch.Tensor:
