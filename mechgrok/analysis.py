@@ -337,6 +337,79 @@ def _concat(parts: list[dict[str, torch.Tensor]], keep: tuple[str, ...] = ()) ->
     return out
 
 
+@dataclass
+class _Job:
+    """What one analysis reads: a run (its checkpoints ``wanted``, streamed in chunks) or an
+    in-memory trajectory, the dataset and config, and where load times are added up."""
+
+    run: Run | None
+    traj: Trajectory | None
+    wanted: list[int] | None
+    data: Dataset
+    config: Any
+    chunk_size: int | None
+    chunk_mb: float
+    progress: bool
+    timings: dict[str, float] = field(default_factory=lambda: {"load": 0.0})
+
+    @property
+    def where(self) -> str:
+        return str(self.run.path) if self.run is not None else "trajectory"
+
+    def chunks(self):
+        """The trajectory in chunks (:func:`_iter_trajectory`), under one progress bar; the time
+        spent loading is added to ``timings["load"]``."""
+        from tqdm.auto import tqdm
+
+        it = _iter_trajectory(self.run, self.traj, self.wanted, self.chunk_size, self.chunk_mb)
+        total = len(self.traj) if self.traj is not None else len(self.wanted or [])
+        with tqdm(total=total, disable=not self.progress, desc="analysing", unit="checkpoint", leave=False) as bar:
+            while True:
+                t = time.perf_counter()
+                chunk = next(it, None)
+                self.timings["load"] += time.perf_counter() - t
+                if chunk is None:
+                    return
+                yield chunk
+                bar.update(len(chunk))
+
+    def last_checkpoint(self) -> Trajectory:
+        """The last readable checkpoint (damaged ones are skipped with a warning)."""
+        if self.traj is not None:
+            return self.traj.subset([len(self.traj) - 1])
+        assert self.run is not None and self.wanted is not None
+        last = next((tr for s in reversed(self.wanted) for tr in [_try_trajectory(self.run, s)] if tr is not None), None)
+        if last is None:
+            raise StoreError(f"{self.run.path}: no readable checkpoints")
+        return last
+
+    def events_metrics(self, fallback: Callable[[], dict[str, torch.Tensor]], steps: torch.Tensor) -> dict[str, Any]:
+        return _metrics_for_events(self.run, fallback, steps)
+
+
+def _open_job(run_or_path: str | Path | Run | Trajectory, data: Dataset | None, max_checkpoints: int | None,
+              import_to: str | Path | None, chunk_size: int | None, chunk_mb: float,
+              progress: bool) -> tuple[_Job, dict[str, Any] | None]:
+    """The job for a trajectory or a run folder / .pth file, and (for a run) its
+    :func:`analysis_source`, taken before anything is read."""
+    if isinstance(run_or_path, Trajectory):
+        traj = run_or_path
+        picked = _pick_rows(len(traj), max_checkpoints)
+        if picked is not None:
+            traj = traj.subset(picked)
+        data = data if data is not None else make_dataset(traj.config.task)
+        return _Job(None, traj, None, data, traj.config, chunk_size, chunk_mb, progress), None
+    run = resolve_run(run_or_path, import_to=import_to)
+    source = analysis_source(run)  # before reading anything: checkpoints written meanwhile make it stale
+    all_steps = run.steps
+    if not all_steps:
+        raise StoreError(f"{run.path}: run has no checkpoints yet; nothing to analyse")
+    rows = _pick_rows(len(all_steps), max_checkpoints)
+    wanted = list(all_steps) if rows is None else [all_steps[i] for i in rows]
+    data = data if data is not None else run_dataset(run)
+    return _Job(run, None, wanted, data, run.config, chunk_size, chunk_mb, progress), source
+
+
 @with_threads  # adds threads=: intra-op threads while analysing (0/None = automatic, as in training)
 def analyze(
     run_or_path: str | Path | Run | Trajectory,
@@ -372,154 +445,22 @@ def analyze(
     default automatic from the run's config); the caller's count is restored afterwards.
     """
     if phase_rule not in PHASE_RULES:
-        raise ConfigError(f"phase_rule: must be one of {', '.join(PHASE_RULES)}, got {phase_rule!r}")
+        raise ValueError(f"phase_rule: must be one of {', '.join(PHASE_RULES)}, got {phase_rule!r}")
     t_start = time.perf_counter()
-    run: Run | None = None
-    source: dict[str, Any] | None = None
-    traj_in: Trajectory | None = None
-    wanted: list[int] | None = None
-    if isinstance(run_or_path, Trajectory):
-        traj_in = run_or_path
-        picked = _pick_rows(len(traj_in), max_checkpoints)
-        if picked is not None:
-            traj_in = traj_in.subset(picked)
-        if data is None:
-            data = make_dataset(traj_in.config.task)
-        save = False
-        config = traj_in.config
-    else:
-        run = resolve_run(run_or_path, import_to=import_to)
-        source = analysis_source(run)  # before reading anything: checkpoints written meanwhile make it stale
-        all_steps = run.steps
-        if not all_steps:
-            raise StoreError(f"{run.path}: run has no checkpoints yet; nothing to analyse")
-        rows = _pick_rows(len(all_steps), max_checkpoints)
-        wanted = list(all_steps) if rows is None else [all_steps[i] for i in rows]
-        data = data if data is not None else run_dataset(run)
-        config = run.config
-    timings: dict[str, float] = {"load": 0.0}
-    tensors: dict[str, torch.Tensor] = {}
+    job, source = _open_job(run_or_path, data, max_checkpoints, import_to, chunk_size, chunk_mb, progress)
+    run, config = job.run, job.config
+    save = save and run is not None
     options = {"max_checkpoints": max_checkpoints, "n_eval": n_eval, "prune_threshold": prune_threshold,
                "sensitivity_tol": sensitivity_tol, "min_gap": min_gap, "min_explained": min_explained,
                "circles": circles, "circle_min_frac": circle_min_frac, "phase_rule": phase_rule}
     records: dict[str, Any] = {"format": FORMAT_VERSION, "options": options, "source": source}
-
-    def chunks():
-        from tqdm.auto import tqdm
-
-        it = _iter_trajectory(run, traj_in, wanted, chunk_size, chunk_mb)
-        total = len(traj_in) if traj_in is not None else len(wanted or [])
-        with tqdm(total=total, disable=not progress, desc="analysing", unit="checkpoint", leave=False) as bar:
-            while True:
-                t = time.perf_counter()
-                chunk = next(it, None)
-                timings["load"] += time.perf_counter() - t
-                if chunk is None:
-                    return
-                yield chunk
-                bar.update(len(chunk))
-
-    if run is None:
-        need_acc = True
-    else:
-        m = run.metrics()
-        need_acc = not (_has_evidence(m, "train") and _has_evidence(m, "test"))
-    step_parts: list[torch.Tensor] = []
-
     if config.task.kind == "parity":
-        records["task"] = "parity"
-        parts: list[dict[str, torch.Tensor]] = []
-        t = time.perf_counter()
-        relevant = None
-        for chunk in chunks():
-            bits = bit_dependence(chunk, data, n_eval=n_eval)
-            relevant = bits["relevant"] if relevant is None else relevant
-            part = {k: v for k, v in bits.items() if k != "relevant"}
-            part["prune_now_acc"] = prune_now_accuracy(chunk, data, relevant=relevant)
-            if need_acc:
-                part["_train_acc"] = _checkpoint_acc(chunk, data, "train")
-                part["_test_acc"] = _checkpoint_acc(chunk, data, "test")
-            parts.append(part)
-            step_parts.append(chunk.steps)
-        if not parts:
-            raise StoreError(f"{run.path if run is not None else 'trajectory'}: no readable checkpoints")
-        timings["bits"] = time.perf_counter() - t - timings["load"]
-        cat = _concat(parts)
-        steps = torch.cat(step_parts)
-        acc = {k[1:]: cat.pop(k) for k in ("_train_acc", "_test_acc") if k in cat}
-        bits = {**{k: v for k, v in cat.items() if k != "prune_now_acc"}, "relevant": relevant}
-        for key, value in bits.items():
-            tensors[f"bits/{key}"] = value
-        tensors["bits/prune_now_acc"] = prune_acc = cat["prune_now_acc"]
-        metrics = _metrics_for_events(run, lambda: acc, steps)
-        events = detect_events(metrics, rule=phase_rule, loss_scale=loss_scale_of(config))
-        relevant_bits = [int(i) for i in torch.nonzero(relevant, as_tuple=False)[:, 0]]
-        if bool(relevant.all()):
-            # every bit is relevant: nothing to prune, so the irrelevant-bit measures are undefined
-            extra: dict[str, Any] = {"pruned_step": None, "sensitivity_zero_step": None, "prune_now_step": None,
-                                     "prune_threshold": prune_threshold, "sensitivity_tol": sensitivity_tol,
-                                     "irrelevant_bits": "none: every bit is relevant, irrelevant-bit measures are undefined"}
-        else:
-            for key, value in irrelevant_series(bits).items():
-                tensors[f"bits/{key}"] = value
-            extra = parity_events(
-                bits, steps, generalised_step=events.generalised_step, prune_threshold=prune_threshold,
-                sensitivity_tol=sensitivity_tol, prune_now_acc=prune_acc, memorised_step=events.memorised_step,
-            ).to_dict()
-        extra["relevant_bits"] = relevant_bits
-        events.extra.update(extra)
-        records["relevant_bits"] = extra["relevant_bits"]
-        records["key_frequencies"] = []
+        steps, tensors, events = _analyze_parity(job, records, n_eval=n_eval, prune_threshold=prune_threshold,
+                                                 sensitivity_tol=sensitivity_tol, phase_rule=phase_rule)
     else:
-        records["task"] = "modular"
-        kind = config.model.kind
-        want_circles = kind == "cossin_mlp" if circles is None else bool(circles)
-        maybe_circles = circles is None and kind in ("mlp", "transformer")
-        if (want_circles or maybe_circles) and kind not in ("mlp", "cossin_mlp", "transformer"):
-            raise ValueError(f"circles: model {kind!r} has no MLP layer")
-        parts_wanted = ["fourier", "logits", "progress"] + (["circles"] if want_circles or maybe_circles else [])
-        t = time.perf_counter()
-        # the key frequencies are the last checkpoint's: found first so every chunk uses them
-        if traj_in is not None:
-            last = traj_in.subset([len(traj_in) - 1])
-        else:
-            last = next((tr for s in reversed(wanted) for tr in [_try_trajectory(run, s)] if tr is not None), None)
-            if last is None:
-                raise StoreError(f"{run.path}: no readable checkpoints")
-        lastres = modular_sweep(last, None, ("logits",), min_gap=min_gap, min_explained=min_explained)
-        key_freqs = [int(k) + 1 for k in torch.nonzero(lastres["key_freq_mask"][0], as_tuple=False)[:, 0]]
-        parts = []
-        for chunk in chunks():
-            parts.append(modular_sweep(chunk, data, parts_wanted, key_freqs=key_freqs, min_gap=min_gap,
-                                       min_explained=min_explained))
-            step_parts.append(chunk.steps)
-        if not parts:
-            raise StoreError(f"{run.path if run is not None else 'trajectory'}: no readable checkpoints")
-        timings["modular_sweep"] = time.perf_counter() - t - timings["load"]
-        res = _concat(parts, keep=("key_frequencies",))
-        steps = torch.cat(step_parts)
-        key_freqs = [int(k) for k in res.pop("key_frequencies")]
-        for key in ("embed_freq_norms", "neuron_dominant_freq", "neuron_frac_explained", "logit_freq_norms",
-                    "logit_freq_frac", "sparsity", "sparsity_logits", "key_freq_mask", "input_freq_norms"):
-            if key in res:
-                tensors[f"fourier/{key}"] = res[key]
-        for key in ("restricted_loss", "excluded_loss", "train_loss", "test_loss", "train_acc", "test_acc", "sum_sq_weights"):
-            tensors[f"progress/{key}"] = res[key]
-        if maybe_circles:
-            frac = res["neuron_frac_explained"][-1]
-            mean_frac = float(frac.mean()) if frac.numel() else float("nan")
-            # NaN weights (a diverged run) give a NaN fraction: no circles, said so in the records
-            want_circles = bool(frac.numel()) and math.isfinite(mean_frac) and mean_frac >= circle_min_frac
-            records["circles_rule"] = {"mean_frac_explained_last": mean_frac, "min": circle_min_frac}
-        if want_circles:
-            circ = circles_from_coefficients(res["circle_freq"], res["circle_cos"], res["circle_sin"])
-            for key, value in circ.items():
-                tensors[f"circles/{key}"] = value
-        records["key_frequencies"] = key_freqs
-        metrics = _metrics_for_events(run, lambda: {k: res[k] for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
-                                      steps)
-        events = detect_events(metrics, rule=phase_rule, loss_scale=loss_scale_of(config))
-        events.extra.update(modular_events(steps, res, res["key_freq_mask"], key_freqs, p=config.task.p).to_dict())
+        steps, tensors, events = _analyze_modular(job, records, min_gap=min_gap, min_explained=min_explained,
+                                                  circles=circles, circle_min_frac=circle_min_frac,
+                                                  phase_rule=phase_rule)
     diverged = _diverged(run, tensors)
     if diverged:
         records["diverged"] = diverged  # e.g. "train_loss is not finite from step 2"
@@ -534,12 +475,122 @@ def analyze(
     records["config"] = config.to_dict()
     records["events"] = events.to_dict()
     records["summary"] = _summary(config, steps, events, tensors, records)
+    timings = job.timings
     timings["total"] = time.perf_counter() - t_start
     records["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     result = Analysis(steps, tensors, records, run.path if run is not None else None, timings)
     if save and run is not None:
         result.save(run.path)
     return result
+
+
+def _needs_checkpoint_accuracy(run: Run | None) -> bool:
+    """Whether the events need accuracies computed at the checkpoints (no logged train and test
+    evidence: a trajectory, or a run whose metrics lack them)."""
+    if run is None:
+        return True
+    m = run.metrics()
+    return not (_has_evidence(m, "train") and _has_evidence(m, "test"))
+
+
+def _analyze_parity(job: _Job, records: dict[str, Any], *, n_eval: int, prune_threshold: float,
+                    sensitivity_tol: float, phase_rule: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
+    """Bit dependence, the prune-now check and the pruning events of a parity run; fills ``records``."""
+    records["task"] = "parity"
+    data, need_acc = job.data, _needs_checkpoint_accuracy(job.run)
+    parts: list[dict[str, torch.Tensor]] = []
+    step_parts: list[torch.Tensor] = []
+    t = time.perf_counter()
+    relevant = None
+    for chunk in job.chunks():
+        bits = bit_dependence(chunk, data, n_eval=n_eval)
+        relevant = bits["relevant"] if relevant is None else relevant
+        part = {k: v for k, v in bits.items() if k != "relevant"}
+        part["prune_now_acc"] = prune_now_accuracy(chunk, data, relevant=relevant)
+        if need_acc:
+            part["_train_acc"] = _checkpoint_acc(chunk, data, "train")
+            part["_test_acc"] = _checkpoint_acc(chunk, data, "test")
+        parts.append(part)
+        step_parts.append(chunk.steps)
+    if not parts:
+        raise StoreError(f"{job.where}: no readable checkpoints")
+    job.timings["bits"] = time.perf_counter() - t - job.timings["load"]
+    cat = _concat(parts)
+    steps = torch.cat(step_parts)
+    acc = {k[1:]: cat.pop(k) for k in ("_train_acc", "_test_acc") if k in cat}
+    bits = {**{k: v for k, v in cat.items() if k != "prune_now_acc"}, "relevant": relevant}
+    tensors = {f"bits/{key}": value for key, value in bits.items()}
+    tensors["bits/prune_now_acc"] = prune_acc = cat["prune_now_acc"]
+    events = detect_events(job.events_metrics(lambda: acc, steps), rule=phase_rule, loss_scale=loss_scale_of(job.config))
+    relevant_bits = [int(i) for i in torch.nonzero(relevant, as_tuple=False)[:, 0]]
+    if bool(relevant.all()):
+        # every bit is relevant: nothing to prune, so the irrelevant-bit measures are undefined
+        extra: dict[str, Any] = {"pruned_step": None, "sensitivity_zero_step": None, "prune_now_step": None,
+                                 "prune_threshold": prune_threshold, "sensitivity_tol": sensitivity_tol,
+                                 "irrelevant_bits": "none: every bit is relevant, irrelevant-bit measures are undefined"}
+    else:
+        for key, value in irrelevant_series(bits).items():
+            tensors[f"bits/{key}"] = value
+        extra = parity_events(
+            bits, steps, generalised_step=events.generalised_step, prune_threshold=prune_threshold,
+            sensitivity_tol=sensitivity_tol, prune_now_acc=prune_acc, memorised_step=events.memorised_step,
+        ).to_dict()
+    extra["relevant_bits"] = relevant_bits
+    events.extra.update(extra)
+    records["relevant_bits"] = extra["relevant_bits"]
+    records["key_frequencies"] = []
+    return steps, tensors, events
+
+
+_FOURIER_KEYS = ("embed_freq_norms", "neuron_dominant_freq", "neuron_frac_explained", "logit_freq_norms",
+                 "logit_freq_frac", "sparsity", "sparsity_logits", "key_freq_mask", "input_freq_norms")
+_PROGRESS_KEYS = ("restricted_loss", "excluded_loss", "train_loss", "test_loss", "train_acc", "test_acc", "sum_sq_weights")
+
+
+def _analyze_modular(job: _Job, records: dict[str, Any], *, min_gap: float, min_explained: float,
+                     circles: bool | None, circle_min_frac: float,
+                     phase_rule: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
+    """Fourier probes, progress measures, neuron circles (when they apply) and the events of a
+    modular run; fills ``records``."""
+    records["task"] = "modular"
+    config = job.config
+    kind = config.model.kind
+    want_circles = kind == "cossin_mlp" if circles is None else bool(circles)
+    maybe_circles = circles is None and kind in ("mlp", "transformer")
+    if (want_circles or maybe_circles) and kind not in ("mlp", "cossin_mlp", "transformer"):
+        raise ValueError(f"circles: model {kind!r} has no MLP layer")
+    parts_wanted = ["fourier", "logits", "progress"] + (["circles"] if want_circles or maybe_circles else [])
+    t = time.perf_counter()
+    # the key frequencies are the last checkpoint's: found first so every chunk uses them
+    lastres = modular_sweep(job.last_checkpoint(), None, ("logits",), min_gap=min_gap, min_explained=min_explained)
+    key_freqs = [int(k) + 1 for k in torch.nonzero(lastres["key_freq_mask"][0], as_tuple=False)[:, 0]]
+    parts, step_parts = [], []
+    for chunk in job.chunks():
+        parts.append(modular_sweep(chunk, job.data, parts_wanted, key_freqs=key_freqs, min_gap=min_gap,
+                                   min_explained=min_explained))
+        step_parts.append(chunk.steps)
+    if not parts:
+        raise StoreError(f"{job.where}: no readable checkpoints")
+    job.timings["modular_sweep"] = time.perf_counter() - t - job.timings["load"]
+    res = _concat(parts, keep=("key_frequencies",))
+    steps = torch.cat(step_parts)
+    key_freqs = [int(k) for k in res.pop("key_frequencies")]
+    tensors = {f"fourier/{key}": res[key] for key in _FOURIER_KEYS if key in res}
+    tensors.update({f"progress/{key}": res[key] for key in _PROGRESS_KEYS})
+    if maybe_circles:
+        frac = res["neuron_frac_explained"][-1]
+        mean_frac = float(frac.mean()) if frac.numel() else float("nan")
+        # NaN weights (a diverged run) give a NaN fraction: no circles, said so in the records
+        want_circles = bool(frac.numel()) and math.isfinite(mean_frac) and mean_frac >= circle_min_frac
+        records["circles_rule"] = {"mean_frac_explained_last": mean_frac, "min": circle_min_frac}
+    if want_circles:
+        circ = circles_from_coefficients(res["circle_freq"], res["circle_cos"], res["circle_sin"])
+        tensors.update({f"circles/{key}": value for key, value in circ.items()})
+    records["key_frequencies"] = key_freqs
+    metrics = job.events_metrics(lambda: {k: res[k] for k in ("train_acc", "test_acc", "train_loss", "test_loss")}, steps)
+    events = detect_events(metrics, rule=phase_rule, loss_scale=loss_scale_of(config))
+    events.extra.update(modular_events(steps, res, res["key_freq_mask"], key_freqs, p=config.task.p).to_dict())
+    return steps, tensors, events
 
 
 def _try_trajectory(run: Run, step: int) -> Trajectory | None:
