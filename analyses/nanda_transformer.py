@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from mechgrok import Run, preset, train
-from mechgrok.analysis import analyze, load_analysis
+from mechgrok import Run, analyze, load_analysis, preset, resume, train
 from mechgrok.layout import ANALYSIS_FILES, RUN_FILES
+from mechgrok.scripts import parse_sets
 
 ACCELERATED = {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 2.0, "optim.lr": 3e-3, "optim.warmup_steps": 100}
 # benchmarks/time_to_grok.py's fastest variant (grokfast5-lr10-wd3)
@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--analyse-only", action="store_true", help="analyse the run folder as it is (e.g. stopped early)")
     ap.add_argument("--reanalyze", action="store_true", help="recompute the stored analysis")
     ap.add_argument("--max-checkpoints", type=int, default=None, help="analyse an evenly spaced subset")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, applied after the variant's (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -90,7 +92,7 @@ def main() -> None:
         over.update(ACCELERATED)
     if args.fast:
         over.update(FAST)
-    cfg = preset("modadd-transformer").with_overrides(over)
+    cfg = preset("modadd-transformer", {**over, **parse_sets(args.set)})
     name = "nanda-accelerated" if args.accelerated else "nanda-fast" if args.fast else "nanda"
     out = args.out or Path("checkpoints") / name
 
@@ -103,8 +105,7 @@ def main() -> None:
         print(f"reusing finished run {out}")
     elif (out / RUN_FILES["config"]).exists():
         print(f"continuing {out}")
-        train(None, out, resume=True)  # type: ignore[arg-type]
-        run = Run.open(out)
+        run = resume(out).run
     else:
         train(cfg, out)
         run = Run.open(out)

@@ -24,6 +24,7 @@ import torch
 
 import mechgrok as mg
 from mechgrok.layout import RUN_FILES
+from mechgrok.scripts import parse_sets
 
 parser = argparse.ArgumentParser(description="Grok rate and key frequencies of a modular MLP preset over seeds.")
 parser.add_argument("out", nargs="?", default="checkpoints/pair-mlp24-seeds", help="folder for the member runs")
@@ -38,7 +39,7 @@ args = parser.parse_args()
 torch.set_num_threads(1)  # tiny models: extra threads only spin-wait
 
 # 1. the members: only the final checkpoint is needed, so checkpoint sparsely
-overrides = {"train.checkpoint_every": 2500, "train.log_checkpoints": 0, **dict(s.split("=", 1) for s in args.set)}
+overrides = {"train.checkpoint_every": 2500, "train.log_checkpoints": 0, **parse_sets(args.set)}
 base = mg.preset(args.preset).with_overrides(overrides)
 start = base.train.seed if args.seed_start is None else args.seed_start
 seeds = list(range(start, start + args.seeds))

@@ -25,6 +25,7 @@ import torch
 
 import mechgrok as mg
 from mechgrok.layout import SWEEP_FILES
+from mechgrok.scripts import parse_sets
 from mechgrok.sweep import EngineConfig, SweepSpec, run_sweep
 
 parser = argparse.ArgumentParser(description="Sparse-parity phase map over weight decay x width x data size.")
@@ -32,7 +33,10 @@ parser.add_argument("--out", default="checkpoints/parity-phase-map", help="sweep
 parser.add_argument("--quick", action="store_true", help="a small grid of small models (checks the pipeline)")
 parser.add_argument("--steps", type=int, default=3000, help="training steps per model (at most)")
 parser.add_argument("--seeds", type=int, default=8, help="model seeds per grid point")
-parser.add_argument("--max-batch", type=int, default=1024, help="models trained at once")
+parser.add_argument("--max-batch", type=int, default=EngineConfig.max_batch, help="models trained at once")
+parser.add_argument("--grid", action="append", default=[], metavar="KEY=VALUES",
+                    help="replace the grid: one axis per option, as `mechgrok sweep --grid` (keep weight_decay, d_mlp, n_train)")
+parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every member")
 args = parser.parse_args()
 torch.set_num_threads(1)  # small matmuls: a second intra-op thread only spin-waits on a shared CPU
 
@@ -50,6 +54,8 @@ if args.quick:
     base = base.with_overrides({"task.n_bits": 12, "task.n_train": 200, "task.n_test": 400, "train.steps": min(args.steps, 600)})
     grid = ["weight_decay=log:0.001:3:6", "d_mlp=16,32", "n_train=100,200"]
     seeds = 2
+base = base.with_overrides(parse_sets(args.set))
+grid = args.grid or grid
 spec = SweepSpec.from_cli(base, grid, seeds=seeds)
 engine = EngineConfig(max_batch=args.max_batch, log_every=20, early_stop=True, patience=300)
 print(f"{spec.describe()}\n  -> {args.out}")

@@ -23,27 +23,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 from pathlib import Path
 
 import torch
 
-from mechgrok import Run, detect_events, loss_and_accuracy, make_dataset, preset, train
-from mechgrok.analysis import analyze
+from mechgrok import analyze, detect_events, ensure_run, loss_and_accuracy, make_dataset, preset, train
+from mechgrok.scripts import format_step, parse_sets
 
 
 def fmt(x) -> str:
-    return "never" if x is None else f"{x:,}" if isinstance(x, int) else f"{x:.3f}"
+    return format_step(x) if x is None or isinstance(x, int) else f"{x:.3f}"
 
 
-def story(seed: int, out: Path) -> dict:
-    cfg = preset("parity").with_overrides({"train.seed": seed, "name": f"parity-seed{seed}"})
+def story(seed: int, out: Path, sets: dict) -> dict:
+    cfg = preset("parity", {**sets, "train.seed": seed, "name": f"parity-seed{seed}"})
     run_dir = out / f"seed{seed}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    train(cfg, run_dir, progress=False)
-    an = analyze(run_dir)
+    # a finished run of this config is reused, a killed one resumed, another run refused (kept)
+    run = ensure_run(run_dir, cfg, progress=False)
+    an = analyze(run)
     ev = an.events
     steps = an.steps
     row = {
@@ -63,7 +61,6 @@ def story(seed: int, out: Path) -> dict:
     if ev.generalised_step is not None and ev.memorised_step is not None:
         between = [i for i, s in enumerate(steps.tolist()) if ev.memorised_step <= s < ev.generalised_step]
         if between:
-            run = Run.open(run_dir)
             data = make_dataset(cfg.task)
             for tag, i in (("mid", between[len(between) // 2]), ("last", between[-1])):
                 with torch.no_grad():
@@ -74,8 +71,8 @@ def story(seed: int, out: Path) -> dict:
     return row
 
 
-def wd_phase(wd: float, seed: int, steps: int) -> dict:
-    cfg = preset("parity", {"train.seed": seed, "optim.weight_decay": wd, "train.steps": steps})
+def wd_phase(wd: float, seed: int, steps: int, sets: dict) -> dict:
+    cfg = preset("parity", {**sets, "train.seed": seed, "optim.weight_decay": wd, "train.steps": steps})
     res = train(cfg, None, progress=False)
     ev = detect_events(res.metrics)
     return {"wd": wd, "seed": seed, "phase": ev.phase, "memorised": ev.memorised_step, "generalised": ev.generalised_step,
@@ -90,7 +87,10 @@ def main() -> None:
     ap.add_argument("--wd-steps", type=int, default=4000, help="steps per weight-decay run (the preset's length)")
     ap.add_argument("--out", type=Path, default=Path("checkpoints/parity-story"))
     ap.add_argument("--json", type=Path, help="also write every number here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every run, e.g. task.n_bits=8 (repeatable)")
     args = ap.parse_args()
+    sets = parse_sets(args.set)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -101,7 +101,7 @@ def main() -> None:
     print(" ".join(f"{c:>10s}" for c in cols))
     rows = []
     for seed in args.seeds:
-        row = story(seed, args.out)
+        row = story(seed, args.out, sets)
         rows.append(row)
         print(" ".join(f"{fmt(row.get(c)) if c != 'phase' else row[c]:>10s}" for c in cols), flush=True)
     for key in ("memorised", "generalised", "pruned", "sensitivity_zero", "prune_now_step", "lag_mem_to_gen", "lag_prune_to_gen"):
@@ -115,7 +115,7 @@ def main() -> None:
         for wd in args.wd:
             cells = []
             for seed in args.wd_seeds:
-                r = wd_phase(wd, seed, args.wd_steps)
+                r = wd_phase(wd, seed, args.wd_steps, sets)
                 wd_rows.append(r)
                 cells.append(f"{r['phase']}(mem {fmt(r['memorised'])}, gen {fmt(r['generalised'])}, "
                              f"{r['train_acc']:.2f}/{r['test_acc']:.2f})")

@@ -14,7 +14,7 @@ it is reused, so the script can be re-run to just print the table); events come 
 ``mechgrok.detect_events`` on the logged metrics.
 
     python analyses/recurrent_schedules.py                              # all 8 presets
-    python analyses/recurrent_schedules.py --cells rnn --variants "" -nowd
+    python analyses/recurrent_schedules.py --cells rnn --variants=-nowd     # one variant (a leading "-" needs "=")
     python analyses/recurrent_schedules.py --cells lstm --fractions 0.3 0.5 0.8 --variants
 """
 
@@ -25,20 +25,20 @@ from pathlib import Path
 
 import torch
 
-from mechgrok import Run, detect_events, preset, train
+from mechgrok import Run, detect_events, preset, resume, train
 from mechgrok.layout import RUN_FILES
+from mechgrok.scripts import format_step, parse_sets
 
 
-def run_or_reuse(name: str, out: Path, overrides: dict | None = None) -> Run:
+def run_or_reuse(name: str, out: Path, overrides: dict | None = None, sets: dict | None = None) -> Run:
+    """The finished run of preset ``name`` with ``overrides`` (named in its folder) and ``sets``
+    (the --set options, applied to every run) in ``OUT``: reused, resumed or trained."""
     folder = out / (name + "".join(f"-{k.split('.')[-1]}{v}" for k, v in (overrides or {}).items()))
     if (folder / RUN_FILES["summary"]).exists():
         return Run.open(folder)
     if (folder / RUN_FILES["config"]).exists():
-        train(None, folder, resume=True, progress=False)  # type: ignore[arg-type]
-    else:
-        cfg = preset(name).with_overrides(overrides or {})
-        train(cfg, folder, progress=False)
-    return Run.open(folder)
+        return resume(folder, progress=False).run
+    return train(preset(name, {**(overrides or {}), **(sets or {})}), folder, progress=False).run
 
 
 def describe(run: Run) -> str:
@@ -49,10 +49,9 @@ def describe(run: Run) -> str:
     steps = m["step"][~(m["test_acc"] != m["test_acc"])]
     at_mem = float(test[steps <= ev.memorised_step][-1]) if ev.memorised_step is not None else float("nan")
     sched = run.config.optim.wd_schedule or "constant"
-    fmt = lambda x: "never" if x is None else f"{x:,}"  # noqa: E731
     return (f"{run.config.name:24s} frac {run.config.task.train_fraction:.2f} wd {run.config.optim.weight_decay:g} "
-            f"sched {str(sched):28s} memorised {fmt(ev.memorised_step):>6s} (test acc then {at_mem:.2f}) "
-            f"generalised {fmt(ev.generalised_step):>6s} final test {ev.final_test_acc:.3f} "
+            f"sched {str(sched):28s} memorised {format_step(ev.memorised_step, 6)} (test acc then {at_mem:.2f}) "
+            f"generalised {format_step(ev.generalised_step, 6)} final test {ev.final_test_acc:.3f} "
             f"max test {float(test.max()):.3f} -> {ev.phase}  [{s.get('steps', '?')} steps, {s.get('seconds', 0):.0f} s]")
 
 
@@ -62,14 +61,17 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=["", "-nowd", "-wd-late", "-wd-early-off"])
     ap.add_argument("--fractions", nargs="*", type=float, default=[], help="train fractions for the base presets")
     ap.add_argument("--out", type=Path, default=Path("checkpoints/recurrent"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every run, e.g. train.steps=500 (repeatable)")
     args = ap.parse_args()
+    sets = parse_sets(args.set)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     for cell in args.cells:
         for variant in args.variants:
-            print(describe(run_or_reuse(f"{cell}-mod91{variant}", args.out)), flush=True)
+            print(describe(run_or_reuse(f"{cell}-mod91{variant}", args.out, sets=sets)), flush=True)
         for frac in args.fractions:
-            print(describe(run_or_reuse(f"{cell}-mod91", args.out, {"task.train_fraction": frac})), flush=True)
+            print(describe(run_or_reuse(f"{cell}-mod91", args.out, {"task.train_fraction": frac}, sets)), flush=True)
 
 
 if __name__ == "__main__":
