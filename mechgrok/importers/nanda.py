@@ -163,6 +163,17 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
     existing = existing_import(out, digest)
     if existing is not None:
         return existing
+    obj = _load(path, max_memory_gb)
+    cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    states, shapes = _checked_states(obj, cfg, path)
+    config, frac, seed = _run_config(path, cfg, shapes, states, max_memory_gb)
+    _check_converted_size(path, states, max_disk_gb)
+    p = shapes["p"]
+    return write_import(out, digest, config, lambda run: _write_import(run, obj, cfg, states, path, digest, frac, seed, p))
+
+
+def _load(path: Path, max_memory_gb: float) -> dict[str, Any]:
+    """Their file, read weights-only after checking what it unpacks to."""
     _check_unpacked_size(path, max_memory_gb)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -171,8 +182,12 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
         raise StoreError(f"{path}: cannot read as a weights-only torch file ({msg[:200]})") from None
     if not isinstance(obj, dict) or not any(k in obj for k in ("model", "state_dicts", "checkpoints")):
         raise StoreError(f"{path}: not a progress-measures-paper run (expected a dict with a 'model' state dict)")
+    return obj
 
-    cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+
+def _checked_states(obj: dict[str, Any], cfg: dict[str, Any],
+                    path: Path) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, int]]:
+    """``[(epoch, state_dict), ...]`` sorted by epoch, every state checked, and their common shapes."""
     try:
         states = _states(obj, cfg, path)
     except (TypeError, ValueError, OverflowError) as e:  # int() of a hand-made 'epoch' / 'config' value
@@ -181,12 +196,17 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
         raise StoreError(f"{path}: holds no state dicts")
     for (_, where), s in states:
         _check_state(s, f"{path}: {where}")
-    states = [(epoch, s) for (epoch, _), s in states]
-    states.sort(key=lambda es: es[0])
-    shapes = _shapes(states[-1][1], str(path))
-    for _, s in states:
+    by_epoch = sorted(((epoch, s) for (epoch, _), s in states), key=lambda es: es[0])
+    shapes = _shapes(by_epoch[-1][1], str(path))
+    for _, s in by_epoch:
         if _shapes(s, str(path)) != shapes:
             raise StoreError(f"{path}: checkpoints disagree on the model's shapes")
+    return by_epoch, shapes
+
+
+def _run_config(path: Path, cfg: dict[str, Any], shapes: dict[str, int], states: list[tuple[int, Any]],
+                max_memory_gb: float) -> tuple[RunConfig, float, int]:
+    """The mechgrok config of their run (their model, split and optimiser), its train fraction and seed."""
     p = shapes["p"]
     try:
         if "p" in cfg and int(cfg["p"]) != p:
@@ -218,6 +238,12 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
         )
     except ConfigError as e:
         raise StoreError(f"{path}: {e}") from None
+    return config, frac, seed
+
+
+def _check_converted_size(path: Path, states: list[tuple[int, Any]], max_disk_gb: float) -> None:
+    """Refuse checkpoints that would expand far beyond the tensors the file stores, or past the
+    disk limit, before anything is written."""
     n_params = sum(states[-1][1][k].numel() for k in _REQUIRED)
     need = len(states) * n_params * 4
     # what the file really stores: torch.load shares a storage between every reference to it,
@@ -230,8 +256,6 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
     if max_disk_gb and need > max_disk_gb * 1e9:
         raise StoreError(f"{path}: {len(states):,} checkpoints of {n_params:,} parameters would take "
                          f"~{need / 1e9:,.3g} GB, over the limit of {max_disk_gb:g} GB")
-
-    return write_import(out, digest, config, lambda run: _write_import(run, obj, cfg, states, path, digest, frac, seed, p))
 
 
 def _run_name(path: Path) -> str:
