@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from .._threads import with_threads
+from ..config import RunConfig
 from ..layout import REPORT_FILES
-from ..store import Run, StoreError
+from ..store import Run, StoreError, Trajectory
 from ._common import DEFAULT_MAX_FRAMES, PHASE_COLORS, event_steps, frame_indices
 from .figures import (
     bit_dependence_figure,
@@ -125,40 +126,53 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
     tensors = analysis.tensors if analysis is not None else {}
     steps = analysis.steps if analysis is not None else None
     traj = _picked_trajectory(run, events, max_frames) if run.steps else None
+    keys = list(analysis.records.get("key_frequencies", [])) if analysis is not None else []
     if cfg.task.kind == "parity":
-        if traj is not None:
-            sections.append(Section(
-                "First-layer weights",
-                parity_weights_figure(traj.steps, traj.params["blocks.0.mlp.W_in"], cfg.task.relevant_bits, max_frames=max_frames, events=events),
-                "Each row is a hidden neuron, each column an input bit (relevant bits starred and outlined). Move the slider: "
-                "weights on irrelevant bits decay away while a few neurons keep reading the relevant bits.",
-                "weights",
-            ))
-        bits = {k: tensors[f"bits/{k}"] for k in ("weight_norm", "grad_attr", "flip_sensitivity") if f"bits/{k}" in tensors}
-        if bits:
-            relevant = tensors.get("bits/relevant", list(cfg.task.relevant_bits))
-            titles = {"weight_norm": "first-layer weight norm", "grad_attr": "input-gradient attribution", "flip_sensitivity": "bit-flip sensitivity"}
-            sections.append(Section(
-                "Dependence on each bit",
-                bit_dependence_figure(steps, {titles[k]: v for k, v in bits.items()}, relevant, events=events,
-                               ratio=tensors.get("bits/irrelevant_weight_ratio"),
-                               prune_threshold=(events.get("extra") or {}).get("prune_threshold")),
-                "How much the network depends on each input bit, three ways. Irrelevant bits (grey) must fall to zero before the "
-                "network can generalise. Last row: the pruning rule - the irrelevant bits count as pruned once their largest "
-                "weight stays below the threshold times the largest relevant-bit weight.",
-                "bits",
-            ))
-        if "bits/prune_now_acc" in tensors:
-            sections.append(Section(
-                "Prune-now causal check",
-                prune_now_accuracy_figure(steps, tensors["bits/prune_now_acc"], metrics, events=events),
-                "At every checkpoint, a copy of the network with its irrelevant-bit weights zeroed is evaluated on the test set. "
-                "Where this curve is high long before the real test accuracy, pruning alone is what the run was waiting for.",
-                "prune",
-            ))
-        return sections
+        return sections + _parity_sections(cfg, traj, steps, tensors, metrics, events, max_frames)
+    return sections + _modular_sections(cfg, traj, steps, tensors, keys, events, max_frames)
 
-    # modular arithmetic
+
+def _parity_sections(cfg: RunConfig, traj: Trajectory | None, steps: Any, tensors: dict[str, Any], metrics: dict[str, Any],
+                     events: dict[str, Any], max_frames: int) -> list[Section]:
+    """First-layer weights over training, dependence on each bit, the prune-now check."""
+    sections: list[Section] = []
+    if traj is not None:
+        sections.append(Section(
+            "First-layer weights",
+            parity_weights_figure(traj.steps, traj.params["blocks.0.mlp.W_in"], cfg.task.relevant_bits, max_frames=max_frames, events=events),
+            "Each row is a hidden neuron, each column an input bit (relevant bits starred and outlined). Move the slider: "
+            "weights on irrelevant bits decay away while a few neurons keep reading the relevant bits.",
+            "weights",
+        ))
+    bits = {k: tensors[f"bits/{k}"] for k in ("weight_norm", "grad_attr", "flip_sensitivity") if f"bits/{k}" in tensors}
+    if bits:
+        relevant = tensors.get("bits/relevant", list(cfg.task.relevant_bits))
+        titles = {"weight_norm": "first-layer weight norm", "grad_attr": "input-gradient attribution", "flip_sensitivity": "bit-flip sensitivity"}
+        sections.append(Section(
+            "Dependence on each bit",
+            bit_dependence_figure(steps, {titles[k]: v for k, v in bits.items()}, relevant, events=events,
+                           ratio=tensors.get("bits/irrelevant_weight_ratio"),
+                           prune_threshold=(events.get("extra") or {}).get("prune_threshold")),
+            "How much the network depends on each input bit, three ways. Irrelevant bits (grey) must fall to zero before the "
+            "network can generalise. Last row: the pruning rule - the irrelevant bits count as pruned once their largest "
+            "weight stays below the threshold times the largest relevant-bit weight.",
+            "bits",
+        ))
+    if "bits/prune_now_acc" in tensors:
+        sections.append(Section(
+            "Prune-now causal check",
+            prune_now_accuracy_figure(steps, tensors["bits/prune_now_acc"], metrics, events=events),
+            "At every checkpoint, a copy of the network with its irrelevant-bit weights zeroed is evaluated on the test set. "
+            "Where this curve is high long before the real test accuracy, pruning alone is what the run was waiting for.",
+            "prune",
+        ))
+    return sections
+
+
+def _modular_sections(cfg: RunConfig, traj: Trajectory | None, steps: Any, tensors: dict[str, Any], keys: list[int],
+                      events: dict[str, Any], max_frames: int) -> list[Section]:
+    """Weights over the operand, Fourier spectra, key-frequency norms, progress measures, circles."""
+    sections: list[Section] = []
     if traj is not None:
         W_in = traj.params.get("blocks.0.mlp.W_in")
         if "embed.W_E" in traj.params:
@@ -177,7 +191,6 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
                 "Rows: the operand a = 0..p−1. Noisy at first; after grokking each column becomes a wave of a few frequencies.",
                 "weights",
             ))
-    keys = list(analysis.records.get("key_frequencies", [])) if analysis is not None else []
     spectra = {name: tensors[k] for k, name in (("fourier/embed_freq_norms", "embedding"), ("fourier/logit_freq_norms", "logits")) if k in tensors}
     if spectra:
         sections.append(Section(
