@@ -76,7 +76,9 @@ from .tasks import Dataset, make_dataset
 __all__ = ["ANALYSIS_FILES", "Analysis", "analyze", "analysis_is_current", "analysis_source", "load_analysis", "resolve_run"]
 
 FORMAT_VERSION = 2
-_TENSOR_NAME = re.compile(r"analysis(\.[0-9a-f]{8,32})?\.safetensors")
+_GEN_PREFIX, _GEN_SUFFIX = ANALYSIS_FILES["generation"].split("{generation}")
+# the tensor file names an analysis may record: a generation's, or the pre-generation name
+_TENSOR_NAME = re.compile(f"{re.escape(ANALYSIS_FILES['tensors'])}|{re.escape(_GEN_PREFIX)}[0-9a-f]{{8,32}}{re.escape(_GEN_SUFFIX)}")
 DEFAULT_CHUNK_MB = 256
 _IMPORT_SUFFIXES = (".pth", ".pt")
 
@@ -154,7 +156,7 @@ def _remove_old_generations(folder: Path) -> None:
         keep = json.loads((folder / ANALYSIS_FILES["records"]).read_text()).get("tensors_file")
     except (OSError, ValueError, AttributeError):
         return
-    for f in folder.glob("analysis*.safetensors"):
+    for f in folder.glob(f"{_GEN_PREFIX.rstrip('.')}*{_GEN_SUFFIX}"):  # both kinds of name
         if f.name != keep and _TENSOR_NAME.fullmatch(f.name):
             f.unlink(missing_ok=True)
 
