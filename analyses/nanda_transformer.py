@@ -1,7 +1,7 @@
 """Nanda et al. (2023), "Progress measures for grokking": the 1-layer transformer on (a + b) mod 113.
 
 Trains the ``modadd-transformer`` preset (or continues / reuses the run folder), computes the
-progress measures and Fourier probes on every checkpoint (``mechgrok.probes.analyze``) and
+progress measures and Fourier probes on every checkpoint (``mechgrok.analyze``) and
 locates the paper's three phases:
 
 * **memorisation** - from the start until the train accuracy reaches 99% (``memorised_step``);
