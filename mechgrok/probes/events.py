@@ -68,6 +68,20 @@ __all__ = [
 PHASES = ("comprehension", "grokking", "memorisation", "confusion", "unknown")
 PHASE_RULES = ("accuracy", "loss")
 
+# The rules' default thresholds (module docstring); arguments of detect_events / classify_phase.
+ACC_THRESHOLD = 0.99
+"""Train / test accuracy at which a run counts as memorised / generalised."""
+GROK_RATIO = 2.0
+"""Grokking: generalised at >= this multiple of the memorisation step ..."""
+GROK_MIN_LAG = 50
+"""... and at least this many steps after it."""
+MIN_EVALUATED = 2
+"""Steps with evidence per split below which the phase is ``unknown``."""
+PAIR_MIN_LOSS = 1e-5
+"""PAIR's loss rule: the loss a split must reach to count as learned."""
+PAIR_MAX_RATIO = 5e4
+"""PAIR's loss rule: max test / train loss below which train and test dropped together."""
+
 
 @dataclass
 class GrokEvents:
@@ -98,7 +112,7 @@ class GrokEvents:
         if self.phase == "unknown":
             ev = self.evidence or {}
             return (f"unknown: not enough evidence for a phase ({ev.get('n_train', 0)} evaluated train step(s), "
-                    f"{ev.get('n_test', 0)} test step(s); need {ev.get('min_evaluated', 2)} of each)")
+                    f"{ev.get('n_test', 0)} test step(s); need {ev.get('min_evaluated', MIN_EVALUATED)} of each)")
         text = f"{self.phase}: memorised at step {fmt(self.memorised_step)}, generalised at step {fmt(self.generalised_step)}"
         if self.lag is not None:
             text += f" (lag {self.lag:,} steps, ratio {self.ratio:.1f})"
@@ -150,8 +164,8 @@ class ModularEvents:
 def classify_phase(
     memorised_step: int | None,
     generalised_step: int | None,
-    grok_ratio: float = 2.0,
-    grok_min_lag: int = 50,
+    grok_ratio: float = GROK_RATIO,
+    grok_min_lag: int = GROK_MIN_LAG,
 ) -> str:
     """Phase name from the two event steps (see the module docstring)."""
     if memorised_step is None:
@@ -214,15 +228,15 @@ def _reached(acc: np.ndarray | None, loss: np.ndarray | None, threshold: float, 
 
 def detect_events(
     metrics: Mapping[str, Sequence[float]],
-    train_threshold: float = 0.99,
-    test_threshold: float = 0.99,
-    grok_ratio: float = 2.0,
-    grok_min_lag: int = 50,
+    train_threshold: float = ACC_THRESHOLD,
+    test_threshold: float = ACC_THRESHOLD,
+    grok_ratio: float = GROK_RATIO,
+    grok_min_lag: int = GROK_MIN_LAG,
     *,
     rule: str = "accuracy",
-    min_evaluated: int = 2,
-    pair_min_loss: float = 1e-5,
-    pair_max_ratio: float = 5e4,
+    min_evaluated: int = MIN_EVALUATED,
+    pair_min_loss: float = PAIR_MIN_LOSS,
+    pair_max_ratio: float = PAIR_MAX_RATIO,
     loss_scale: float = 1.0,
 ) -> GrokEvents:
     """Events of a run from its metric columns (``Run.metrics()`` or ``TrainResult.metrics``).
