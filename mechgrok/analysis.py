@@ -62,7 +62,7 @@ from safetensors.torch import load_file
 from ._threads import with_threads
 from ._util import format_step
 from .config import ConfigError
-from .importers import default_import_dir, import_nanda_checkpoint, run_dataset
+from .importers import default_import_dir, importer_for, run_dataset
 from .layout import ANALYSIS_FILES, IMPORT_FILES, RUN_FILES
 from .probes._common import to_jsonable
 from .probes._modular import modular_sweep
@@ -80,7 +80,6 @@ _GEN_PREFIX, _GEN_SUFFIX = ANALYSIS_FILES["generation"].split("{generation}")
 # the tensor file names an analysis may record: a generation's, or the pre-generation name
 _TENSOR_NAME = re.compile(f"{re.escape(ANALYSIS_FILES['tensors'])}|{re.escape(_GEN_PREFIX)}[0-9a-f]{{8,32}}{re.escape(_GEN_SUFFIX)}")
 DEFAULT_CHUNK_MB = 256
-_IMPORT_SUFFIXES = (".pth", ".pt")
 
 
 @dataclass
@@ -173,16 +172,17 @@ def resolve_run(path: str | Path | Run, *, import_to: str | Path | None = None) 
         return path
     path = Path(path)
     if path.is_file():
-        if path.suffix not in _IMPORT_SUFFIXES:
+        importer = importer_for(path)
+        if importer is None:
             raise StoreError(f"{path}: expected a run folder or a progress-measures-paper .pth file")
-        return import_nanda_checkpoint(path, import_to)
+        return importer(path, import_to)
     return Run.open(path)
 
 
 def load_analysis(run_dir: str | Path) -> Analysis:
     """Read the analysis saved in ``RUN/analysis/`` (``run_dir`` may also be an imported .pth)."""
     run_dir = Path(run_dir)
-    if run_dir.is_file() and run_dir.suffix in _IMPORT_SUFFIXES:
+    if run_dir.is_file() and importer_for(run_dir) is not None:
         run_dir = default_import_dir(run_dir)
     folder = run_dir / ANALYSIS_FILES["dir"]
     records_path = folder / ANALYSIS_FILES["records"]
