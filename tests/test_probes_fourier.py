@@ -219,6 +219,22 @@ def test_circles_from_pre_activations_match_cossin_weights():
     torch.testing.assert_close(coef, W_in.T, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("p", [5, 6, 11, 12])
+def test_circle_coefficients_are_float64_amplitudes(p):
+    """circle_coefficients reads the waves through fourier_basis: planted amplitudes come back to
+    float64 precision for odd and even p (an even p's Nyquist wave has no sine part)."""
+    from mechgrok.probes._modular import circle_coefficients
+
+    a = torch.arange(p, dtype=torch.float64)
+    amp = torch.randn(p // 2, 3, 2, dtype=torch.float64)  # [K, m, (c, s)]
+    if p % 2 == 0:
+        amp[-1, :, 1] = 0.0
+    w = 2 * torch.pi * torch.arange(1, p // 2 + 1, dtype=torch.float64)[:, None] * a / p  # [K, a]
+    g = 0.7 + torch.einsum("ka,km->am", torch.cos(w), amp[..., 0]) + torch.einsum("ka,km->am", torch.sin(w), amp[..., 1])
+    pre = g[None, :, None, :].expand(1, p, p, 3)  # the same over b
+    torch.testing.assert_close(circle_coefficients(pre)[0], amp, atol=1e-12, rtol=0)
+
+
 # -- batched forward vs hooked live models -----------------------------------------------------
 
 

@@ -99,12 +99,17 @@ def circle_coefficients(pre: torch.Tensor) -> torch.Tensor:
     """
     g = pre.double().mean(dim=2)  # [n, a, m]
     p = g.shape[1]
-    a = torch.arange(p, dtype=torch.float64)
-    k = torch.arange(1, p // 2 + 1, dtype=torch.float64)
-    ang = 2 * math.pi * k[:, None] * a[None, :] / p  # [K, a]
-    scale = torch.where(2 * k == p, 1.0 / p, 2.0 / p)[:, None]
-    cos_c = torch.einsum("ka,nam->nkm", torch.cos(ang) * scale, g)
-    sin_c = torch.einsum("ka,nam->nkm", torch.sin(ang) * scale, g)
+    K, n_sin = p // 2, (p - 1) // 2  # an even p's Nyquist frequency K has a cos row only
+    basis, _ = fourier_basis(p)  # rows: const, cos 1, sin 1, ..., [cos K]; unit norm
+    proj = torch.einsum("ra,nam->nrm", basis, g)  # [n, row, m]
+    # a unit row is cos(w a) / ||cos(w .)||, and the wave's amplitude is g . cos / ||cos||^2:
+    # the projection times 1 / ||cos|| = sqrt(2 / p) (1 / sqrt(p) for the Nyquist row)
+    scale = torch.full((K, 1), math.sqrt(2 / p), dtype=torch.float64)
+    if p % 2 == 0:
+        scale[-1] = 1 / math.sqrt(p)
+    cos_c = proj[:, 1 : 2 * K : 2] * scale  # [n, K, m]
+    sin_c = torch.zeros_like(cos_c)
+    sin_c[:, :n_sin] = proj[:, 2 : 2 * n_sin + 1 : 2] * scale[:n_sin]
     return torch.stack([cos_c, sin_c], dim=-1)
 
 
