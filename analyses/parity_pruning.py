@@ -22,7 +22,7 @@ dependence, and the causal check.
 
 from __future__ import annotations
 
-import torch
+import math
 
 import mechgrok as mg
 from mechgrok.report import (
@@ -65,7 +65,7 @@ if ev.memorised_step is not None and ev.generalised_step is not None:
     if between:
         i = between[-1]
         s = int(steps[i])
-        real = [a for st, a in zip(metrics["step"], metrics["test_acc"]) if st <= s and a == a][-1]
+        real = [a for st, a in zip(metrics["step"], metrics["test_acc"]) if st <= s and not math.isnan(a)][-1]  # NaN: not evaluated
         print(f"  at step {s:,} (memorised, not yet generalised): test accuracy {real:.3f}; "
               f"with the irrelevant-bit weights zeroed {float(acc[i]):.3f}")
 

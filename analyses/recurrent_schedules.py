@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mechgrok import Run, detect_events, preset, resume, train
@@ -45,8 +46,8 @@ def describe(run: Run) -> str:
     m = run.metrics()
     ev = detect_events(m)
     s = run.summary() or {}
-    test = m["test_acc"][~(m["test_acc"] != m["test_acc"])]  # evaluated rows
-    steps = m["step"][~(m["test_acc"] != m["test_acc"])]
+    evaluated = ~np.isnan(m["test_acc"])
+    test, steps = m["test_acc"][evaluated], m["step"][evaluated]
     at_mem = float(test[steps <= ev.memorised_step][-1]) if ev.memorised_step is not None else float("nan")
     sched = run.config.optim.wd_schedule or "constant"
     return (f"{run.config.name:24s} frac {run.config.task.train_fraction:.2f} wd {run.config.optim.weight_decay:g} "
