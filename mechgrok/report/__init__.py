@@ -1,5 +1,7 @@
-"""Reports: figure builders (data in, ``plotly.graph_objects.Figure`` out) and self-contained
-offline HTML reports for a run (``write_run_report``) or a sweep (``write_sweep_report``)."""
+"""Reports: figure builders (``*_figure``: probe results in, ``plotly.graph_objects.Figure`` out;
+e.g. ``neuron_circles_figure`` draws what the probe ``mechgrok.neuron_circles`` returns) and
+self-contained offline HTML reports for a run (``write_run_report``) or a sweep
+(``write_sweep_report``)."""
 
 from ._common import frame_indices
 from .figures import (
