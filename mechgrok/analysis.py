@@ -78,7 +78,9 @@ __all__ = ["ANALYSIS_FILES", "Analysis", "analyze", "analysis_is_current", "anal
 FORMAT_VERSION = 2
 _GEN_PREFIX, _GEN_SUFFIX = ANALYSIS_FILES["generation"].split("{generation}")
 # the tensor file names an analysis may record: a generation's, or the pre-generation name
-_TENSOR_NAME = re.compile(f"{re.escape(ANALYSIS_FILES['tensors'])}|{re.escape(_GEN_PREFIX)}[0-9a-f]{{8,32}}{re.escape(_GEN_SUFFIX)}")
+_TENSOR_NAME = re.compile(
+    f"{re.escape(ANALYSIS_FILES['tensors'])}|{re.escape(_GEN_PREFIX)}[0-9a-f]{{8,32}}{re.escape(_GEN_SUFFIX)}"
+)
 DEFAULT_CHUNK_MB = 256
 
 
@@ -380,7 +382,8 @@ class _Job:
         if self.traj is not None:
             return self.traj.subset([len(self.traj) - 1])
         assert self.run is not None and self.wanted is not None
-        last = next((tr for s in reversed(self.wanted) for tr in [_try_trajectory(self.run, s)] if tr is not None), None)
+        readable = (_try_trajectory(self.run, s) for s in reversed(self.wanted))
+        last = next((tr for tr in readable if tr is not None), None)
         if last is None:
             raise StoreError(f"{self.run.path}: no readable checkpoints")
         return last
@@ -495,8 +498,9 @@ def _needs_checkpoint_accuracy(run: Run | None) -> bool:
     return not (_has_evidence(m, "train") and _has_evidence(m, "test"))
 
 
-def _analyze_parity(job: _Job, records: dict[str, Any], *, n_eval: int, prune_threshold: float,
-                    sensitivity_tol: float, phase_rule: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
+def _analyze_parity(
+    job: _Job, records: dict[str, Any], *, n_eval: int, prune_threshold: float, sensitivity_tol: float, phase_rule: str
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
     """Bit dependence, the prune-now check and the pruning events of a parity run; fills ``records``."""
     records["task"] = "parity"
     data, need_acc = job.data, _needs_checkpoint_accuracy(job.run)
@@ -523,7 +527,8 @@ def _analyze_parity(job: _Job, records: dict[str, Any], *, n_eval: int, prune_th
     bits = {**{k: v for k, v in cat.items() if k != "prune_now_acc"}, "relevant": relevant}
     tensors = {f"bits/{key}": value for key, value in bits.items()}
     tensors["bits/prune_now_acc"] = prune_acc = cat["prune_now_acc"]
-    events = detect_events(job.events_metrics(lambda: acc, steps), rule=phase_rule, loss_scale=loss_scale_of(job.config))
+    metrics = job.events_metrics(lambda: acc, steps)
+    events = detect_events(metrics, rule=phase_rule, loss_scale=loss_scale_of(job.config))
     relevant_bits = [int(i) for i in torch.nonzero(relevant, as_tuple=False)[:, 0]]
     if bool(relevant.all()):
         # every bit is relevant: nothing to prune, so the irrelevant-bit measures are undefined
@@ -546,7 +551,8 @@ def _analyze_parity(job: _Job, records: dict[str, Any], *, n_eval: int, prune_th
 
 _FOURIER_KEYS = ("embed_freq_norms", "neuron_dominant_freq", "neuron_frac_explained", "logit_freq_norms",
                  "logit_freq_frac", "sparsity", "sparsity_logits", "key_freq_mask", "input_freq_norms")
-_PROGRESS_KEYS = ("restricted_loss", "excluded_loss", "train_loss", "test_loss", "train_acc", "test_acc", "sum_sq_weights")
+_PROGRESS_KEYS = ("restricted_loss", "excluded_loss", "train_loss", "test_loss", "train_acc", "test_acc",
+                  "sum_sq_weights")
 
 
 def _analyze_modular(job: _Job, records: dict[str, Any], *, min_gap: float, min_explained: float,
@@ -589,7 +595,8 @@ def _analyze_modular(job: _Job, records: dict[str, Any], *, min_gap: float, min_
         circ = circles_from_coefficients(res["circle_freq"], res["circle_cos"], res["circle_sin"])
         tensors.update({f"circles/{key}": value for key, value in circ.items()})
     records["key_frequencies"] = key_freqs
-    metrics = job.events_metrics(lambda: {k: res[k] for k in ("train_acc", "test_acc", "train_loss", "test_loss")}, steps)
+    curves = ("train_acc", "test_acc", "train_loss", "test_loss")
+    metrics = job.events_metrics(lambda: {k: res[k] for k in curves}, steps)
     events = detect_events(metrics, rule=phase_rule, loss_scale=loss_scale_of(config))
     events.extra.update(modular_events(steps, res, res["key_freq_mask"], key_freqs, p=config.task.p).to_dict())
     return steps, tensors, events

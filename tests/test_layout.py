@@ -73,7 +73,8 @@ def test_registry_names_are_consistent():
     assert REPORT_FILES["run"] == "report.html"
     from mechgrok.store import checkpoint_name
 
-    assert checkpoint_name(1234) == "step_00001234.safetensors" and pattern_affixes("checkpoint") == ("step_", ".safetensors")
+    assert checkpoint_name(1234) == "step_00001234.safetensors"
+    assert pattern_affixes("checkpoint") == ("step_", ".safetensors")
     assert NAME_PATTERNS["member"].format(index=7) == "m00007"
     # the modules that used to own these dicts hand out the registry's, not copies
     from mechgrok import store

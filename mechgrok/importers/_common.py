@@ -29,7 +29,15 @@ from ..layout import IMPORT_FILES, RUN_FILES
 from ..store import Run, RunLock, StoreError
 from ..tasks import Dataset, encode_pairs, make_dataset
 
-__all__ = ["IMPORT_FILES", "default_import_dir", "existing_import", "file_sha256", "plain", "run_dataset", "write_import"]
+__all__ = [
+    "IMPORT_FILES",
+    "default_import_dir",
+    "existing_import",
+    "file_sha256",
+    "plain",
+    "run_dataset",
+    "write_import",
+]
 
 
 def default_import_dir(path: str | Path) -> Path:

@@ -132,8 +132,8 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
     return sections + _modular_sections(cfg, traj, steps, tensors, keys, events, max_frames)
 
 
-def _parity_sections(cfg: RunConfig, traj: Trajectory | None, steps: Any, tensors: dict[str, Any], metrics: dict[str, Any],
-                     events: dict[str, Any], max_frames: int) -> list[Section]:
+def _parity_sections(cfg: RunConfig, traj: Trajectory | None, steps: Any, tensors: dict[str, Any],
+                     metrics: dict[str, Any], events: dict[str, Any], max_frames: int) -> list[Section]:
     """First-layer weights over training, dependence on each bit, the prune-now check."""
     sections: list[Section] = []
     if traj is not None:
