@@ -38,7 +38,7 @@ import torch
 from mechgrok import build_model, make_dataset, preset
 from mechgrok.config import RunConfig
 from mechgrok.sweep import EngineConfig
-from mechgrok.sweep.engine import Member, _Pool
+from mechgrok.sweep._pool import Member, Pool
 from mechgrok.train import loss_and_accuracy
 
 MODELS = {
@@ -124,8 +124,8 @@ def engine_step_time(cfg: RunConfig, n_models: int, engine: str, steps: int, wor
     cfg = cfg.with_overrides({**QUIET, "train.steps": warm + per * windows + 1})
     members = [Member(cfg.with_overrides({"train.seed": i}), key=i) for i in range(n_models)]
     marks: list[tuple[float, float]] = []
-    pool = _Pool(members, EngineConfig(engine=engine, log_every=10**9, workers=workers), keep_results=False,
-                 on_steps=lambda _: marks.append((time.perf_counter(), time.process_time())))
+    pool = Pool(members, EngineConfig(engine=engine, log_every=10**9, workers=workers), keep_results=False,
+                on_steps=lambda _: marks.append((time.perf_counter(), time.process_time())))
     pool.run()
     best = min(range(windows), key=lambda i: marks[warm - 1 + (i + 1) * per][0] - marks[warm - 1 + i * per][0])
     (w0, c0), (w1, c1) = marks[warm - 1 + best * per], marks[warm - 1 + (best + 1) * per]

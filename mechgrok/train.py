@@ -21,40 +21,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ._threads import intra_op_threads, threads_for
 from ._util import first_step
 from .config import ConfigError, RunConfig
 from .models import build_model
-from .store import FILES, METRICS_FLUSH_ROWS, Run, StoreError, _check_fits
+from .metrics import MetricsBuffer, loss_and_accuracy, metrics_row
+from .store import FILES, Run, StoreError, _check_fits
 from .tasks import Dataset, make_dataset
 
 __all__ = [
     "TrainResult", "train", "resume", "loss_and_accuracy", "weight_norm", "grokfast_update", "summarize_metrics", "resume_tensors",
 ]
-
-
-def loss_and_accuracy(
-    logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and accuracy. One logit: BCE; several: cross-entropy.
-
-    The log-softmax runs in float64: near 100% train accuracy float32 log-probs round to 0 and the
-    loss (and its gradient) stalls - the "slingshot" artefacts of low-precision losses.
-    ``reduction`` is ``optim.loss_reduction``: ``mean_classes`` also divides by the number of
-    logits (PAIR's ``-mean(onehot * log_softmax)`` over batch and classes; one logit: unchanged).
-    """
-    if logits.shape[-1] == 1:
-        z = logits[..., 0].double()
-        loss = F.binary_cross_entropy_with_logits(z, y.double())
-        acc = ((z > 0).long() == y).double().mean()
-    else:
-        loss = F.cross_entropy(logits.double(), y)
-        acc = (logits.argmax(-1) == y).double().mean()
-        if reduction == "mean_classes":
-            loss = loss / logits.shape[-1]
-    return loss, acc
 
 
 def weight_norm(params: list[torch.Tensor]) -> float:
@@ -103,26 +81,6 @@ class TrainResult:
     summary: dict[str, Any]
     run: Run | None = None
     data: Dataset | None = field(default=None, repr=False)
-
-
-_METRIC_KEYS = ("step", "train_loss", "train_acc", "test_loss", "test_acc", "weight_norm", "lr", "weight_decay", "l1")
-
-
-class _MetricsWriter:
-    def __init__(self, run: Run | None):
-        self.run = run
-        self.buffer: list[dict[str, Any]] = []
-
-    def add(self, row: dict[str, Any]) -> None:
-        if self.run is not None:
-            self.buffer.append(dict(row))
-            if len(self.buffer) >= METRICS_FLUSH_ROWS:
-                self.flush()
-
-    def flush(self) -> None:
-        if self.run is not None and self.buffer:
-            self.run.append_metrics(self.buffer)
-            self.buffer.clear()
 
 
 def resume_tensors(model, opt, ema, gen) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -256,8 +214,7 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
         run.truncate_metrics(start)
 
     ckpt_steps = set(tc.checkpoint_steps())
-    writer = _MetricsWriter(run)
-    history: dict[str, list[float]] = {k: [] for k in _METRIC_KEYS}
+    writer = MetricsBuffer(run.append_metrics_text if run is not None else None)
     row: dict[str, Any] = {}
     n_train = data.train_x.shape[0]
     full_batch = oc.batch_size == 0 or oc.batch_size >= n_train
@@ -272,13 +229,10 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
         return float(loss), float(acc)
 
     def log(step: int, train_loss: float, train_acc: float) -> dict[str, Any]:
-        row: dict[str, Any] = {"step": step, "train_loss": train_loss, "train_acc": train_acc}
-        if step % tc.eval_every == 0 or step == tc.steps:
-            row["test_loss"], row["test_acc"] = evaluate(data.test_x, data.test_y)
-        row.update(weight_norm=weight_norm(params), lr=oc.lr_at(step), weight_decay=oc.weight_decay_at(step), l1=oc.l1_at(step))
-        writer.add(row)  # on disk, a metric that was not evaluated is absent (strict JSON, no NaN)
-        for k in _METRIC_KEYS:
-            history[k].append(row.get(k, float("nan")))
+        test = evaluate(data.test_x, data.test_y) if step % tc.eval_every == 0 or step == tc.steps else None
+        sched = (oc.lr_at(step), oc.weight_decay_at(step), oc.l1_at(step))
+        row = metrics_row(step, (train_loss, train_acc), test, weight_norm(params), sched)
+        writer.add(row)
         return row
 
     for step in range(start, tc.steps):
@@ -322,6 +276,7 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
     bar.close()
     writer.flush()
     elapsed = time.perf_counter() - t0
+    history = writer.history
     metrics = run.metrics() if run is not None else history
     summary = summarize_metrics(metrics, tc.steps)
     summary.update(seconds=elapsed, steps_per_second=(tc.steps - start) / max(elapsed, 1e-9), resumed_from=start or None)

@@ -554,9 +554,9 @@ def test_crafted_resume_state_and_config_are_one_line_errors(tiny_modadd, tmp_pa
 def test_metrics_flush_size_is_named():
     import inspect
 
-    train_module = sys.modules["mechgrok.train"]
+    metrics_module = sys.modules["mechgrok.metrics"]
     assert store.METRICS_FLUSH_ROWS >= 1
-    assert "500" not in inspect.getsource(train_module._MetricsWriter)
+    assert "500" not in inspect.getsource(metrics_module.MetricsBuffer)
 
 
 def _sweep_state(path):

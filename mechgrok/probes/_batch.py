@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from transformer_lens import ActivationCache
 
 from ..config import RunConfig
+from ..metrics import batched_loss_and_accuracy
 from ..models import cossin_embedding
 from ..store import Trajectory
 from ..tasks import ModularVocab, encode_pairs
@@ -39,26 +40,12 @@ def row_chunks(n: int, per_row: int, budget: int = DEFAULT_BUDGET) -> Iterator[s
         yield slice(start, min(n, start + size))
 
 
-def batched_loss_acc(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-checkpoint mean loss and accuracy of ``logits [n, batch, C]`` against ``y [batch]``.
-
-    The same definitions as :func:`mechgrok.train.loss_and_accuracy` (BCE for one logit,
-    cross-entropy otherwise, log-softmax in float64), vectorised over the leading axis.
-    """
-    n, batch, c = logits.shape
-    if batch == 0:
-        nan = torch.full((n,), float("nan"), dtype=torch.float64)
-        return nan, nan.clone()
-    if c == 1:
-        z = logits[..., 0].double()
-        target = y.double().expand(n, batch)
-        loss = F.binary_cross_entropy_with_logits(z, target, reduction="none").mean(-1)
-        acc = ((z > 0).long() == y).double().mean(-1)
-    else:
-        logp = logits.double().log_softmax(-1)
-        loss = -logp.gather(-1, y.expand(n, batch)[..., None])[..., 0].mean(-1)
-        acc = (logits.argmax(-1) == y).double().mean(-1)
-    return loss, acc
+def batched_loss_acc(
+    logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-checkpoint mean loss and accuracy of ``logits [n, batch, C]`` against ``y [batch]``:
+    :func:`mechgrok.metrics.batched_loss_and_accuracy` (the trainer's float64 definitions)."""
+    return batched_loss_and_accuracy(logits, y, reduction)
 
 
 def grid_inputs(config: RunConfig) -> torch.Tensor:

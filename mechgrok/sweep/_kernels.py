@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from ..config import ConfigError, RunConfig
+from ..metrics import loss_divisor
 
 __all__ = [
     "FUSED_KINDS",
@@ -407,8 +408,7 @@ def make_model(config: RunConfig, model: torch.nn.Module, engine: str) -> Batche
     """The batched forward for ``config``'s model family; ``engine`` is auto/fused/vmap/loop."""
     batched = _make_model(config, model, engine)
     batched.dtype = torch.float64 if config.model.dtype == "float64" else torch.float32
-    k = model.cfg.d_vocab_out  # logits per example
-    batched.loss_div = float(k) if config.optim.loss_reduction == "mean_classes" and k > 1 else 1.0
+    batched.loss_div = loss_divisor(model.cfg.d_vocab_out, config.optim.loss_reduction)
     return batched
 
 
@@ -445,7 +445,7 @@ def ce_loss_grad(
     want_grad: bool = True,
     div: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-member mean loss, accuracy and d(loss)/d(logits), as :func:`mechgrok.train.loss_and_accuracy`.
+    """Per-member mean loss, accuracy and d(loss)/d(logits), as :func:`mechgrok.metrics.loss_and_accuracy`.
 
     ``logits [c, n, k]`` float32, ``y [c, n]`` int64, ``mask [c, n]`` (None = all rows real),
     ``count [c]`` real rows per member. One logit: BCE; several: cross-entropy. The softmax runs

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..config import ConfigError
 from ..store import FILES, StoreError
@@ -32,24 +32,15 @@ def split_for_tasks(groups: list[list[int]], tasks: int, max_batch: int) -> list
     return chunks
 
 
-def _train_chunk(path: str, indices: list[int], engine: dict[str, Any], threads: int) -> int:
-    """Body of one Ray task: train ``indices`` of the sweep at ``path``."""
-    import torch
-
-    from .engine import EngineConfig
-    from .store import Sweep, train_members
-
-    torch.set_num_threads(max(1, threads))
-    sweep = Sweep.open(path)
-    # the task's CPUs are its chunk workers (the sweep's own setting may say 'all cores')
-    train_members(sweep, indices, EngineConfig.from_dict({**engine, "workers": max(1, threads)}))
-    return len(indices)
-
-
-def run_on_ray(sweep, groups: list[list[int]], *, address: str | None = None, tasks: int | None = None,
-               cpus_per_task: int = 1, progress: bool = True) -> None:
+def run_on_ray(sweep, groups: list[list[int]], task: Callable[[str, list[int], dict[str, Any], int], int], *,
+               address: str | None = None, tasks: int | None = None, cpus_per_task: int = 1,
+               progress: bool = True) -> None:
     """Train the pending ``groups`` of ``sweep`` as Ray tasks (connecting to ``address`` or
-    starting a local Ray instance unless one is already initialised in this process)."""
+    starting a local Ray instance unless one is already initialised in this process).
+
+    ``task(sweep_path, member_indices, engine_dict, threads)`` is the body of one Ray task
+    (:func:`.store.train_chunk_task`); it is passed in so this module does not import the sweep
+    store, which imports it. It must be a module-level function (Ray ships it by reference)."""
     try:
         import ray
     except ImportError:
@@ -64,7 +55,7 @@ def run_on_ray(sweep, groups: list[list[int]], *, address: str | None = None, ta
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n_tasks = tasks or max(1, cpus // cpus_per_task)
         chunks = split_for_tasks(groups, n_tasks, sweep.engine.max_batch)
-        remote = ray.remote(num_cpus=cpus_per_task, max_retries=0)(_train_chunk)
+        remote = ray.remote(num_cpus=cpus_per_task, max_retries=0)(task)
         engine = sweep.engine.to_dict()
         futures = {remote.remote(str(Path(sweep.path).resolve()), chunk, engine, cpus_per_task): chunk for chunk in chunks}
         pending_members = [i for g in groups for i in g]

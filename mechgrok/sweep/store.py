@@ -32,7 +32,10 @@ from ..layout import NAME_PATTERNS, SWEEP_FILES
 from ..store import (
     FILES, Run, RunLock, StoreError, atomic_write_bytes, atomic_write_json, library_versions, remove_temporary,
 )
-from .engine import EngineConfig, Member, _Pool, _SavedStates, group_key
+from ._pool import Member, Pool
+from ._saved import SavedStates
+from .engine_config import EngineConfig, group_key
+from .ray_backend import run_on_ray
 from .spec import SweepSpec, column_name
 
 __all__ = ["SWEEP_FILES", "Sweep", "SweepMember", "run_sweep", "RESULT_COLUMNS"]
@@ -251,7 +254,7 @@ def _clean_state_dir(state_dir: Path, finished: set[int]) -> None:
             meta = json.loads(meta_path.read_text())
             tensors, members = meta["tensors"], set(meta["members"])
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-            return  # reported by _SavedStates, and nothing is deleted on a guess
+            return  # reported by SavedStates, and nothing is deleted on a guess
         if members <= finished:
             meta_path.unlink(missing_ok=True)  # the commit point first, then what it named
         else:
@@ -293,18 +296,29 @@ def train_members(
     resume state; continues members from saved state. Used by every backend."""
     state_dir = sweep.path / SWEEP_FILES["state"]
     state_dir.mkdir(exist_ok=True)
-    saved = _SavedStates(state_dir)
+    saved = SavedStates(state_dir)
     # members with saved state first: they were running when the sweep stopped
     order = sorted(indices, key=lambda i: (i not in saved.where, i))
     members = [Member(sweep.spec.config(i), sweep.member_path(i), None, key=i) for i in order]
     claimed = {p for i in indices if i in saved.where for p in [saved.where[i][0]]}
     name = f"pool-{uuid.uuid4().hex[:10]}"
-    pool = _Pool(members, engine, state_dir=state_dir, state_name=name, saved=saved, on_steps=on_steps,
-                 on_done=on_done, keep_results=False)
+    pool = Pool(members, engine, state_dir=state_dir, state_name=name, saved=saved, on_steps=on_steps,
+                on_done=on_done, keep_results=False)
     pool.run()
     # this pool's state and the states it took over are obsolete once its members are finished
     for meta_path in {state_dir / f"{name}.json", *claimed}:
         _remove_state(state_dir, meta_path, set(indices))
+
+
+def train_chunk_task(path: str, indices: list[int], engine: dict[str, Any], threads: int) -> int:
+    """Body of one Ray task (:func:`.ray_backend.run_on_ray`): train ``indices`` of the sweep at ``path``."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    sweep = Sweep.open(path)
+    # the task's CPUs are its chunk workers (the sweep's own setting may say 'all cores')
+    train_members(sweep, indices, EngineConfig.from_dict({**engine, "workers": max(1, threads)}))
+    return len(indices)
 
 
 def _remove_state(state_dir: Path, meta_path: Path, finished: set[int]) -> None:
@@ -383,9 +397,7 @@ def run_sweep(
         groups = pending_groups(sweep)
         if groups:
             if backend == "ray":
-                from .ray_backend import run_on_ray
-
-                run_on_ray(sweep, groups, address=ray_address, tasks=ray_tasks, progress=progress)
+                run_on_ray(sweep, groups, train_chunk_task, address=ray_address, tasks=ray_tasks, progress=progress)
             else:
                 _run_local(sweep, groups, progress)
         sweep.write_results(phase_rule)
@@ -397,7 +409,7 @@ def _run_local(sweep: Sweep, groups: list[list[int]], progress: bool) -> None:
 
     total = sum(sweep.spec.config(i).train.steps for g in groups for i in g)
     state_dir = sweep.path / SWEEP_FILES["state"]
-    saved = _SavedStates(state_dir) if state_dir.exists() else None
+    saved = SavedStates(state_dir) if state_dir.exists() else None
     resumed = sum(saved.where[i][2] for g in groups for i in g if i in saved.where) if saved else 0
     bar = tqdm(total=total, initial=resumed, disable=not progress, desc=f"sweep {sweep.path.name}", unit="model-step",
                unit_scale=True, mininterval=0.5, leave=False)
