@@ -36,6 +36,7 @@ class _LabelSpace:
 
     def __init__(self, y: torch.Tensor, p: int):
         self.p = p
+        self._pinv: dict[tuple, torch.Tensor] = {}
         self.y = y
         basis, _ = fourier_basis(p)
         self.U = basis.T.contiguous()  # [answer s, column j]: column j = basis row j as a function of y
@@ -75,7 +76,10 @@ class _LabelSpace:
         if not cols:
             return torch.zeros(R.shape[0], self.p, R.shape[2], dtype=torch.float64)
         c = torch.cat(cols)
-        coef = torch.einsum("ij,njo->nio", torch.linalg.pinv(self.G[c][:, c]), R[:, c])
+        key = (tuple(c.tolist()), constant)
+        if key not in self._pinv:  # the same frequencies for every chunk of checkpoints
+            self._pinv[key] = torch.linalg.pinv(self.G[c][:, c])
+        coef = torch.einsum("ij,njo->nio", self._pinv[key], R[:, c])
         return torch.einsum("sj,njo->nso", self.U[:, c], coef)
 
 
@@ -114,23 +118,15 @@ def circle_coefficients(pre: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _grid_basis(p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For :func:`_neuron_frac_explained`: the real Fourier basis ``[p, p]``, each frequency's
-    (cos, sin) basis rows ``[K, 2]`` with a 0/1 weight ``[K, 2]`` (the Nyquist frequency of an
-    even p has one row; its padding slot weighs 0) and the row -> frequency fold ``[p, K]``."""
+def _grid_basis(p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For :func:`_neuron_frac_explained`: the real Fourier basis ``[p, p]`` and the basis row ->
+    frequency fold ``[p, K]`` (the constant row maps nowhere)."""
     basis, _ = fourier_basis(p)
     freq = frequency_of_row(p)
-    K = p // 2
-    pairs = torch.zeros(K, 2, dtype=torch.int64)
-    live = torch.zeros(K, 2, dtype=torch.float64)
-    for k in range(1, K + 1):
-        rows = torch.nonzero(freq == k, as_tuple=False)[:, 0]
-        pairs[k - 1, : len(rows)] = rows
-        live[k - 1, : len(rows)] = 1.0
-    fold = torch.zeros(p, K, dtype=torch.float64)
+    fold = torch.zeros(p, p // 2, dtype=torch.float64)
     nonconst = torch.nonzero(freq > 0, as_tuple=False)[:, 0]
     fold[nonconst, freq[nonconst] - 1] = 1.0
-    return basis, pairs, live, fold
+    return basis, fold
 
 
 def _neuron_frac_explained(acts: torch.Tensor) -> torch.Tensor:
@@ -145,21 +141,26 @@ def _neuron_frac_explained(acts: torch.Tensor) -> torch.Tensor:
     FFT for p = 67 (a prime length), on one thread.
     """
     *lead, p, p_b, m = acts.shape
-    basis, pairs, live, fold = _grid_basis(p)
-    K = p // 2
+    basis, fold = _grid_basis(p)
     x = acts.double().reshape(-1, p, p_b * m)  # [c, a, (b m)]
     c = x.shape[0]
     Y = torch.matmul(basis, x).view(c, p, p_b, m)  # [c, i, b, m]: coefficient i along a
     Z0 = torch.einsum("jb,cbm->cjm", basis, Y[:, 0])  # coefficients (const, j)
     e_0k = torch.einsum("cjm,jk->cmk", Z0.pow(2), fold)
     e_k0 = torch.einsum("cim,ik->cmk", Y.sum(2).pow(2) / p, fold)  # the const row along b is 1/sqrt(p)
-    Yk = Y[:, pairs.flatten()].view(c, K, 2, p_b, m)  # rows cos k, sin k along a
-    C_kk = torch.einsum("ckibm,kjb->ckijm", Yk, basis[pairs] * live[..., None])  # [c, K, 2 (a), 2 (b), m]
-    e_kk = (C_kk.pow(2) * live[None, :, :, None, None]).sum((2, 3)).transpose(1, 2)  # [c, m, K]
-    var = Y[:, 1:].pow(2).sum((1, 2)) + Z0[:, 1:].pow(2).sum(1)  # [c, m]
+    # (k, k): basis rows 2k - 1, 2k are cos k, sin k, so a view pairs them; a broadcast matmul
+    # reads the [b, m] blocks in place. An even p's Nyquist row (cos only) is the last one.
+    n_pair = (p - 1) // 2
+    Y_pairs = Y[:, 1 : 1 + 2 * n_pair].view(c, n_pair, 2, p_b, m)
+    B_pairs = basis[1 : 1 + 2 * n_pair].view(1, n_pair, 1, 2, p_b)
+    e_kk = torch.matmul(B_pairs, Y_pairs).pow(2).sum((2, 3)).transpose(1, 2)  # [c, m, pairs]
+    if p % 2 == 0:
+        nyquist = torch.einsum("b,cbm->cm", basis[-1], Y[:, -1])
+        e_kk = torch.cat([e_kk, nyquist.pow(2)[..., None]], -1)
+    var = Y[:, 1:].pow_(2).sum((1, 2)) + Z0[:, 1:].pow(2).sum(1)  # [c, m]; Y is spent
     part = e_0k + e_k0 + e_kk
     frac = torch.where(var[..., None] > 0, part / var[..., None].clamp_min(1e-300), torch.zeros_like(part))
-    return frac.reshape(*lead, m, K)
+    return frac.reshape(*lead, m, p // 2)
 
 
 def _logsumexp_argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

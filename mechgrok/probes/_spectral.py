@@ -6,6 +6,7 @@ both the batched modular sweep (``_modular``) and the public probes build on the
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -29,6 +30,14 @@ def fourier_basis(p: int) -> tuple[torch.Tensor, list[str]]:
     """
     if p < 2:
         raise ValueError(f"fourier_basis: p must be >= 2, got {p}")
+    basis, names = _fourier_basis(int(p))
+    return basis.clone(), list(names)  # copies: a caller may edit what it gets
+
+
+@functools.lru_cache(maxsize=16)
+def _fourier_basis(p: int) -> tuple[torch.Tensor, tuple[str, ...]]:
+    # built once per p: the batched probes ask for it for every chunk of checkpoints, and its
+    # 2 p trigonometric rows cost more than a small chunk's projections
     x = torch.arange(p, dtype=torch.float64)
     rows = [torch.full((p,), 1 / math.sqrt(p), dtype=torch.float64)]
     names = ["const"]
@@ -40,7 +49,7 @@ def fourier_basis(p: int) -> tuple[torch.Tensor, list[str]]:
         else:
             rows += [torch.cos(w) * math.sqrt(2 / p), torch.sin(w) * math.sqrt(2 / p)]
             names += [f"cos {k}", f"sin {k}"]
-    return torch.stack(rows), names
+    return torch.stack(rows), tuple(names)
 
 
 def frequency_of_row(p: int) -> torch.Tensor:
