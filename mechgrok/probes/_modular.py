@@ -174,7 +174,8 @@ def sum_sq_weights(traj: Trajectory) -> torch.Tensor:
     """Total squared norm ``[n]`` of every trained parameter, per checkpoint (float64)."""
     total = torch.zeros(len(traj), dtype=torch.float64)
     for v in traj.params.values():
-        total += v.double().pow(2).reshape(v.shape[0], -1).sum(-1)
+        x = v.double().reshape(v.shape[0], -1)
+        total += torch.bmm(x[:, None, :], x[:, :, None]).view(-1)  # row dot products: no squared copy
     return total
 
 
