@@ -144,6 +144,16 @@ def test_probes_are_pure_functions_of_trajectories():
             assert not bad, f"{module} imports {bad}"
 
 
+def test_importers_and_analysis_stay_below_training_and_reports():
+    # importers sit beside the store (they write run folders as the trainer does, without it);
+    # the analysis pipeline reads runs and stores results, and reports draw what it returns
+    above = ("mechgrok.train", "mechgrok.report", "mechgrok.sweep", "mechgrok.cli", "mechgrok.demo")
+    for module, targets in _graph().items():
+        if module.startswith(("mechgrok.importers", "mechgrok.analysis")):
+            bad = sorted(t for t in targets if t.startswith(above) or t == "mechgrok.analysis" and "importers" in module)
+            assert not bad, f"{module} imports {bad}"
+
+
 @pytest.mark.parametrize("layer", ["mechgrok.probes", "mechgrok.analysis", "mechgrok.importers", "mechgrok.store",
                                    "mechgrok.layout"])
 def test_no_import_cycles(layer):

@@ -46,6 +46,7 @@ import torch
 
 from ..config import MAX_NAME, ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
 from ..layout import IMPORT_FILES, RUN_FILES
+from ..metrics import loss_and_accuracy
 from ..store import Run, StoreError, atomic_save_tensors, atomic_write_bytes, atomic_write_json
 from ._common import default_import_dir, existing_import, file_sha256, plain, run_dataset, write_import
 
@@ -337,8 +338,6 @@ def _write_import(run: Run, obj: dict[str, Any], cfg: dict[str, Any], states: li
     for losses, column, every in ((train_losses, "train_loss", 1), (test_losses, "test_loss", stride)):
         for i, v in enumerate(losses):
             rows.setdefault(i * every, {"step": i * every})[column] = v
-    from ..train import loss_and_accuracy
-
     for epoch, _ in states:
         model = run.model(epoch)
         with torch.no_grad():
