@@ -366,3 +366,33 @@ def test_grad_clip_matches_torch():
         torch.nn.utils.clip_grad_norm_(ps, 0.5)
         for p, g in zip(ps, G):
             torch.testing.assert_close(g[i], p.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_rows_move_every_table_together():
+    from mechgrok.sweep._rows import Rows
+
+    names = ["a", "b"]
+    rows = Rows(names, ("param", "exp_avg"), torch.device("cpu"))
+    assert len(rows) == 0
+    member = [{"a": torch.full((2,), float(i)), "b": torch.full((3, 1), float(i))} for i in range(5)]
+    rows.cat({"param": member[:3], "exp_avg": [{k: -v for k, v in m.items()} for m in member[:3]]})
+    rows.cat({"param": member[3:], "exp_avg": [{k: -v for k, v in m.items()} for m in member[3:]]})
+    assert len(rows) == 5 and rows["param"]["b"].shape == (5, 3, 1)
+
+    def ids(table="param"):
+        return rows[table]["a"][:, 0].tolist()
+
+    rows.select([4, 0, 2])  # drop 1 and 3, reorder
+    assert ids() == [4.0, 0.0, 2.0] and ids("exp_avg") == [-4.0, -0.0, -2.0]
+    view = rows.take("param", [1, 2])  # consecutive: views into the stacked tensors
+    assert view["a"].data_ptr() == rows["param"]["a"][1].data_ptr()
+    assert rows.take("param", [2, 0])["b"][:, 0, 0].tolist() == [2.0, 4.0]  # copies, in that order
+    assert [t.shape[0] for t in rows.slices("exp_avg", 0, 2)] == [2, 2]
+    assert rows.row_bytes() == (2 + 3) * 4 and rows.row("param", 0)["a"].tolist() == [4.0, 4.0]
+    snap = rows.snapshot([0, 2])
+    for t in rows.slices("param", 0, 3) + rows.slices("exp_avg", 0, 3):
+        t.add_(100.0)  # an update (in place, as AdamW does)
+    rows.restore([0, 2], snap)  # rows 0 and 2 stop before this update: their state comes back
+    assert ids() == [4.0, 100.0, 2.0] and ids("exp_avg") == [-4.0, 100.0, -2.0]
+    rows.select([])
+    assert len(rows) == 0 and rows["param"] == {}

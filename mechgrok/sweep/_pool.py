@@ -163,7 +163,6 @@ class Pool:
         saved = self.saved.get(member.key) if self.saved is not None else None
         run = None
         start = 0
-        zeros = None
         if saved is not None:
             start, state, m, v, ema, rng, extra = saved
             gen.set_state(rng)
@@ -171,8 +170,8 @@ class Pool:
         else:
             model = build_model(cfg.model, cfg.task, seed=tc.seed)
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            zeros = {k: torch.zeros_like(v) for k, v in state.items()}
-            m, v, ema = zeros, {k: t.clone() for k, t in zeros.items()}, None
+            m = {k: torch.zeros_like(t) for k, t in state.items()}
+            v, ema = {k: torch.zeros_like(t) for k, t in state.items()}, None
             fresh, streak = True, None
         if member.out is not None:
             run = self._prepare_run(member, start)
@@ -199,7 +198,10 @@ class Pool:
         with its checkpoints); in memory: the columns are kept for its TrainResult."""
         if run is None:
             return MetricsBuffer(None, history=True)
-        return MetricsBuffer(lambda text: self.writer.submit(key, lambda: run.append_metrics_text(text)), history=False)
+        def sink(text: str) -> None:
+            self.writer.submit(key, lambda: run.append_metrics_text(text))
+
+        return MetricsBuffer(sink, history=False)
 
     def _prepare_run(self, member: Member, start: int) -> Run:
         path = Path(member.out)
