@@ -1,0 +1,196 @@
+"""The local learning coefficient: SGLD estimates against exactly known values, the vectorised pass
+against the loop over checkpoints and chains, diagnostics and settings.
+
+Exact values used (``t`` = n*beta, ``gamma`` the localisation, ``eps`` the step size):
+
+* Quadratic ``K(w) = 1/2 sum_i h_i w_i^2`` (a regular model, ``d`` parameters): the localised
+  posterior is Gaussian with precision ``a_i = t h_i + gamma``; SGLD (unadjusted Langevin) keeps
+  it Gaussian with the stationary variance ``v_i = eps / (1 - (1 - eps a_i / 2)^2) = 1 / (a_i (1 -
+  eps a_i / 4))``, so the estimate's expectation is ``t/2 sum_i h_i v_i`` exactly, which tends to
+  ``d/2`` as ``gamma/t, eps t -> 0``.
+* ``K(w) = w1^2 + w2^4`` with ``gamma = 0``: the tempered posterior factorises and is
+  scale-free; ``E[t w1^2] = 1/2`` and ``E[t w2^4] = 1/4`` (integration by parts of ``x e^{-x^4}``:
+  ``int x^4 e^{-x^4} = 1/4 int e^{-x^4}``) at every ``t``, so ``lambda = 3/4`` exactly.
+* ``K(w) = w1^2 w2^2`` (``lambda = 1/2``, multiplicity 2): with ``u = sqrt(gamma) w`` the
+  expectation depends on ``T = t / gamma^2`` only; the Gaussian integral over ``u2`` is exact, so
+  ``E[t K] = T int e^{-u^2/2} (u^2/2) s^{-3/2} du / int e^{-u^2/2} s^{-1/2} du`` with ``s = T u^2
+  + 1/2`` (one-dimensional quadrature). It tends to 1/2 like ``1/2 - 1/log T`` (the multiplicity's
+  log-log term): 0.354 at T = 1e2, 0.390 at 1e3, 0.437 at 1e6.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import mechgrok as mg
+from mechgrok import ConfigError, RunConfig
+from mechgrok.models import build_model
+from mechgrok.probes.llc import LLCConfig, default_nbeta, llc, llc_calibration, llc_of_potential
+from mechgrok.store import Trajectory
+
+
+def _origin(d: int) -> dict[str, torch.Tensor]:
+    return {"w": torch.zeros(1, d, dtype=torch.float64)}
+
+
+def _singular_reference(T: float) -> float:
+    u = np.linspace(-12.0, 12.0, 400_001)
+    s = T * u * u + 0.5
+    base = np.exp(-u * u / 2) / np.sqrt(s)
+    return float(T * np.sum(base * 0.5 * u * u / s) / np.sum(base))
+
+
+H = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+
+
+def _quadratic(params):
+    w = params["w"]
+    return 0.5 * (H * w * w).sum(-1)
+
+
+def test_regular_quadratic_matches_exact_ula_value_and_d_over_2():
+    t, gamma, eps = 100.0, 1.0, 1e-3
+    cfg = LLCConfig(epsilon=eps, gamma=gamma, chains=100, burnin=300, draws=500, seed=1)
+    res = llc_of_potential(_quadratic, _origin(3), t, cfg)
+    a = t * H + gamma
+    exact = float((t / 2 * H / (a * (1 - eps * a / 4))).sum())  # 1.586
+    stderr = float(res.llc_std[0]) / math.sqrt(cfg.chains)
+    # tolerance: 4 standard errors of the chains' mean (~0.014 each)
+    assert abs(float(res.llc[0]) - exact) < 4 * stderr + 1e-3, (float(res.llc[0]), exact, stderr)
+    # and the regular value d/2 = 1.5 within 0.1 (the exact value's offset is gamma/t and eps*t)
+    assert abs(float(res.llc[0]) - 1.5) < 0.15
+    assert not res.flagged.any()
+
+
+def test_w1sq_plus_w2_4th_has_lambda_three_quarters():
+    cfg = LLCConfig(epsilon=2e-4, gamma=0.0, chains=100, burnin=500, draws=2000, seed=2)
+    res = llc_of_potential(lambda p: p["w"][:, 0] ** 2 + p["w"][:, 1] ** 4, _origin(2), 100.0, cfg)
+    # stated tolerance 0.06: 3 standard errors (~0.02) plus the eps*t/4 = 0.5% ULA bias of w1
+    assert abs(float(res.llc[0]) - 0.75) < 0.06, float(res.llc[0])
+
+
+def test_w1sq_w2sq_matches_quadrature_and_reference_tends_to_half():
+    T = 100.0
+    cfg = LLCConfig(epsilon=1e-3, gamma=1.0, chains=50, burnin=1000, draws=2000, seed=3)
+    res = llc_of_potential(lambda p: p["w"][:, 0] ** 2 * p["w"][:, 1] ** 2, _origin(2), T, cfg)
+    ref = _singular_reference(T)
+    assert abs(ref - 0.3542) < 1e-3
+    stderr = float(res.llc_std[0]) / math.sqrt(cfg.chains)
+    assert abs(float(res.llc[0]) - ref) < 4 * stderr + 0.01, (float(res.llc[0]), ref, stderr)
+    # the exact finite-T values rise towards lambda = 1/2 (never past it)
+    refs = [_singular_reference(x) for x in (1e2, 1e4, 1e6, 1e8)]
+    assert all(a < b < 0.5 for a, b in zip(refs, refs[1:]))
+    assert abs(refs[-1] - 0.5) < 0.05
+
+
+@pytest.mark.slow
+def test_w1sq_w2sq_at_larger_nbeta():
+    T = 1000.0
+    cfg = LLCConfig(epsilon=1e-4, gamma=1.0, chains=100, burnin=10_000, draws=30_000, seed=4)
+    res = llc_of_potential(lambda p: p["w"][:, 0] ** 2 * p["w"][:, 1] ** 2, _origin(2), T, cfg)
+    assert abs(float(res.llc[0]) - _singular_reference(T)) < 0.03
+
+
+def test_potential_batched_equals_looped():
+    cfg = LLCConfig(epsilon=1e-3, gamma=1.0, chains=3, burnin=5, draws=20, seed=5)
+    w = {"w": torch.tensor([[0.0, 0.0, 0.0], [0.1, -0.2, 0.3]], dtype=torch.float64)}
+    a = llc_of_potential(_quadratic, w, 50.0, cfg)
+    b = llc_of_potential(_quadratic, w, 50.0, cfg, vectorize=False)
+    torch.testing.assert_close(a.trace, b.trace, rtol=0, atol=0)
+    torch.testing.assert_close(a.chain_llc, b.chain_llc, rtol=0, atol=0)
+
+
+def _trained(config: RunConfig, tmp_path) -> Trajectory:
+    mg.train(config, out=tmp_path / config.name, progress=False)
+    return mg.Run.open(tmp_path / config.name).trajectory()
+
+
+@pytest.fixture
+def modadd_traj(tiny_modadd, tmp_path) -> Trajectory:
+    return _trained(tiny_modadd, tmp_path)
+
+
+@pytest.mark.parametrize("batch_size", [None, 8])
+def test_model_batched_equals_looped(modadd_traj, batch_size):
+    cfg = LLCConfig(epsilon=1e-4, gamma=100.0, chains=2, burnin=3, draws=6, batch_size=batch_size)
+    rows = [0, len(modadd_traj) // 2, len(modadd_traj) - 1]
+    a = llc(modadd_traj, cfg, rows=rows)
+    b = llc(modadd_traj, cfg, rows=rows, vectorize=False)
+    # the fused kernel's matmuls over 6 rows vs 1 row round differently: float32 tolerance
+    torch.testing.assert_close(a.trace, b.trace, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(a.llc, b.llc, rtol=1e-3, atol=1e-3)
+    # chunking the rows differently changes nothing either (each chunk replays the chain streams)
+    c = llc(modadd_traj, cfg, rows=rows, budget=1)
+    torch.testing.assert_close(a.trace, c.trace, rtol=1e-4, atol=1e-6)
+    assert a.steps.tolist() == modadd_traj.steps[rows].tolist()
+
+
+def test_model_init_loss_is_the_training_loss(modadd_traj, tiny_modadd):
+    res = llc(modadd_traj, LLCConfig(chains=1, burnin=0, draws=2), rows=[len(modadd_traj) - 1])
+    model = modadd_traj.model(len(modadd_traj) - 1)
+    data = mg.make_dataset(tiny_modadd.task)
+    with torch.no_grad():
+        loss, _ = mg.loss_and_accuracy(model(data.train_x), data.train_y)
+    assert abs(float(res.init_loss[0]) - float(loss)) < 1e-5
+    # the first trace entry is the loss at w* itself (before the first update)
+    assert abs(float(res.trace[0, 0, 0]) - float(res.init_loss[0])) < 1e-9
+    assert res.n == data.train_y.shape[0]
+    assert res.nbeta == pytest.approx(res.n / math.log(res.n))
+
+
+def test_vmap_transformer_batched_equals_looped(tmp_path):
+    config = RunConfig(
+        name="tiny-tf",
+        task=mg.TaskConfig(kind="modular", p=5, pairs="ordered", format="equals", train_fraction=0.6),
+        model=mg.ModelConfig(kind="transformer", d_model=8, n_heads=2, d_head=4, d_mlp=16),
+        train=mg.TrainConfig(steps=4, checkpoint_every=2, log_checkpoints=0),
+    )
+    traj = _trained(config, tmp_path)
+    cfg = LLCConfig(epsilon=1e-4, chains=2, burnin=1, draws=3)
+    a = llc(traj, cfg)
+    b = llc(traj, cfg, vectorize=False)
+    torch.testing.assert_close(a.trace, b.trace, rtol=1e-4, atol=1e-6)
+
+
+def test_diagnostics_flag_divergence_and_non_minima(tiny_modadd):
+    # at initialisation the model is far from a minimum: SGLD's drift lowers the loss
+    model = build_model(tiny_modadd.model, tiny_modadd.task, seed=0)
+    params = {k: v.detach()[None] for k, v in model.state_dict().items()}
+    traj = Trajectory(torch.zeros(1, dtype=torch.int64), params, tiny_modadd)
+    res = llc(traj, LLCConfig(epsilon=1e-3, gamma=1.0, chains=2, burnin=0, draws=50, nbeta=1000.0))
+    assert res.negative.all() and not res.diverged.any() and bool(res.flagged[0])
+    assert (res.chain_llc < 0).all()
+    # a step far too large for the curvature blows up
+    res = llc(traj, LLCConfig(epsilon=1.0, gamma=100.0, chains=2, burnin=0, draws=20, nbeta=1000.0))
+    assert res.diverged.all() and not res.negative.any()
+
+
+def test_calibration_grid(modadd_traj):
+    cal = llc_calibration(modadd_traj, epsilons=[1e-5, 1e-4, 1.0], gammas=[10.0, 100.0],
+                          config=LLCConfig(chains=2, burnin=5, draws=10))
+    assert cal.llc.shape == (1, 3, 2) and cal.flagged.shape == (1, 3, 2)
+    assert cal.step == int(modadd_traj.steps[-1])
+    assert cal.flagged[0, 2].all()  # eps = 1 diverges
+    assert not cal.stable[0, 2].any()
+    # each cell is the same estimate as a single run at that setting
+    one = llc(modadd_traj, LLCConfig(chains=2, burnin=5, draws=10, epsilon=1e-4, gamma=100.0), rows=[-1 % len(modadd_traj)])
+    torch.testing.assert_close(cal.llc[0, 1, 1], one.llc[0], rtol=1e-4, atol=1e-6)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match="llc.epsilon"):
+        LLCConfig(epsilon=0)
+    with pytest.raises(ConfigError, match="llc.gamma"):
+        LLCConfig(gamma=-1)
+    with pytest.raises(ConfigError, match="llc.chains"):
+        LLCConfig(chains=0)
+    with pytest.raises(ConfigError, match="llc.batch_size"):
+        LLCConfig(batch_size=2.5)
+    with pytest.raises(ConfigError, match="llc.engine"):
+        LLCConfig(engine="gpu")
+    assert default_nbeta(100) == pytest.approx(100 / math.log(100))
+    assert LLCConfig(burnin=10, draws=5, steps_between_draws=3).n_steps == 10 + 4 * 3 + 1
