@@ -138,9 +138,13 @@ def test_probes_are_pure_functions_of_trajectories():
     # training and reporting are layers above or beside them
     upstream_only = ("mechgrok.analysis", "mechgrok.importers", "mechgrok.train", "mechgrok.report",
                      "mechgrok.sweep", "mechgrok.cli", "mechgrok.demo")
+    # the sweep's batched forward kernels are pure functions of stacked parameters (the LLC probe
+    # runs its chains through them); the engine, its writer and its folders are not
+    pure_kernels = ("mechgrok.sweep._kernels",)
     for module, targets in _graph().items():
         if module.startswith("mechgrok.probes"):
-            bad = sorted(t for t in targets if t.startswith(upstream_only) or t == "mechgrok")
+            bad = sorted(t for t in targets
+                         if (t.startswith(upstream_only) and t not in pure_kernels) or t == "mechgrok")
             assert not bad, f"{module} imports {bad}"
 
 
