@@ -1,6 +1,7 @@
 """The house's layout: file names spelled in one place, probes free of writers, no import cycles.
 
-Source-level checks (nothing is run): they read the package's and the analyses' Python files.
+Source-level checks (nothing is run): they read the Python files of the package, the analyses and
+the benchmarks.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def test_the_checker_finds_spelled_names(tmp_path):
     assert spelled_names(f, registered_names()) == ["5: config.json", "6: summary.json"]
 
 
-@pytest.mark.parametrize("path", _sources("mechgrok", "analyses"), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", _sources("mechgrok", "analyses", "benchmarks"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_module_spells_a_registered_file_name(path):
     if path == PACKAGE / "layout.py":
         return
