@@ -1,8 +1,8 @@
 """Every fixed file and folder name mechgrok writes, in one place.
 
 Modules and scripts build paths from these dicts (``run.path / RUN_FILES["config"]``) and never
-spell a name themselves; ``tests/test_layout.py`` checks that no other module under ``mechgrok/``
-or ``analyses/`` does. Renaming a file here renames it everywhere, so a name is a format
+spell a name themselves; ``tests/test_layout.py`` checks that no other module under ``mechgrok/``,
+``analyses/`` or ``benchmarks/`` does. Renaming a file here renames it everywhere, so a name is a format
 decision: existing folders on disk keep the old name (readers of a renamed file must keep
 reading the old one, as ``analysis.safetensors`` and ``resume.json`` show).
 """
