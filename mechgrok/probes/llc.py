@@ -369,6 +369,9 @@ class _ModelObjective:
             template = build_model(run_config.model, run_config.task, seed=0)
         self.names = [k for k, _ in template.named_parameters()]
         self.model = make_model(run_config, template, engine)
+        # the likelihood is per example: optim.loss_reduction="mean_classes" divides the training
+        # loss by the number of classes, which would silently divide n*beta by it too
+        self.model.loss_div = 1.0
         data = make_dataset(run_config.task)
         self.x, self.y = data.train_x, data.train_y
         self.n = int(self.y.shape[0])
@@ -409,8 +412,9 @@ def llc(
 
     ``obj`` is a :class:`~mechgrok.store.Trajectory`, a :class:`~mechgrok.store.Run` or a live
     mechgrok model (its own training set is rebuilt from the run's task config). The loss is the
-    training loss the run was trained on (float64 cross-entropy, ``optim.loss_reduction``
-    included; no weight decay). ``vectorize=False`` loops over checkpoints and chains (the
+    per-example negative log-likelihood on the training set (float64 mean cross-entropy, or BCE
+    for one logit), whatever ``optim.loss_reduction`` the run trained with, and without weight
+    decay. ``vectorize=False`` loops over checkpoints and chains (the
     reference the vectorised pass is checked against). ``progress(k)`` is called after every
     ``k`` finished checkpoints.
 
