@@ -209,18 +209,20 @@ def _check_schedule(owner: str, name: str, schedule: Any) -> tuple[tuple[int, fl
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """The dataset. Modular fields apply when ``kind == "modular"``, parity fields otherwise."""
+    """The dataset. Modular fields apply when ``kind == "modular"``, parity fields when ``kind ==
+    "parity"``; a ``group`` task uses ``group``, ``format``, ``train_fraction``, ``split`` and ``seed``."""
 
-    kind: Literal["modular", "parity"] = "modular"
-    """``modular``: (a op b) mod p over the full table; ``parity``: sparse parity of bit strings."""
+    kind: Literal["modular", "parity", "group"] = "modular"
+    """``modular``: (a op b) mod p over the full table; ``parity``: sparse parity of bit strings;
+    ``group``: the multiplication table a * b of the finite group ``group`` (mechgrok.groups)."""
     p: int = 113
-    """Modulus (>= 2)."""
+    """Modulus (>= 2). Group tasks: set to the group's order (the number of element tokens)."""
     op: Literal["add", "sub", "mul", "div"] = "add"
     """Operation; ``div`` is a * b^-1 mod p over b != 0 and needs p prime."""
     pairs: Literal["ordered", "unordered"] = "ordered"
     """``ordered``: all p^2 pairs; ``unordered``: only a <= b (PAIR's models)."""
     format: Literal["pairs", "equals", "sequence"] = "pairs"
-    """Input encoding: ``pairs`` [a, b] (MLPs), ``equals`` tokens ``a b =`` (transformer),
+    """Input encoding: ``pairs`` [a, b] (MLPs; the transformer as Zhong et al. feed it), ``equals`` tokens ``a b =`` (transformer),
     ``sequence`` tokens ``<sos> a + b mod =`` (RNN / LSTM)."""
     train_fraction: float = 0.3
     """Fraction of the table used for training, in (0, 1]."""
@@ -238,12 +240,33 @@ class TaskConfig:
     """Modular: how the table is split. ``torch``: ``torch.randperm`` with a generator seeded by
     ``seed``, ``round(train_fraction * n)`` training examples; ``numpy``: PAIR's notebooks,
     ``np.random.seed(seed); np.random.permutation(n)`` and ``int(train_fraction * n)`` (floor)."""
+    group: str = ""
+    """Group tasks: ``c<n>`` cyclic, ``d<n>`` dihedral (order 2n), ``s<n>`` symmetric (n <= 5),
+    ``a<n>`` alternating (3 <= n <= 5); element order and irreps in :mod:`mechgrok.groups`."""
 
     def __post_init__(self) -> None:
         check_types(self)
         object.__setattr__(self, "relevant_bits", tuple(int(b) for b in self.relevant_bits))
         _check_seed("task", self.seed)
-        if self.kind == "modular":
+        if self.kind == "group":
+            from .groups import group_order  # groups imports nothing from config
+
+            try:
+                order = group_order(self.group)
+            except ValueError as e:
+                _fail("task", "group", str(e))
+            # p is derived: the element tokens 0 .. order-1 are what every model family reads
+            object.__setattr__(self, "p", order)
+            object.__setattr__(self, "group", self.group.lower())
+            if self.format not in ("pairs", "equals"):
+                _fail("task", "format", f"group tasks read 'pairs' (MLP) or 'equals' (transformer), got {self.format!r}")
+            if self.pairs != "ordered":
+                _fail("task", "pairs", "group tasks use the whole (ordered) table: a * b != b * a in general")
+            if not (0.0 < self.train_fraction <= 1.0):
+                _fail("task", "train_fraction", f"must be in (0, 1], got {self.train_fraction}")
+            if self.n_examples * self.train_fraction < 1:
+                _fail("task", "train_fraction", f"leaves no training example for group {self.group}")
+        elif self.kind == "modular":
             if self.p < 2:
                 _fail("task", "p", f"must be >= 2, got {self.p}")
             # hard bounds before anything loops over p (the primality test) or 2^n_bits; what
@@ -280,7 +303,9 @@ class TaskConfig:
 
     @property
     def n_examples(self) -> int:
-        """Size of the modular table (before the split)."""
+        """Size of the modular / group table (before the split)."""
+        if self.kind == "group":
+            return self.p * self.p
         n_b = self.p - 1 if self.op == "div" else self.p
         if self.pairs == "ordered":
             return self.p * n_b
@@ -288,7 +313,7 @@ class TaskConfig:
 
     @property
     def n_classes(self) -> int:
-        return self.p if self.kind == "modular" else 2
+        return 2 if self.kind == "parity" else self.p
 
 
 @dataclass(frozen=True)
@@ -330,9 +355,18 @@ class ModelConfig:
     """cossin_mlp: scale of the fixed embedding. ``rows``: each token's (cos, sin) is a unit
     vector; ``columns``: the cos and sin columns each have unit norm over the p tokens (PAIR's
     ``gen_fixed_embed``; rows then have length sqrt(2/p))."""
+    attn_rate: float = 1.0
+    """transformer: Zhong et al.'s attention rate alpha in [0, 1]: the attention pattern is
+    ``alpha * softmax(QK^T / sqrt(d_head)) + (1 - alpha)`` (their ``attn_coeff``); 1 = ordinary
+    attention, 0 = constant attention (each visible key weighted 1)."""
+    act_fn: Literal["relu", "gelu"] = "relu"
+    """transformer: the MLP's activation (``gelu``: torch's exact erf GELU, as Zhong et al.'s
+    ``F.gelu``); the MLP families always use ReLU."""
 
     def __post_init__(self) -> None:
         check_types(self)
+        if not 0.0 <= self.attn_rate <= 1.0:
+            _fail("model", "attn_rate", f"must be in [0, 1], got {self.attn_rate}")
         for name in ("d_model", "d_mlp", "n_heads", "d_head"):
             if getattr(self, name) < 1:
                 _fail("model", name, f"must be >= 1, got {getattr(self, name)}")
@@ -498,7 +532,7 @@ _SECTION_NAMES = {cls.__name__: name for name, cls in SECTIONS.items()}
 _MODEL_FORMATS = {
     "mlp": ("pairs",),
     "cossin_mlp": ("pairs",),
-    "transformer": ("equals", "sequence"),
+    "transformer": ("equals", "sequence", "pairs"),
     "rnn": ("sequence", "equals"),
     "lstm": ("sequence", "equals"),
 }
@@ -522,6 +556,12 @@ class RunConfig:
         else:
             if kind == "parity_mlp":
                 raise ConfigError("model.kind: 'parity_mlp' needs task.kind 'parity'")
+            if self.task.kind == "group" and kind not in ("mlp", "transformer"):
+                raise ConfigError(f"model.kind: group tasks need 'mlp' or 'transformer', got {kind!r}")
+            if self.task.kind == "group" and kind == "mlp" and self.model.tied_embed:
+                # the MLP reads a and b through separate token rows (a non-abelian table is not
+                # symmetric), so W_E^T would have 2 |G| outputs
+                raise ConfigError("model.tied_embed: group tasks need an untied unembedding")
             if self.task.format not in _MODEL_FORMATS[kind]:
                 raise ConfigError(
                     f"task.format: model {kind!r} reads {' or '.join(_MODEL_FORMATS[kind])}, "
@@ -530,6 +570,8 @@ class RunConfig:
             if kind == "cossin_mlp" and self.model.frequency > self.task.p // 2:
                 raise ConfigError(f"model.frequency: must be in [1, {self.task.p // 2}] for p={self.task.p}")
         # after the format check, so a preset switched to another model kind hears about that first
+        if kind != "transformer" and (self.model.attn_rate != 1.0 or self.model.act_fn != "relu"):
+            raise ConfigError(f"model.attn_rate / model.act_fn: apply to the transformer, not {kind!r}")
         if self.model.init == "pair" and kind not in ("mlp", "cossin_mlp", "parity_mlp"):
             raise ConfigError(f"model.init: 'pair' (haiku's initialisers) applies to the MLP families, not {kind!r}")
         if self.optim.batch_size and self.optim.batch_size > 10**9:
@@ -556,7 +598,7 @@ class RunConfig:
         else:
             p = t.p
             n_ctx = {"pairs": 2, "equals": 3, "sequence": 6}[t.format]
-            vocab = p + 8
+            vocab = 2 * p if t.kind == "group" else p + 8
             if m.kind == "mlp":
                 params = vocab * d + 2 * d * h + h + d + d * p
                 per_example = n_ctx * d + 3 * h + 2 * p

@@ -294,11 +294,32 @@ class ParityMLP(HookedRootModule):
         return self.hook_logits(mlp.out(post))
 
 
+def rated_pattern(pattern: torch.Tensor, attn_rate: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Zhong et al.'s attention rate: ``alpha * softmax(QK^T / sqrt(d_head)) + (1 - alpha)``.
+
+    alpha = 1 is ordinary attention, alpha = 0 constant attention (every key weighted 1, so the
+    pattern's rows sum to ``alpha + n_keys (1 - alpha)``, not 1, exactly as their
+    ``Attention.forward``). Their model masks nothing; mechgrok's is causal, so the constant
+    goes only to the keys a query may see (``mask``): at the last position, the only one a
+    one-layer model's logits read, that is every key, and the logits are theirs.
+    """
+    if attn_rate == 1.0:
+        return pattern
+    const = 1.0 - attn_rate
+    if mask is None:
+        return pattern * attn_rate + const
+    return pattern * attn_rate + mask.to(pattern.dtype) * const
+
+
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
 class Attention(nn.Module):
     """Causal multi-head attention without biases (Nanda et al.), TransformerLens layouts."""
 
-    def __init__(self, d_model: int, n_heads: int, d_head: int, n_ctx: int, std: float):
+    def __init__(self, d_model: int, n_heads: int, d_head: int, n_ctx: int, std: float, attn_rate: float = 1.0):
         super().__init__()
+        self.attn_rate = attn_rate  # Zhong et al.'s alpha (rated_pattern)
         self.W_Q = _param((n_heads, d_model, d_head), std)
         self.W_K = _param((n_heads, d_model, d_head), std)
         self.W_V = _param((n_heads, d_model, d_head), std)
@@ -315,7 +336,8 @@ class Attention(nn.Module):
         scores = einops.einsum(q, k, "b q h e, b k h e -> b h q k") / math.sqrt(self.d_head)
         n = x.shape[1]
         scores = self.hook_attn_scores(scores.masked_fill(~self.mask[:n, :n], float("-inf")))
-        pattern = self.hook_pattern(scores.softmax(dim=-1))  # [batch, head, q, k]
+        pattern = self.hook_pattern(rated_pattern(scores.softmax(dim=-1), self.attn_rate, self.mask[:n, :n]))
+        # [batch, head, q, k]
         z = self.hook_z(einops.einsum(pattern, v, "b h q k, b k h e -> b q h e"))
         return einops.einsum(z, self.W_O, "b q h e, h e d -> b q d")
 
@@ -343,16 +365,18 @@ class OneLayerTransformer(HookedRootModule):
     last_position_only: bool = True
     """Use the last-position path when no hooks are attached (set False to force the full path)."""
 
-    def __init__(self, cfg: HookedConfig, init_scale: float = 1.0):
+    def __init__(self, cfg: HookedConfig, init_scale: float = 1.0, attn_rate: float = 1.0):
         super().__init__()
         self.cfg = cfg
+        self.attn_rate = attn_rate
+        self.act = _ACTIVATIONS[cfg.act_fn]
         d = cfg.d_model
         std = init_scale / math.sqrt(d)
         self.embed = Embed(cfg.d_vocab, d, std)
         self.pos_embed = nn.Module()
         self.pos_embed.W_pos = _param((cfg.n_ctx, d), std)
         block = _Block()
-        block.attn = Attention(d, cfg.n_heads, cfg.d_head, cfg.n_ctx, std)
+        block.attn = Attention(d, cfg.n_heads, cfg.d_head, cfg.n_ctx, std, attn_rate)
         block.mlp = MLP(d, cfg.d_mlp, d, True, std, init_scale / math.sqrt(cfg.d_mlp))
         for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
             setattr(block, name, HookPoint())
@@ -381,7 +405,7 @@ class OneLayerTransformer(HookedRootModule):
         resid = block.hook_resid_pre(resid)
         resid = block.hook_resid_mid(resid + block.hook_attn_out(block.attn(resid)))
         mlp = block.mlp
-        post = mlp.hook_post(F.relu(mlp.hook_pre(mlp.pre(resid))))
+        post = mlp.hook_post(self.act(mlp.hook_pre(mlp.pre(resid))))
         resid = block.hook_resid_post(resid + block.hook_mlp_out(mlp.out(post)))
         return self.hook_logits(self.unembed(resid[:, -1]))
 
@@ -402,10 +426,10 @@ class OneLayerTransformer(HookedRootModule):
         # handful of positions, broadcast-multiply-and-sum beats einsum's batched matmul of
         # [1 x d_head] @ [d_head x pos] blocks (~3x on CPU); the sums are the same.
         scores = (q[:, None] * k).sum(-1) / math.sqrt(attn.d_head)  # [batch, pos, head]
-        pattern = scores.softmax(dim=1)
+        pattern = rated_pattern(scores.softmax(dim=1), attn.attn_rate)  # the last query sees every key
         z = (pattern[..., None] * v).sum(1)  # [batch, head, d_head]
         mid = last + einops.einsum(z, attn.W_O, "b h e, h e d -> b d")
-        post = F.relu(mlp.pre(mid))  # [batch, d_mlp]
+        post = self.act(mlp.pre(mid))  # [batch, d_mlp]
         return self.unembed(mid + mlp.out(post))
 
 
@@ -450,7 +474,8 @@ def hooked_config(model: ModelConfig, task: TaskConfig) -> HookedConfig:
         return HookedConfig("parity_mlp", task.n_bits, model.n_out, task.n_bits, model.d_mlp, 1)
     p = task.p
     if task.format == "pairs":
-        d_vocab, n_ctx = p, 2
+        # group tasks: b is token p + b (separate left / right embeddings, tasks.encode_pairs)
+        d_vocab, n_ctx = (2 * p if task.kind == "group" else p), 2
     else:
         d_vocab = p + 1 if task.format == "equals" else ModularVocab(p).size
         n_ctx = 3 if task.format == "equals" else 6
@@ -459,6 +484,7 @@ def hooked_config(model: ModelConfig, task: TaskConfig) -> HookedConfig:
         model.kind, d_vocab, p, d_model, model.d_mlp, n_ctx,
         n_heads=model.n_heads if model.kind == "transformer" else 0,
         d_head=model.d_head if model.kind == "transformer" else 0,
+        act_fn=model.act_fn,
         p=p,
     )
 
@@ -514,7 +540,7 @@ def build_model(model: ModelConfig, task: TaskConfig, seed: int | None = None) -
     elif model.kind == "parity_mlp":
         built = ParityMLP(cfg, model.bias, model.init_scale)
     elif model.kind == "transformer":
-        built = OneLayerTransformer(cfg, model.init_scale)
+        built = OneLayerTransformer(cfg, model.init_scale, model.attn_rate)
     else:
         built = RecurrentModel(cfg, model.kind, model.init_scale)
     if model.init == "pair":

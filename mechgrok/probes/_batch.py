@@ -23,7 +23,7 @@ from transformer_lens import ActivationCache
 
 from ..config import RunConfig
 from ..metrics import batched_loss_and_accuracy
-from ..models import cossin_embedding
+from ..models import cossin_embedding, rated_pattern
 from ..store import Trajectory
 from ..tasks import ModularVocab, encode_pairs
 
@@ -57,7 +57,7 @@ def grid_inputs(config: RunConfig) -> torch.Tensor:
 
 def has_batched_modular(config: RunConfig) -> bool:
     kind = config.model.kind
-    return kind in ("mlp", "cossin_mlp") or (kind == "transformer" and config.task.format == "equals")
+    return kind in ("mlp", "cossin_mlp") or (kind == "transformer" and config.task.format in ("equals", "pairs"))
 
 
 def modular_grid_forward(
@@ -82,7 +82,9 @@ def modular_grid_forward(
         else:
             W_E = cossin_embedding(p, config.model.frequency, config.model.embed_norm, torch.float64).to(W_in).expand(n, p, 2)
         h = torch.einsum("nad,ndm->nam", W_E, W_in)  # [n, p, m]: h(a), shared by both operands
-        pre = h[:, :, None, :] + h[:, None, :, :]  # [n, a, b, m]
+        # a group task's b is token p + b (tasks.encode_pairs): rows p .. 2p - 1 of h
+        h_b = h[:, p : 2 * p] if h.shape[1] == 2 * p else h
+        pre = h[:, :p, None, :] + h_b[:, None, :, :]  # [n, a, b, m]
         if "blocks.0.mlp.b_in" in params:
             pre = pre + params["blocks.0.mlp.b_in"][:, None, None, :]
         post = F.relu(pre)
@@ -101,15 +103,58 @@ def modular_grid_forward(
                 logits = logits + torch.einsum("nd,ndc->nc", params["blocks.0.mlp.b_out"], W_U)[:, None, :]
             out["logits"] = logits.view(n, p, p, -1) if logit_rows is None else logits
         return out
-    if kind == "transformer" and config.task.format == "equals":
-        out = _transformer_equals_forward(params, p, need_logits)
+    if kind == "transformer" and config.task.format in ("equals", "pairs"):
+        m = config.model
+        forward = _transformer_equals_forward if config.task.format == "equals" else _transformer_pairs_forward
+        out = forward(params, p, need_logits, m.attn_rate, m.act_fn)
         if need_logits and logit_rows is not None:
             out["logits"] = out["logits"].reshape(out["logits"].shape[0], p * p, -1)[:, logit_rows]
         return out
     raise ValueError(f"model.kind: no batched forward for {kind!r} with format {config.task.format!r}")
 
 
-def _transformer_equals_forward(params: dict[str, torch.Tensor], p: int, need_logits: bool) -> dict[str, torch.Tensor]:
+_ACT = {"relu": F.relu, "gelu": F.gelu}
+
+
+def _transformer_mlp_logits(params: dict[str, torch.Tensor], resid: torch.Tensor, need_logits: bool,
+                            act_fn: str) -> dict[str, torch.Tensor]:
+    """MLP and unembedding of the answer position's residual stream ``resid [n, a, b, d]``."""
+    pre = torch.einsum("nabd,ndm->nabm", resid, params["blocks.0.mlp.W_in"]) + params["blocks.0.mlp.b_in"][:, None, None]
+    post = _ACT[act_fn](pre)
+    out = {"pre": pre, "post": post}
+    if need_logits:
+        mlp_out = torch.einsum("nabm,nmd->nabd", post, params["blocks.0.mlp.W_out"]) + params["blocks.0.mlp.b_out"][:, None, None]
+        out["logits"] = torch.einsum("nabd,ndc->nabc", resid + mlp_out, params["unembed.W_U"])
+    return out
+
+
+def _transformer_pairs_forward(params: dict[str, torch.Tensor], p: int, need_logits: bool, attn_rate: float = 1.0,
+                               act_fn: str = "relu") -> dict[str, torch.Tensor]:
+    """The 1-layer transformer on ``a b`` (Zhong et al.'s input, no ``=``), read at position 1.
+
+    The query at position 1 depends on b only, the key / value at position 0 on a only: two
+    per-head scores per input, O(p^2 d) like the ``a b =`` grid.
+    """
+    W_E, W_pos = params["embed.W_E"], params["pos_embed.W_pos"]  # [n, p, d], [n, 2, d]
+    W_Q, W_K, W_V = (params[f"blocks.0.attn.W_{x}"] for x in "QKV")  # [n, h, d, e]
+    x0 = W_E[:, :p] + W_pos[:, 0:1]  # [n, a, d]
+    x1 = W_E[:, :p] + W_pos[:, 1:2]  # [n, b, d]
+    scale = math.sqrt(W_Q.shape[-1])
+    q1 = torch.einsum("nbd,nhde->nbhe", x1, W_Q)
+    k0, v0 = (torch.einsum("nad,nhde->nahe", x0, W) for W in (W_K, W_V))
+    k1, v1 = (torch.einsum("nbd,nhde->nbhe", x1, W) for W in (W_K, W_V))
+    s0 = torch.einsum("nbhe,nahe->nabh", q1, k0) / scale
+    s1 = torch.einsum("nbhe,nbhe->nbh", q1, k1) / scale
+    n, _, _, h = s0.shape
+    pattern = torch.stack([s0, s1[:, None].expand(n, p, p, h)], dim=-1).softmax(dim=-1)  # [n, a, b, h, 2]
+    pattern = rated_pattern(pattern, attn_rate)
+    z = pattern[..., 0, None] * v0[:, :, None] + pattern[..., 1, None] * v1[:, None]  # [n, a, b, h, e]
+    resid = x1[:, None] + einops.einsum(z, params["blocks.0.attn.W_O"], "n a b h e, n h e d -> n a b d")
+    return _transformer_mlp_logits(params, resid, need_logits, act_fn)
+
+
+def _transformer_equals_forward(params: dict[str, torch.Tensor], p: int, need_logits: bool, attn_rate: float = 1.0,
+                                act_fn: str = "relu") -> dict[str, torch.Tensor]:
     """Nanda et al.'s 1-layer transformer on ``a b =``, read at the last position.
 
     In a one-layer model the query at position 2 sees only ``=`` and W_pos[2], so it is the same
@@ -136,7 +181,7 @@ def _transformer_equals_forward(params: dict[str, torch.Tensor], p: int, need_lo
     scores = torch.stack(
         [s0[:, :, None].expand(n, p, p, h), s1[:, None].expand(n, p, p, h), s2[:, None, None].expand(n, p, p, h)], dim=-1
     )  # [n, a, b, h, 3]
-    pattern = scores.softmax(dim=-1)
+    pattern = rated_pattern(scores.softmax(dim=-1), attn_rate)
     z = (
         pattern[..., 0, None] * v0[:, :, None]
         + pattern[..., 1, None] * v1[:, None]
@@ -144,13 +189,7 @@ def _transformer_equals_forward(params: dict[str, torch.Tensor], p: int, need_lo
     )  # [n, a, b, h, e]
     attn_out = einops.einsum(z, W_O, "n a b h e, n h e d -> n a b d")  # heads summed
     resid = x2[:, None, None] + attn_out
-    pre = torch.einsum("nabd,ndm->nabm", resid, params["blocks.0.mlp.W_in"]) + params["blocks.0.mlp.b_in"][:, None, None]
-    post = F.relu(pre)
-    out = {"pre": pre, "post": post}
-    if need_logits:
-        mlp_out = torch.einsum("nabm,nmd->nabd", post, params["blocks.0.mlp.W_out"]) + params["blocks.0.mlp.b_out"][:, None, None]
-        out["logits"] = torch.einsum("nabd,ndc->nabc", resid + mlp_out, params["unembed.W_U"])
-    return out
+    return _transformer_mlp_logits(params, resid, need_logits, act_fn)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,11 +30,13 @@ def config_for_model(model: nn.Module, task: TaskConfig | None = None) -> RunCon
         bias="blocks.0.mlp.b_in" in names,
         n_out=cfg.d_vocab_out if kind == "parity_mlp" else 2,
         frequency=getattr(model, "frequency", 1),
+        attn_rate=float(getattr(model, "attn_rate", 1.0)),
+        act_fn=cfg.act_fn if kind == "transformer" else "relu",
     )
     if task is None:
         if kind == "parity_mlp":
             raise ValueError("probe: a live parity model needs its task (pass data / the TaskConfig)")
-        fmt = "pairs" if kind in ("mlp", "cossin_mlp") else ("equals" if cfg.n_ctx == 3 else "sequence")
+        fmt = "pairs" if kind in ("mlp", "cossin_mlp") or cfg.n_ctx == 2 else ("equals" if cfg.n_ctx == 3 else "sequence")
         task = TaskConfig(kind="modular", p=cfg.p, format=fmt)
     return RunConfig(name="live-model", task=task, model=model_cfg)
 
