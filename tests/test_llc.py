@@ -29,7 +29,7 @@ import torch
 import mechgrok as mg
 from mechgrok import ConfigError, RunConfig
 from mechgrok.models import build_model
-from mechgrok.probes.llc import LLCConfig, default_nbeta, llc, llc_calibration, llc_of_potential
+from mechgrok.probes.llc import LLCConfig, LLCResult, default_nbeta, llc, llc_calibration, llc_of_potential
 from mechgrok.store import Trajectory
 
 
@@ -194,3 +194,15 @@ def test_config_validation_names_the_field():
         LLCConfig(engine="gpu")
     assert default_nbeta(100) == pytest.approx(100 / math.log(100))
     assert LLCConfig(burnin=10, draws=5, steps_between_draws=3).n_steps == 10 + 4 * 3 + 1
+
+
+def test_chunks_of_checkpoints_concatenate_to_the_whole(modadd_traj):
+    cfg = LLCConfig(epsilon=1e-4, chains=2, burnin=2, draws=4)
+    whole = llc(modadd_traj, cfg)
+    k = len(modadd_traj) // 2
+    parts = LLCResult.concat([llc(modadd_traj.subset(list(range(k))), cfg),
+                              llc(modadd_traj.subset(list(range(k, len(modadd_traj)))), cfg)])
+    torch.testing.assert_close(parts.trace, whole.trace, rtol=1e-4, atol=1e-6)
+    assert parts.steps.tolist() == whole.steps.tolist()
+    assert set(whole.tensors()) == {"llc", "llc_std", "llc_chains", "llc_init_loss", "llc_trace", "llc_negative", "llc_diverged"}
+    assert all(v.shape[0] == len(modadd_traj) for v in whole.tensors().values())

@@ -163,6 +163,16 @@ class LLCResult:
         """bool [K]: some chain of the row is negative or diverged."""
         return (self.negative | self.diverged).any(-1)
 
+    @staticmethod
+    def concat(parts: Sequence["LLCResult"]) -> "LLCResult":
+        """Results of consecutive chunks of checkpoints (same settings) as one. Exact: every chunk
+        replays the same chain streams, so chunking the checkpoints changes no number."""
+        first = parts[0]
+        cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+        return LLCResult(steps=cat("steps"), llc=cat("llc"), llc_std=cat("llc_std"), chain_llc=cat("chain_llc"),
+                         init_loss=cat("init_loss"), trace=cat("trace"), negative=cat("negative"),
+                         diverged=cat("diverged"), nbeta=first.nbeta, n=first.n, config=first.config)
+
     def tensors(self, prefix: str = "llc") -> dict[str, torch.Tensor]:
         """The result as named tensors (every name contains ``llc``) for the analysis store."""
         return {
