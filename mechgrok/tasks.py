@@ -44,10 +44,14 @@ _OP_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 
 def modular_table(task: TaskConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All (a, b, label) of the task's table, in row-major (a, b) order."""
+    """All (a, b, label) of the task's table, in row-major (a, b) order (group tasks: a * b)."""
     p = task.p
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
     a, b = a.flatten(), b.flatten()
+    if task.kind == "group":
+        from .groups import finite_group
+
+        return a, b, finite_group(task.group).table[a, b]
     keep = torch.ones_like(a, dtype=torch.bool)
     if task.op == "div":
         keep &= b != 0
@@ -67,9 +71,13 @@ def modular_table(task: TaskConfig) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def encode_pairs(a: torch.Tensor, b: torch.Tensor, task: TaskConfig) -> torch.Tensor:
-    """Model inputs for operands ``a, b`` in the task's format (int64)."""
+    """Model inputs for operands ``a, b`` in the task's format (int64).
+
+    Group tasks in ``pairs`` format read b as token ``p + b``: the MLP's hidden layer
+    ``W_E[a] W_in + W_E[b'] W_in`` then has separate left and right embeddings (Chughtai et al.'s
+    ``concat(W_x[a], W_y[b]) @ W``), which a non-commutative table needs."""
     if task.format == "pairs":
-        return torch.stack([a, b], dim=-1)
+        return torch.stack([a, b + task.p if task.kind == "group" else b], dim=-1)
     vocab = ModularVocab(task.p)
     n = a.shape[0]
     if task.format == "equals":
@@ -107,8 +115,8 @@ class Dataset:
 
         Probes use this grid for 2D Fourier transforms regardless of which pairs were trained on.
         """
-        if self.task.kind != "modular":
-            raise ValueError("all_inputs: only modular tasks have a full input table")
+        if self.task.kind == "parity":
+            raise ValueError("all_inputs: only modular and group tasks have a full input table")
         p = self.task.p
         a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
         a, b = a.flatten(), b.flatten()
@@ -136,7 +144,7 @@ def _unique_random_strings(n: int, n_bits: int, gen: torch.Generator) -> torch.T
 def make_dataset(task: TaskConfig) -> Dataset:
     """Generate the task's data deterministically from ``task.seed``."""
     gen = torch.Generator().manual_seed(task.seed)
-    if task.kind == "modular":
+    if task.kind in ("modular", "group"):
         a, b, y = modular_table(task)
         n = a.shape[0]
         if task.split == "numpy":
