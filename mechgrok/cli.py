@@ -125,13 +125,38 @@ def analyze(
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Checkpoints in memory at once (default: what fits in 256 MB)."),
     threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = automatic: 1 for small models)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    their_config: Optional[Path] = typer.Option(None, "--config", help="Zhong et al.'s config_<id>.json: import PATH (their model_<id>.pt) as a clock-and-pizza model."),
+    signatures: bool = typer.Option(False, "--signatures", help="Also print the clock/pizza signatures (always with --config)."),
 ) -> None:
     """Run every probe that applies to a run; save RUN/analysis/ and print a summary."""
     from .analysis import analyze as run_analyze
 
-    result = run_analyze(path, max_checkpoints=max_checkpoints, import_to=import_to, progress=not quiet,
+    source: Path | object = path
+    if their_config is not None:
+        from .importers import import_zhong_checkpoint
+
+        source = import_zhong_checkpoint(path, their_config, import_to)
+        signatures = True
+    result = run_analyze(source, max_checkpoints=max_checkpoints, import_to=import_to, progress=not quiet,
                          phase_rule=phase_rule, chunk_size=chunk_size, threads=threads)
     _print_analysis(result, result.run_dir / ANALYSIS_FILES["dir"])
+    if signatures:
+        _print_signatures(result.run_dir)
+
+
+def _print_signatures(run_dir: Path) -> None:
+    """Zhong et al.'s signatures of the last checkpoint, and its classification."""
+    from .probes.algorithms import algorithm_signatures
+    from .store import Run
+
+    traj = Run.open(run_dir).trajectory()
+    last = traj.subset([len(traj) - 1])
+    sig = algorithm_signatures(last)
+    p = traj.config.task.p
+    console.print(f"  step {int(sig['steps'][0]):,}: accuracy on all {p * p:,} pairs {float(sig['accuracy'][0]):.3f}")
+    for key in ("distance_irrelevance", "gradient_symmetricity", "circularity"):
+        console.print(f"  {key.replace('_', ' ')} {float(sig[key][0]):.3f}")
+    console.print(f"  algorithm: {sig['algorithm'][0]}")
 
 
 def _print_analysis(result, where) -> None:

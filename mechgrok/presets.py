@@ -86,6 +86,23 @@ def _modadd_transformer() -> RunConfig:
     )
 
 
+def _modadd_pizza() -> RunConfig:
+    # Zhong et al. 2023 ("The Clock and the Pizza", code/train-main.py in fjzzq2002/pizza): p=59,
+    # 80% train, inputs `a b` (no '=', their diff_vocab = eqn_sign = 0), full batch, AdamW lr 1e-3,
+    # wd 2, betas (0.9, 0.98), 10 warmup steps, 20,000 steps; d_model 128, 4 heads x 32, d_mlp 512
+    # (4 d_model), ReLU. Their sweep draws the attention rate uniformly from [0, 1]; here it is
+    # model.attn_rate (1 = ordinary attention, their clock end), swept with --grid model.attn_rate=...
+    # Differences left: their initialisers (W_U / sqrt(p), W_in / sqrt(d_mlp)) and torch's
+    # random_split draw of the split; their warmup is min(step/10, 1) (lr 0 at step 0).
+    return RunConfig(
+        name="modadd-pizza",
+        task=TaskConfig(kind="modular", p=59, op="add", pairs="ordered", format="pairs", train_fraction=0.8),
+        model=ModelConfig(kind="transformer", d_model=128, n_heads=4, d_head=32, d_mlp=512, attn_rate=1.0),
+        optim=OptimConfig(lr=1e-3, betas=(0.9, 0.98), weight_decay=2.0, warmup_steps=10),
+        train=TrainConfig(steps=20_000, checkpoint_every=500, log_checkpoints=20, resume_every=2000, eval_every=50),
+    )
+
+
 # Per-cell settings of the recurrent presets, measured on a shared 2-core CPU (RESULTS.md, issue 6).
 # The poster's own settings are not public. The guessed start (width 128, lr 1e-3, 50% train,
 # 20k steps) memorised slowly and generalised together with memorisation (LSTM) or not at all
@@ -129,6 +146,7 @@ PRESETS = {
     "modadd-mlp24": (_modadd_mlp24, "PAIR: (a+b) mod 67, tied embedding, 24 ReLU neurons"),
     "modadd-cossin5": (_modadd_cossin5, "PAIR: fixed cos/sin embedding, 5 neurons on a circle"),
     "modadd-transformer": (_modadd_transformer, "Nanda et al.: 1-layer transformer, (a+b) mod 113"),
+    "modadd-pizza": (_modadd_pizza, "Zhong et al.: clock or pizza, 1-layer transformer on `a b`, p=59, attention rate"),
 }
 for _cell in ("rnn", "lstm"):
     _c = _RECURRENT[_cell]

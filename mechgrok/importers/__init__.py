@@ -16,6 +16,7 @@ from typing import Callable
 from ..store import Run
 from ._common import IMPORT_FILES, default_import_dir, run_dataset
 from .nanda import NANDA_FORMAT, import_nanda_checkpoint, nanda_split, nanda_state_to_mechgrok
+from .zhong import ZHONG_FORMAT, import_zhong_checkpoint, zhong_state_to_mechgrok
 
 __all__ = [
     "IMPORTERS",
@@ -27,11 +28,16 @@ __all__ = [
     "nanda_split",
     "nanda_state_to_mechgrok",
     "run_dataset",
+    "ZHONG_FORMAT",
+    "import_zhong_checkpoint",
+    "zhong_state_to_mechgrok",
 ]
 
 IMPORTERS: dict[str, Callable[..., Run]] = {".pth": import_nanda_checkpoint, ".pt": import_nanda_checkpoint}
 """The importer of a file by its suffix (what ``mechgrok analyze FILE`` and :func:`mechgrok.analyze`
-use); a new format adds its module and its suffixes here."""
+use); a new format adds its module and its suffixes here. Zhong et al.'s clock-and-pizza ``.pt``
+files need their ``config_<id>.json`` as well, so they are imported by name
+(:func:`import_zhong_checkpoint`, ``mechgrok analyze FILE.pt --config CONFIG.json``)."""
 
 
 def importer_for(path: str | Path) -> Callable[..., Run] | None:
