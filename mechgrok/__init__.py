@@ -11,6 +11,7 @@ from .models import build_model
 from .train import TrainResult, loss_and_accuracy, resume, train
 from .store import CheckpointError, Run, StoreError, Trajectory
 from .probes import (
+    ALGORITHMS,
     PHASE_RULES,
     PHASES,
     GrokEvents,
@@ -27,9 +28,14 @@ from .probes import (
     parity_events,
     progress_measures,
     prune_now_accuracy,
+    algorithm_signatures,
+    circularity,
+    classify_algorithm,
+    distance_irrelevance,
+    gradient_symmetricity,
 )
 from .analysis import Analysis, analyze, load_analysis
-from .importers import import_nanda_checkpoint
+from .importers import import_nanda_checkpoint, import_zhong_checkpoint
 from . import report
 from .demo import ensure_run
 from .presets import describe_preset, preset, preset_names
@@ -83,11 +89,19 @@ __all__ = [
     "ModularEvents",
     "PHASES",
     "PHASE_RULES",
+    # clock or pizza (Zhong et al.)
+    "algorithm_signatures",
+    "distance_irrelevance",
+    "gradient_symmetricity",
+    "circularity",
+    "classify_algorithm",
+    "ALGORITHMS",
     # the whole analysis of a run, importers
     "Analysis",
     "analyze",
     "load_analysis",
     "import_nanda_checkpoint",
+    "import_zhong_checkpoint",
     # reports (figure builders: mechgrok.report.*_figure)
     "report",
     "write_run_report",

@@ -283,3 +283,33 @@ def test_importer_refuses_pickles_and_broken_files(tmp_path):
     config_file.write_text("{bad json")
     with pytest.raises(StoreError, match="invalid JSON"):
         import_zhong_checkpoint(model_file, config_file)
+
+
+def test_clock_pizza_script_on_a_sweep(tmp_path, capsys):
+    """analyses/clock_pizza.py over a tiny attention-rate sweep: one row per member, each the
+    signatures of its last checkpoint, and the per-rate counts add up."""
+    import runpy
+    import sys
+
+    main(["sweep", "modadd-pizza", "--grid", "model.attn_rate=0,1", "--seeds", "2", "--set", "task.p=7",
+          "--set", "model.d_model=8", "--set", "model.d_mlp=16", "--set", "model.n_heads=2", "--set", "model.d_head=4",
+          "--set", "train.steps=20", "--set", "train.checkpoint_every=10", "--threads", "1", "--quiet",
+          "--out", str(tmp_path / "sw")])
+    script = Path(__file__).resolve().parent.parent / "analyses" / "clock_pizza.py"
+    old, sys.argv = sys.argv, [str(script), str(tmp_path / "sw"), "--samples", "10", "--json", str(tmp_path / "rows.json")]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = old
+    out = capsys.readouterr().out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert sorted(r["attn_rate"] for r in rows) == [0.0, 0.0, 1.0, 1.0]
+    for r in rows:
+        from mechgrok import Run
+
+        traj = Run.open(r["run"]).trajectory()
+        assert r["step"] == 20
+        sig = algorithm_signatures(traj.subset([len(traj) - 1]), n_samples=10)
+        assert r["distance_irrelevance"] == float(sig["distance_irrelevance"][0])
+        assert r["algorithm"] == sig["algorithm"][0]
+    assert " 0.00   2 " in out and " 1.00   2 " in out

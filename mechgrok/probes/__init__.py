@@ -1,8 +1,16 @@
 """Probes: analysis on checkpoints (Fourier, neuron circles, bit dependence, progress measures,
-events). Every probe is a plain function of checkpoints (a Trajectory) or a live model returning
+clock / pizza signatures, events). Every probe is a plain function of checkpoints (a Trajectory) or a live model returning
 tensors / records; nothing here writes files (the pipeline that runs them all and stores the
 results is :mod:`mechgrok.analysis`, importers of other projects' files :mod:`mechgrok.importers`)."""
 
+from .algorithms import (
+    ALGORITHMS,
+    algorithm_signatures,
+    circularity,
+    classify_algorithm,
+    distance_irrelevance,
+    gradient_symmetricity,
+)
 from .bits import bit_dependence, infer_relevant_bits, irrelevant_series, parity_events, prune_now_accuracy
 from .circles import neuron_circles
 from .events import PHASE_RULES, PHASES, GrokEvents, ModularEvents, ParityEvents, classify_phase, detect_events
@@ -39,6 +47,13 @@ __all__ = [
     "progress_measures",
     "modular_events",
     "neuron_circles",
+    # clock or pizza (Zhong et al.)
+    "algorithm_signatures",
+    "distance_irrelevance",
+    "gradient_symmetricity",
+    "circularity",
+    "classify_algorithm",
+    "ALGORITHMS",
     # bits (sparse parity)
     "bit_dependence",
     "prune_now_accuracy",
