@@ -9,12 +9,14 @@ RUN`` the run's own checkpoints are used instead (the headline: seconds for the 
 
     python benchmarks/bench_llc.py                                   # modadd-mlp24, 100 x 4 chains
     python benchmarks/bench_llc.py --preset parity --checkpoints 50
+    python benchmarks/bench_llc.py --loop-engine loop                # against the hooked model, chain by chain
     python benchmarks/bench_llc.py --run checkpoints/modadd-mlp24 --no-loop
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -50,6 +52,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-loop", action="store_true", help="skip the (slow) loop reference")
+    ap.add_argument("--loop-engine", default="auto",
+                    help="forward of the loop: auto (the same fused kernels, one row at a time) or loop (the hooked "
+                         "model through functional_call, as a plain per-chain SGLD loop would run it)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -66,10 +71,10 @@ def main() -> None:
     if args.no_loop:
         return
     t = time.perf_counter()
-    loop = llc(traj, cfg, vectorize=False)
+    loop = llc(traj, dataclasses.replace(cfg, engine=args.loop_engine), vectorize=False)
     t_loop = time.perf_counter() - t
     diff = float((vec.llc - loop.llc).abs().max())
-    print(f"loop:       {t_loop:8.2f} s   speed-up {t_loop / t_vec:.1f}x   max |llc difference| {diff:.2e}")
+    print(f"loop ({args.loop_engine}): {t_loop:8.2f} s   speed-up {t_loop / t_vec:.1f}x   max |llc difference| {diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -173,16 +173,17 @@ class LLCResult:
                          init_loss=cat("init_loss"), trace=cat("trace"), negative=cat("negative"),
                          diverged=cat("diverged"), nbeta=first.nbeta, n=first.n, config=first.config)
 
-    def tensors(self, prefix: str = "llc") -> dict[str, torch.Tensor]:
-        """The result as named tensors (every name contains ``llc``) for the analysis store."""
+    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The result as named tensors, one row per checkpoint, every name containing ``llc``
+        (``prefix`` e.g. ``"llc/"``, the analysis store's family prefix)."""
         return {
-            f"{prefix}": self.llc,
-            f"{prefix}_std": self.llc_std,
-            f"{prefix}_chains": self.chain_llc,
-            f"{prefix}_init_loss": self.init_loss,
-            f"{prefix}_trace": self.trace,
-            f"{prefix}_negative": self.negative,
-            f"{prefix}_diverged": self.diverged,
+            f"{prefix}llc": self.llc,
+            f"{prefix}llc_std": self.llc_std,
+            f"{prefix}llc_chains": self.chain_llc,
+            f"{prefix}llc_init_loss": self.init_loss,
+            f"{prefix}llc_trace": self.trace,
+            f"{prefix}llc_negative": self.negative,
+            f"{prefix}llc_diverged": self.diverged,
         }
 
 
