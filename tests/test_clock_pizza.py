@@ -99,6 +99,16 @@ def test_attention_rate_is_their_attention(tmp_path, fmt, rate):
     torch.testing.assert_close(grid, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_imported_gelu_model_is_their_model(tmp_path):
+    state = _their_state(7)
+    model_file, config_file = _write_theirs(tmp_path, state, act_fn="GeLU", attn_coeff=0.5)
+    run = import_zhong_checkpoint(model_file, config_file)
+    assert run.config.model.act_fn == "gelu"
+    x = grid_inputs(run.config)
+    torch.testing.assert_close(run.model(run.steps[-1]).double()(x), _theirs(state, x, 0.5, "GeLU")[:, :7],
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_zero_attention_rate_ignores_queries_and_keys():
     cfg = RunConfig(task=TaskConfig(p=7, format="pairs"),
                     model=ModelConfig(kind="transformer", d_model=8, n_heads=2, d_head=4, d_mlp=16, attn_rate=0.0))
