@@ -459,7 +459,10 @@ def analyze(
                "sensitivity_tol": sensitivity_tol, "min_gap": min_gap, "min_explained": min_explained,
                "circles": circles, "circle_min_frac": circle_min_frac, "phase_rule": phase_rule}
     records: dict[str, Any] = {"format": FORMAT_VERSION, "options": options, "source": source}
-    if config.task.kind == "parity":
+    if config.task.kind == "group":
+        steps, tensors, events = _analyze_group(job, records, min_gap=min_gap, min_explained=min_explained,
+                                                phase_rule=phase_rule)
+    elif config.task.kind == "parity":
         steps, tensors, events = _analyze_parity(job, records, n_eval=n_eval, prune_threshold=prune_threshold,
                                                  sensitivity_tol=sensitivity_tol, phase_rule=phase_rule)
     else:
@@ -602,6 +605,57 @@ def _analyze_modular(job: _Job, records: dict[str, Any], *, min_gap: float, min_
     return steps, tensors, events
 
 
+_IRREP_KEYS = ("embed_irrep_norms", "neuron_dominant_irrep", "neuron_frac_explained", "logit_irrep_norms",
+               "logit_irrep_frac", "sparsity", "sparsity_logits", "key_irrep_mask")
+
+
+def _analyze_group(job: _Job, records: dict[str, Any], *, min_gap: float, min_explained: float,
+                   phase_rule: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
+    """The irrep probes (``irreps/<key>`` of :func:`~mechgrok.probes.irreps.irrep_sweep`), the
+    progress measures with respect to the key irreps (``progress/<key>``) and the events of a
+    group run; fills ``records`` (``key_irreps``: names and dimensions)."""
+    from .probes.irreps import irrep_sweep, task_group
+
+    records["task"] = "group"
+    config = job.config
+    group = task_group(config)
+    t = time.perf_counter()
+    last = irrep_sweep(job.last_checkpoint(), None, ("logits",), min_gap=min_gap, min_explained=min_explained)
+    key = [int(k) + 1 for k in torch.nonzero(last["key_irrep_mask"][0], as_tuple=False)[:, 0]]
+    parts, step_parts = [], []
+    for chunk in job.chunks():
+        parts.append(irrep_sweep(chunk, job.data, key_irreps=key, min_gap=min_gap, min_explained=min_explained))
+        step_parts.append(chunk.steps)
+    if not parts:
+        raise StoreError(f"{job.where}: no readable checkpoints")
+    job.timings["irrep_sweep"] = time.perf_counter() - t - job.timings["load"]
+    res = _concat(parts, keep=("key_irreps",))
+    steps = torch.cat(step_parts)
+    res.pop("key_irreps")
+    tensors = {f"irreps/{k}": res[k] for k in _IRREP_KEYS if k in res}
+    tensors.update({f"progress/{k}": res[k] for k in _PROGRESS_KEYS})
+    irreps = group.irreps()[1:]
+    records["group"] = {"spec": group.spec, "name": group.name, "order": group.order,
+                        "irreps": [{"name": r.name, "dim": r.dim} for r in irreps]}
+    records["key_irreps"] = [{"name": irreps[k - 1].name, "dim": irreps[k - 1].dim} for k in key]
+    records["key_frequencies"] = []
+    curves = ("train_acc", "test_acc", "train_loss", "test_loss")
+    metrics = job.events_metrics(lambda: {k: res[k] for k in curves}, steps)
+    events = detect_events(metrics, rule=phase_rule, loss_scale=loss_scale_of(config))
+    extra = modular_events(steps, res, res["key_irrep_mask"], key, p=config.task.p).to_dict()
+    # the modular events' names, read for irreps: key_freq_step is when every final key irrep is in the cut
+    extra["key_irrep_step"] = extra.pop("key_freq_step", None)
+    extra["key_irreps"] = extra.pop("key_frequencies", key)
+    events.extra.update(extra)
+    return steps, tensors, events
+
+
+def key_irreps_line(records: dict[str, Any]) -> str:
+    """``key irreps: NAME (dim D), ...`` (or ``key irreps: none``) from a group analysis's records."""
+    keys = records.get("key_irreps") or []
+    return "key irreps: " + (", ".join(f"{k['name']} (dim {k['dim']})" for k in keys) if keys else "none")
+
+
 def _try_trajectory(run: Run, step: int) -> Trajectory | None:
     try:
         return run.trajectory([step], errors="warn")
@@ -641,14 +695,24 @@ def _summary(config, steps: torch.Tensor, events: GrokEvents, tensors: dict[str,
     name = config.name if len(config.name) <= 80 else config.name[:77] + "..."
     head = (
         f"{name} ({config.model.kind}, "
-        + (f"{config.task.n_bits}-bit parity" if config.task.kind == "parity" else f"{config.task.op} mod {config.task.p}")
+        + (f"{config.task.n_bits}-bit parity" if config.task.kind == "parity"
+           else f"group {records['group']['name']}" if config.task.kind == "group"
+           else f"{config.task.op} mod {config.task.p}")
         + f"; {len(steps)} checkpoints to step {int(steps[-1]):,}): {events.describe()}."
     )
     x = events.extra
     parts = [head]
     if records.get("diverged"):
         parts.append(f"The run diverged ({records['diverged']}): probes of its non-finite checkpoints are undefined (NaN).")
-    if config.task.kind == "parity" and "bits/irrelevant_weight_ratio" not in tensors:
+    if config.task.kind == "group":
+        x = events.extra
+        parts.append("K" + key_irreps_line(records)[1:]
+                     + (f"; all in the logit spectrum's cut from step {x['key_irrep_step']:,}." if x.get("key_irrep_step") is not None else "."))
+        parts.append(f"Restricted loss drops at step {format_step(x.get('restricted_drop_step'))}, excluded loss rises at "
+                     f"step {format_step(x.get('excluded_rise_step'))}.")
+        sp = tensors["irreps/sparsity"]
+        parts.append(f"Irrep sparsity (Gini of the embedding spectrum) {float(sp[0]):.2f} -> {float(sp[-1]):.2f}.")
+    elif config.task.kind == "parity" and "bits/irrelevant_weight_ratio" not in tensors:
         parts.append(f"Relevant bits {x['relevant_bits']}: every bit is relevant, so there is nothing to prune and the "
                      "irrelevant-bit measures (pruning, flip sensitivity, prune-now check) are undefined.")
     elif config.task.kind == "parity":

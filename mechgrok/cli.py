@@ -125,7 +125,7 @@ def analyze(
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Checkpoints in memory at once (default: what fits in 256 MB)."),
     threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = automatic: 1 for small models)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    their_config: Optional[Path] = typer.Option(None, "--config", help="Zhong et al.'s config_<id>.json: import PATH (their model_<id>.pt) as a clock-and-pizza model."),
+    their_config: Optional[Path] = typer.Option(None, "--config", help="Zhong et al.'s config_<id>.json (import PATH, their model_<id>.pt, as a clock-and-pizza model) or Chughtai et al.'s cfg.json (PATH their group MLP's model.pt)."),
     signatures: bool = typer.Option(False, "--signatures", help="Also print the clock/pizza signatures (always with --config)."),
 ) -> None:
     """Run every probe that applies to a run; save RUN/analysis/ and print a summary."""
@@ -133,15 +133,31 @@ def analyze(
 
     source: Path | object = path
     if their_config is not None:
-        from .importers import import_zhong_checkpoint
+        from .importers import import_chughtai_checkpoint, import_zhong_checkpoint, is_chughtai_config
 
-        source = import_zhong_checkpoint(path, their_config, import_to)
-        signatures = True
+        if is_chughtai_config(their_config):  # Chughtai et al.'s cfg.json names a group
+            source = import_chughtai_checkpoint(path, their_config, import_to)
+        else:
+            source = import_zhong_checkpoint(path, their_config, import_to)
+            signatures = True
     result = run_analyze(source, max_checkpoints=max_checkpoints, import_to=import_to, progress=not quiet,
                          phase_rule=phase_rule, chunk_size=chunk_size, threads=threads)
     _print_analysis(result, result.run_dir / ANALYSIS_FILES["dir"])
     if signatures:
         _print_signatures(result.run_dir)
+
+
+def _import_record(run_dir: Path | None) -> dict:
+    """The run's import record (empty for a run trained here)."""
+    import json
+
+    from .layout import IMPORT_FILES
+
+    try:
+        record = json.loads((Path(run_dir) / IMPORT_FILES["record"]).read_text()) if run_dir else {}
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _print_signatures(run_dir: Path) -> None:
@@ -172,6 +188,13 @@ def _print_analysis(result, where) -> None:
                   f"generalised at step {format_step(ev.generalised_step)}")
     if result.task == "modular":
         console.print(f"  key frequencies: {result.key_frequencies or 'none'}")
+    elif result.task == "group":
+        from .analysis import key_irreps_line
+
+        record = _import_record(result.run_dir)
+        if "table_accuracy" in record:
+            console.print(f"  accuracy on the whole table: {record['table_accuracy']:.4f}")
+        console.print(f"  {key_irreps_line(result.records)}", markup=False, highlight=False)
     else:
         console.print(f"  pruned at step {format_step(ev.extra.get('pruned_step'))}, irrelevant-bit sensitivity ~0 "
                       f"from step {format_step(ev.extra.get('sensitivity_zero_step'))}")

@@ -15,10 +15,15 @@ from typing import Callable
 
 from ..store import Run
 from ._common import IMPORT_FILES, default_import_dir, run_dataset
+from .chughtai import CHUGHTAI_FORMAT, import_chughtai_checkpoint, is_chughtai_config, match_group_table
 from .nanda import NANDA_FORMAT, import_nanda_checkpoint, nanda_split, nanda_state_to_mechgrok
 from .zhong import ZHONG_FORMAT, import_zhong_checkpoint, zhong_state_to_mechgrok
 
 __all__ = [
+    "CHUGHTAI_FORMAT",
+    "import_chughtai_checkpoint",
+    "is_chughtai_config",
+    "match_group_table",
     "IMPORTERS",
     "IMPORT_FILES",
     "NANDA_FORMAT",

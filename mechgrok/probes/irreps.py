@@ -17,7 +17,11 @@ addition run is analysed as C_p.
   squares) onto the functions of the answer z = a * b in irrep rho's isotypic space, the span of
   its matrix coefficients rho_ij(z) (Chughtai et al.'s tr(rho(a) rho(b) rho(c)^-1) lives there);
 * **key irreps** - the key-frequency cut (:func:`~mechgrok.probes.fourier.key_frequency_mask`)
-  of the logit spectrum against the logit table's variance: no count fixed in advance;
+  of the logit spectrum against the logit table's variance: no count fixed in advance. For C_n
+  the cut looks for the gap among the top half (as the Fourier probe does: Z_p has ~p/2
+  frequencies and a handful are key); a non-abelian group has few irreps (S_5: 6 non-trivial)
+  and a network may use most of them (an S_4 MLP keeps (3,1), (2,2) and the sign, dropping
+  (2,1,1)), so there the gap may fall anywhere (``max_frac`` 1);
 * **restricted / excluded loss** - as Nanda et al.'s, with the key irreps' isotypic spaces in
   place of the key frequencies' (cos, sin) pairs.
 """
@@ -147,6 +151,7 @@ def irrep_sweep(
     key_irreps: Sequence[int] | None = None,
     min_gap: float = 4.0,
     min_explained: float = 0.5,
+    max_frac: float | None = None,
     budget: int = DEFAULT_BUDGET,
 ) -> dict[str, torch.Tensor]:
     """Every irrep probe for every checkpoint (module docstring). Keys: ``embed_irrep_norms``,
@@ -155,7 +160,8 @@ def irrep_sweep(
     ``key_irrep_mask``, ``sparsity_logits`` (``logits``); ``restricted_loss``, ``excluded_loss``,
     ``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``, ``sum_sq_weights``,
     ``key_irreps`` (``progress``, which needs ``data``). Irreps are numbered as columns + 1 (1 =
-    the first non-trivial irrep), like frequencies."""
+    the first non-trivial irrep), like frequencies. ``max_frac``: how far down the sorted
+    spectrum the cut may fall (default 0.5 for cyclic groups, 1 otherwise; module docstring)."""
     parts = set(parts)
     if parts - set(PARTS):
         raise ValueError(f"irrep_sweep: unknown parts {sorted(parts - set(PARTS))}")
@@ -163,6 +169,8 @@ def irrep_sweep(
     group = task_group(config)
     spec, p, n = group.spec, config.task.p, len(traj)
     n_cols = len(group.irreps()) - 1
+    if max_frac is None:
+        max_frac = 0.5 if spec[0] == "c" else 1.0
     out: dict[str, torch.Tensor] = {}
     if "spectra" in parts:
         out["embed_irrep_norms"] = _irrep_norms(_embedding(traj), spec)
@@ -171,7 +179,8 @@ def irrep_sweep(
         if data is None:
             raise ValueError("irrep progress measures: need the run's dataset (train / test split)")
         if key_irreps is None:
-            last = irrep_sweep(traj.subset([n - 1]), None, ("logits",), min_gap=min_gap, min_explained=min_explained)
+            last = irrep_sweep(traj.subset([n - 1]), None, ("logits",), min_gap=min_gap, min_explained=min_explained,
+                               max_frac=max_frac)
             key_irreps = [int(k) + 1 for k in torch.nonzero(last["key_irrep_mask"][0], as_tuple=False)[:, 0]]
         key_irreps = sorted({int(k) for k in key_irreps})
         if any(not 1 <= k <= n_cols for k in key_irreps):
@@ -219,7 +228,8 @@ def irrep_sweep(
         energy, variance = out.pop("_energy"), out.pop("_variance")
         out["logit_irrep_norms"] = (energy / space.n_inputs).sqrt()
         out["logit_irrep_frac"] = energy / variance.clamp_min(1e-300)[:, None]
-        out["key_irrep_mask"] = key_frequency_mask(energy, total=variance, min_gap=min_gap, min_explained=min_explained)
+        out["key_irrep_mask"] = key_frequency_mask(energy, total=variance, min_gap=min_gap, min_explained=min_explained,
+                                                   max_frac=max_frac)
         out["sparsity_logits"] = gini(out["logit_irrep_norms"])
     if "progress" in parts:
         out["key_irreps"] = torch.tensor(key_irreps, dtype=torch.int64)
