@@ -459,7 +459,9 @@ def analyze(
                "sensitivity_tol": sensitivity_tol, "min_gap": min_gap, "min_explained": min_explained,
                "circles": circles, "circle_min_frac": circle_min_frac, "phase_rule": phase_rule}
     records: dict[str, Any] = {"format": FORMAT_VERSION, "options": options, "source": source}
-    if config.task.kind == "group":
+    if config.task.kind == "custom":
+        steps, tensors, events = _analyze_custom(job, records, phase_rule=phase_rule)
+    elif config.task.kind == "group":
         steps, tensors, events = _analyze_group(job, records, min_gap=min_gap, min_explained=min_explained,
                                                 phase_rule=phase_rule)
     elif config.task.kind == "parity":
@@ -650,6 +652,45 @@ def _analyze_group(job: _Job, records: dict[str, Any], *, min_gap: float, min_ex
     return steps, tensors, events
 
 
+@torch.no_grad()
+def _analyze_custom(job: _Job, records: dict[str, Any], *,
+                    phase_rule: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
+    """A user task (``task.kind="custom"``): nothing is known of its structure, so only what reads
+    the model's losses on its own split - per-checkpoint losses / accuracies (``progress/<key>``),
+    the weight norm, the phases and events; fills ``records``."""
+    from .metrics import loss_and_accuracy
+    from .probes._modular import sum_sq_weights
+
+    records["task"] = "custom"
+    data = job.data
+    parts, step_parts = [], []
+    t = time.perf_counter()
+    for chunk in job.chunks():
+        part: dict[str, list[float]] = {}
+        for i in range(len(chunk)):
+            model = chunk.model(i)
+            for split, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
+                loss, acc = loss_and_accuracy(model(x), y) if x.shape[0] else (torch.tensor(float("nan")),) * 2
+                part.setdefault(f"{split}_loss", []).append(float(loss))
+                part.setdefault(f"{split}_acc", []).append(float(acc))
+        res = {k: torch.tensor(v, dtype=torch.float64) for k, v in part.items()}
+        res["sum_sq_weights"] = sum_sq_weights(chunk)
+        parts.append(res)
+        step_parts.append(chunk.steps)
+    if not parts:
+        raise StoreError(f"{job.where}: no readable checkpoints")
+    job.timings["custom"] = time.perf_counter() - t - job.timings["load"]
+    res = _concat(parts)
+    steps = torch.cat(step_parts)
+    tensors = {f"progress/{k}": v for k, v in res.items()}
+    records["key_frequencies"] = []
+    records["factory"] = job.config.task.factory
+    curves = ("train_acc", "test_acc", "train_loss", "test_loss")
+    metrics = job.events_metrics(lambda: {k: res[k] for k in curves}, steps)
+    events = detect_events(metrics, rule=phase_rule, loss_scale=loss_scale_of(job.config))
+    return steps, tensors, events
+
+
 def key_irreps_line(records: dict[str, Any]) -> str:
     """``key irreps: NAME (dim D), ...`` (or ``key irreps: none``) from a group analysis's records."""
     keys = records.get("key_irreps") or []
@@ -697,6 +738,7 @@ def _summary(config, steps: torch.Tensor, events: GrokEvents, tensors: dict[str,
         f"{name} ({config.model.kind}, "
         + (f"{config.task.n_bits}-bit parity" if config.task.kind == "parity"
            else f"group {records['group']['name']}" if config.task.kind == "group"
+           else f"custom task {config.task.factory}" if config.task.kind == "custom"
            else f"{config.task.op} mod {config.task.p}")
         + f"; {len(steps)} checkpoints to step {int(steps[-1]):,}): {events.describe()}."
     )
@@ -704,7 +746,11 @@ def _summary(config, steps: torch.Tensor, events: GrokEvents, tensors: dict[str,
     parts = [head]
     if records.get("diverged"):
         parts.append(f"The run diverged ({records['diverged']}): probes of its non-finite checkpoints are undefined (NaN).")
-    if config.task.kind == "group":
+    if config.task.kind == "custom":
+        w = tensors["progress/sum_sq_weights"]
+        parts.append(f"Custom task: no task structure is known, so only the losses, accuracies and weight norm are "
+                     f"probed (sum of squared weights {float(w[0]):.3g} -> {float(w[-1]):.3g}).")
+    elif config.task.kind == "group":
         x = events.extra
         parts.append("K" + key_irreps_line(records)[1:]
                      + (f"; all in the logit spectrum's cut from step {x['key_irrep_step']:,}." if x.get("key_irrep_step") is not None else "."))

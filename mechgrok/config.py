@@ -19,6 +19,7 @@ import functools
 import heapq
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -57,6 +58,10 @@ MAX_THREADS = 1024
 """Largest ``train.threads``: far above any core count, low enough to catch a typo."""
 MAX_NAME = 128
 """Longest run name (it becomes a folder name: most file systems allow 255 bytes)."""
+
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+"""``package.module:function`` of a custom task's factory."""
 
 
 def _fail(owner: str, name: str, msg: str) -> None:
@@ -212,9 +217,10 @@ class TaskConfig:
     """The dataset. Modular fields apply when ``kind == "modular"``, parity fields when ``kind ==
     "parity"``; a ``group`` task uses ``group``, ``format``, ``train_fraction``, ``split`` and ``seed``."""
 
-    kind: Literal["modular", "parity", "group"] = "modular"
+    kind: Literal["modular", "parity", "group", "custom"] = "modular"
     """``modular``: (a op b) mod p over the full table; ``parity``: sparse parity of bit strings;
-    ``group``: the multiplication table a * b of the finite group ``group`` (mechgrok.groups)."""
+    ``group``: the multiplication table a * b of the finite group ``group`` (mechgrok.groups);
+    ``custom``: the dataset ``factory`` returns (the registry is ``mechgrok.tasks.TASK_KINDS``)."""
     p: int = 113
     """Modulus (>= 2). Group tasks: set to the group's order (the number of element tokens)."""
     op: Literal["add", "sub", "mul", "div"] = "add"
@@ -243,6 +249,12 @@ class TaskConfig:
     group: str = ""
     """Group tasks: ``c<n>`` cyclic, ``d<n>`` dihedral (order 2n), ``s<n>`` symmetric (n <= 5),
     ``a<n>`` alternating (3 <= n <= 5); element order and irreps in :mod:`mechgrok.groups`."""
+    factory: str = ""
+    """Custom tasks: ``"package.module:function"``, imported and called with this TaskConfig; it
+    returns the :class:`~mechgrok.tasks.Dataset` (or a mapping with ``train_x``, ``train_y``,
+    ``test_x``, ``test_y``): int64 token inputs ``[n, 2]`` (format ``pairs``) or ``[n, 3]``
+    (``equals``) with tokens and labels in [0, p). A config naming a factory runs that code when
+    its data is built: load only configs you trust."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -266,6 +278,15 @@ class TaskConfig:
                 _fail("task", "train_fraction", f"must be in (0, 1], got {self.train_fraction}")
             if self.n_examples * self.train_fraction < 1:
                 _fail("task", "train_fraction", f"leaves no training example for group {self.group}")
+        elif self.kind == "custom":
+            if not _FACTORY.match(self.factory):
+                _fail("task", "factory", f"custom tasks need 'package.module:function', got {self.factory!r}")
+            if not 2 <= self.p <= MAX_P:
+                _fail("task", "p", f"must be in [2, {MAX_P:,}] (tokens and labels are 0 .. p-1), got {self.p:,}")
+            if self.format not in ("pairs", "equals"):
+                _fail("task", "format", f"custom tasks read 'pairs' (MLP) or 'equals' (transformer), got {self.format!r}")
+            if not (0.0 < self.train_fraction <= 1.0):
+                _fail("task", "train_fraction", f"must be in (0, 1], got {self.train_fraction}")
         elif self.kind == "modular":
             if self.p < 2:
                 _fail("task", "p", f"must be >= 2, got {self.p}")
@@ -304,8 +325,8 @@ class TaskConfig:
     @property
     def n_examples(self) -> int:
         """Size of the modular / group table (before the split)."""
-        if self.kind == "group":
-            return self.p * self.p
+        if self.kind in ("group", "custom"):
+            return self.p * self.p  # custom: the most distinct pairs, the size estimate's bound
         n_b = self.p - 1 if self.op == "div" else self.p
         if self.pairs == "ordered":
             return self.p * n_b
@@ -556,8 +577,8 @@ class RunConfig:
         else:
             if kind == "parity_mlp":
                 raise ConfigError("model.kind: 'parity_mlp' needs task.kind 'parity'")
-            if self.task.kind == "group" and kind not in ("mlp", "transformer"):
-                raise ConfigError(f"model.kind: group tasks need 'mlp' or 'transformer', got {kind!r}")
+            if self.task.kind in ("group", "custom") and kind not in ("mlp", "transformer"):
+                raise ConfigError(f"model.kind: {self.task.kind} tasks need 'mlp' or 'transformer', got {kind!r}")
             if self.task.kind == "group" and kind == "mlp" and self.model.tied_embed:
                 # the MLP reads a and b through separate token rows (a non-abelian table is not
                 # symmetric), so W_E^T would have 2 |G| outputs

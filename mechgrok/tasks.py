@@ -7,14 +7,16 @@ family named by ``task.format``, plus the raw operands so probes can map example
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .config import TaskConfig
+from .config import ConfigError, TaskConfig
 
-__all__ = ["Dataset", "ModularVocab", "make_dataset", "modular_table", "encode_pairs"]
+__all__ = ["Dataset", "ModularVocab", "TASK_KINDS", "load_factory", "make_dataset", "modular_table", "encode_pairs"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ class Dataset:
 
         Probes use this grid for 2D Fourier transforms regardless of which pairs were trained on.
         """
-        if self.task.kind == "parity":
+        if self.task.kind not in ("modular", "group"):
             raise ValueError("all_inputs: only modular and group tasks have a full input table")
         p = self.task.p
         a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
@@ -142,23 +144,32 @@ def _unique_random_strings(n: int, n_bits: int, gen: torch.Generator) -> torch.T
 
 
 def make_dataset(task: TaskConfig) -> Dataset:
-    """Generate the task's data deterministically from ``task.seed``."""
+    """Generate the task's data deterministically from ``task.seed`` (the builder of its kind in
+    :data:`TASK_KINDS`)."""
+    return TASK_KINDS[task.kind](task)
+
+
+def _table_dataset(task: TaskConfig) -> Dataset:
+    """Modular and group tasks: the whole table, split by ``task.split``."""
     gen = torch.Generator().manual_seed(task.seed)
-    if task.kind in ("modular", "group"):
-        a, b, y = modular_table(task)
-        n = a.shape[0]
-        if task.split == "numpy":
-            # PAIR's notebooks: np.random.seed(seed); np.random.permutation(n); int(frac * n).
-            # RandomState(seed) is the generator np.random.seed re-seeds, so the order is theirs.
-            perm = torch.from_numpy(np.random.RandomState(task.seed).permutation(n))
-            n_train = max(1, int(task.train_fraction * n))
-        else:
-            perm = torch.randperm(n, generator=gen)
-            n_train = max(1, int(round(task.train_fraction * n)))
-        tr, te = perm[:n_train], perm[n_train:]
-        x = encode_pairs(a, b, task)
-        ab = torch.stack([a, b], dim=-1)
-        return Dataset(task, x[tr], y[tr], x[te], y[te], ab[tr], ab[te])
+    a, b, y = modular_table(task)
+    n = a.shape[0]
+    if task.split == "numpy":
+        # PAIR's notebooks: np.random.seed(seed); np.random.permutation(n); int(frac * n).
+        # RandomState(seed) is the generator np.random.seed re-seeds, so the order is theirs.
+        perm = torch.from_numpy(np.random.RandomState(task.seed).permutation(n))
+        n_train = max(1, int(task.train_fraction * n))
+    else:
+        perm = torch.randperm(n, generator=gen)
+        n_train = max(1, int(round(task.train_fraction * n)))
+    tr, te = perm[:n_train], perm[n_train:]
+    x = encode_pairs(a, b, task)
+    ab = torch.stack([a, b], dim=-1)
+    return Dataset(task, x[tr], y[tr], x[te], y[te], ab[tr], ab[te])
+
+
+def _parity_dataset(task: TaskConfig) -> Dataset:
+    gen = torch.Generator().manual_seed(task.seed)
     strings = _unique_random_strings(task.n_train + task.n_test, task.n_bits, gen)
     train, test = strings[: task.n_train], strings[task.n_train :]
     return Dataset(
@@ -170,3 +181,57 @@ def make_dataset(task: TaskConfig) -> Dataset:
         train,
         test,
     )
+
+
+def load_factory(spec: str):
+    """The function ``"package.module:function"`` names (a custom task's ``task.factory``)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # the user's module may fail in any way while importing
+        raise ConfigError(f"task.factory: cannot import {module_name!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"[:300]) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"task.factory: {module_name!r} has no function {attr!r}")
+    return fn
+
+
+def _custom_dataset(task: TaskConfig) -> Dataset:
+    """A user task: ``task.factory(task)``, checked so that a wrong shape or label fails here with
+    one line naming the factory rather than deep inside training."""
+    made = load_factory(task.factory)(task)
+    where = f"task.factory: {task.factory}"
+    if isinstance(made, Dataset):
+        parts = {k: getattr(made, k) for k in ("train_x", "train_y", "test_x", "test_y", "train_ab", "test_ab")}
+    elif isinstance(made, Mapping):
+        parts = dict(made)
+    else:
+        raise ConfigError(f"{where} returned {type(made).__name__}, expected a Dataset or a mapping of tensors")
+    n_ctx = 2 if task.format == "pairs" else 3
+    for split in ("train", "test"):
+        x, y = parts.get(f"{split}_x"), parts.get(f"{split}_y")
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise ConfigError(f"{where} returned no {split}_x / {split}_y tensors")
+        if x.dtype != torch.int64 or y.dtype != torch.int64:
+            raise ConfigError(f"{where}: {split}_x and {split}_y must be int64 tokens / labels")
+        if x.ndim != 2 or x.shape[1] != n_ctx or y.shape != (x.shape[0],):
+            raise ConfigError(f"{where}: {split}_x must be [n, {n_ctx}] ({task.format}) with {split}_y [n], "
+                              f"got {list(x.shape)} and {list(y.shape)}")
+        for name, t in ((f"{split}_x", x), (f"{split}_y", y)):
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= task.p):
+                raise ConfigError(f"{where}: {name} holds values outside [0, {task.p - 1}] (task.p = {task.p})")
+        parts.setdefault(f"{split}_ab", x[:, :2])
+    if parts["train_x"].shape[0] < 1:
+        raise ConfigError(f"{where} returned no training example")
+    return Dataset(task, *(parts[k] for k in ("train_x", "train_y", "test_x", "test_y", "train_ab", "test_ab")))
+
+
+TASK_KINDS: dict[str, Callable[[TaskConfig], Dataset]] = {
+    "modular": _table_dataset,
+    "group": _table_dataset,
+    "parity": _parity_dataset,
+    "custom": _custom_dataset,
+}
+"""The task registry: ``task.kind`` -> the function building its :class:`Dataset`. User tasks do
+not register here: ``kind="custom"`` names its factory in the config (``task.factory``), so a
+config stays plain JSON and reproduces the data in any process."""
