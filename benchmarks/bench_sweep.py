@@ -37,9 +37,9 @@ import torch
 
 from mechgrok import build_model, make_dataset, preset
 from mechgrok.config import RunConfig
+from mechgrok.metrics import loss_and_accuracy
 from mechgrok.sweep import EngineConfig
 from mechgrok.sweep._pool import Member, Pool
-from mechgrok.train import loss_and_accuracy
 
 MODELS = {
     "modadd-mlp24": lambda: preset("modadd-mlp24"),
