@@ -432,6 +432,22 @@ class OptimConfig:
     """``mean``: cross-entropy averaged over the batch; ``mean_classes``: also divided by the
     number of logits, PAIR's ``-mean(onehot * log_softmax)`` (a 1/p smaller loss and gradient,
     which changes AdamW's effective epsilon). Logged losses are the objective as reduced."""
+    loss: Literal["cross_entropy", "stablemax"] = "cross_entropy"
+    """``cross_entropy``: log-softmax; ``stablemax``: Prieto et al. 2025's StableMax, exp replaced
+    by s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0), which cannot round to a one-hot output
+    (softmax collapse). One logit (BCE) accepts only ``cross_entropy``."""
+    loss_dtype: Literal["float16", "bfloat16", "float32", "float64"] = "float64"
+    """Precision in which logits become the loss and its gradient (the logits are cast to it).
+    float64 (the default) postpones softmax collapse; float32 reproduces Prieto et al.'s stall."""
+    orthograd: bool = False
+    """⊥Grad (Prieto et al. 2025): per parameter tensor, remove the gradient's component along
+    the weights and rescale it to the gradient's norm, just before the AdamW step (after
+    Grokfast and clipping)."""
+    grokfast_filter: Literal["ema", "ma"] = "ema"
+    """Grokfast filter: ``ema`` (alpha) or ``ma``, the mean of the last ``grokfast_window``
+    gradients, applied once the window is full (Lee et al.'s ``gradfilter_ma``, warmup=True)."""
+    grokfast_window: int = 100
+    """Window of the ``ma`` filter (>= 1)."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -450,6 +466,8 @@ class OptimConfig:
             _fail("optim", "grokfast_alpha", f"must be in [0, 1), got {self.grokfast_alpha}")
         if self.warmup_steps < 0:
             _fail("optim", "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        if self.grokfast_window < 1:
+            _fail("optim", "grokfast_window", f"must be >= 1, got {self.grokfast_window}")
         if self.batch_size < 0:
             _fail("optim", "batch_size", f"must be >= 0 (0 = full batch), got {self.batch_size}")
         object.__setattr__(self, "wd_schedule", _check_schedule("optim", "wd_schedule", self.wd_schedule))
@@ -595,6 +613,8 @@ class RunConfig:
             raise ConfigError(f"model.attn_rate / model.act_fn: apply to the transformer, not {kind!r}")
         if self.model.init == "pair" and kind not in ("mlp", "cossin_mlp", "parity_mlp"):
             raise ConfigError(f"model.init: 'pair' (haiku's initialisers) applies to the MLP families, not {kind!r}")
+        if self.optim.loss == "stablemax" and kind == "parity_mlp" and self.model.n_out == 1:
+            raise ConfigError("optim.loss: 'stablemax' needs several logits; model.n_out=1 is a BCE logit")
         if self.optim.batch_size and self.optim.batch_size > 10**9:
             raise ConfigError("optim.batch_size: too large")
         _check_name(self.name)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .store import METRICS_FLUSH_ROWS, metrics_line
 
 __all__ = [
-    "METRIC_KEYS", "loss_divisor", "loss_and_accuracy", "batched_loss_and_accuracy", "metrics_row", "MetricsBuffer",
+    "METRIC_KEYS", "LOSS_DTYPES", "loss_divisor", "stablemax_s", "log_probs", "example_nll", "loss_and_accuracy", "batched_loss_and_accuracy", "metrics_row", "MetricsBuffer",
 ]
 
 METRIC_KEYS = ("step", "train_loss", "train_acc", "test_loss", "test_acc", "weight_norm", "lr", "weight_decay", "l1")
@@ -32,13 +32,45 @@ def loss_divisor(n_logits: int, reduction: str = "mean") -> float:
     return float(n_logits) if reduction == "mean_classes" and n_logits > 1 else 1.0
 
 
-def loss_and_accuracy(
-    logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and accuracy. One logit: BCE; several: cross-entropy.
+LOSS_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+"""``optim.loss_dtype`` names and their torch dtypes."""
 
-    The log-softmax runs in float64: near 100% train accuracy float32 log-probs round to 0 and the
-    loss (and its gradient) stalls - the "slingshot" artefacts of low-precision losses.
+
+def stablemax_s(x: torch.Tensor) -> torch.Tensor:
+    """StableMax's replacement of exp (Prieto et al. 2025): x + 1 for x >= 0, 1 / (1 - x) for x < 0.
+
+    Each branch reads its input clamped to its own side, so the branch ``torch.where`` discards
+    never divides by zero (its 0 * inf would make the gradient NaN at x = 1); the publisher's
+    ``1 / (1 - x + 1e-30)`` equals this wherever their 1e-30 is not rounded away.
+    """
+    return torch.where(x < 0, 1.0 / (1.0 - x.clamp(max=0)), x.clamp(min=0) + 1.0)
+
+
+def log_probs(logits: torch.Tensor, loss: str = "cross_entropy", dtype: str = "float64") -> torch.Tensor:
+    """Log-probabilities over the last axis for ``optim.loss`` (log-softmax or log-StableMax),
+    computed in ``optim.loss_dtype`` (the logits are cast to it first)."""
+    z = logits.to(LOSS_DTYPES[dtype])
+    if loss == "stablemax":
+        s = stablemax_s(z)
+        return torch.log(s / s.sum(-1, keepdim=True))  # the publisher's log(s / sum s)
+    return z.log_softmax(-1)
+
+
+def example_nll(logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy", dtype: str = "float64") -> torch.Tensor:
+    """Per-example negative log-likelihood ``[...]`` of ``logits [..., C]`` (C >= 2) against ``y``,
+    in ``dtype``; its gradient is exactly the one the run trains with (0 for a collapsed sample)."""
+    return -log_probs(logits, loss, dtype).gather(-1, y.expand(logits.shape[:-1])[..., None])[..., 0]
+
+
+def loss_and_accuracy(
+    logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", loss: str = "cross_entropy", dtype: str = "float64"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy. One logit: BCE; several: cross-entropy (``loss``: ``optim.loss``).
+
+    By default the log-softmax runs in float64: near 100% train accuracy float32 log-probs round
+    to 0 and the loss (and its gradient) stalls - the "slingshot" artefacts of low-precision losses,
+    Prieto et al.'s softmax collapse. ``dtype`` (``optim.loss_dtype``) chooses that precision;
+    the returned loss is float64 whatever it was computed in.
     ``reduction`` is ``optim.loss_reduction``: ``mean_classes`` also divides by the number of
     logits (PAIR's ``-mean(onehot * log_softmax)`` over batch and classes; one logit: unchanged).
     """
@@ -47,7 +79,10 @@ def loss_and_accuracy(
         loss = F.binary_cross_entropy_with_logits(z, y.double())
         acc = ((z > 0).long() == y).double().mean()
     else:
-        loss = F.cross_entropy(logits.double(), y)
+        if loss == "cross_entropy" and dtype == "float64":
+            loss = F.cross_entropy(logits.double(), y)  # today's arithmetic, bit for bit
+        else:
+            loss = example_nll(logits, y, loss, dtype).mean().double()
         acc = (logits.argmax(-1) == y).double().mean()
         div = loss_divisor(logits.shape[-1], reduction)
         if div != 1.0:
@@ -56,7 +91,7 @@ def loss_and_accuracy(
 
 
 def batched_loss_and_accuracy(
-    logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
+    logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", loss: str = "cross_entropy", dtype: str = "float64"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row mean loss and accuracy of ``logits [n, batch, C]`` against ``y [batch]`` (no grad):
     :func:`loss_and_accuracy` vectorised over the leading axis (e.g. checkpoints); NaN for an
@@ -71,8 +106,7 @@ def batched_loss_and_accuracy(
         loss = F.binary_cross_entropy_with_logits(z, target, reduction="none").mean(-1)
         acc = ((z > 0).long() == y).double().mean(-1)
     else:
-        logp = logits.double().log_softmax(-1)
-        loss = -logp.gather(-1, y.expand(n, batch)[..., None])[..., 0].mean(-1)
+        loss = example_nll(logits, y, loss, dtype).mean(-1).double()
         acc = (logits.argmax(-1) == y).double().mean(-1)
         div = loss_divisor(c, reduction)
         if div != 1.0:

@@ -31,7 +31,8 @@ from .store import FILES, Run, StoreError, _check_fits
 from .tasks import Dataset, make_dataset
 
 __all__ = [
-    "TrainResult", "train", "resume", "loss_and_accuracy", "weight_norm", "grokfast_update", "summarize_metrics", "resume_tensors",
+    "TrainResult", "train", "resume", "loss_and_accuracy", "weight_norm", "grokfast_update", "grokfast_ma_update",
+    "orthograd_", "summarize_metrics", "resume_tensors",
 ]
 
 
@@ -54,6 +55,39 @@ def grokfast_update(grads: list[torch.Tensor], ema: list[torch.Tensor] | None, a
     for e, g in zip(ema, grads):
         g.add_(e, alpha=lamb)
     return ema
+
+
+def grokfast_ma_update(grads: list[torch.Tensor], window: list[torch.Tensor] | None, filled: int, size: int,
+                       lamb: float) -> tuple[list[torch.Tensor], int]:
+    """Grokfast-MA (Lee et al. 2024, ``gradfilter_ma`` with warmup): keep the last ``size``
+    gradients; once ``size`` are kept, g <- g + lamb * mean(kept).
+
+    ``window`` holds one ``[size, *shape]`` ring buffer per gradient (``None``: start one),
+    ``filled`` how many gradients it has seen; gradient ``filled`` goes to slot ``filled % size``.
+    Edits ``grads`` in place; returns the buffers and the new count. The mean is taken over the
+    buffer's slots in slot order, the same arithmetic in the trainer and the sweep engine.
+    """
+    if window is None:
+        window = [torch.zeros((size,) + tuple(g.shape), dtype=g.dtype, device=g.device) for g in grads]
+    slot = filled % size
+    for w, g in zip(window, grads):
+        w[slot].copy_(g)
+    filled += 1
+    if filled >= size:
+        for w, g in zip(window, grads):
+            g.add_(w.mean(0), alpha=lamb)
+    return window, filled
+
+
+def orthograd_(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """⊥Grad (Prieto et al. 2025), in place, per tensor: g <- g - (w.g / w.w) w, rescaled to the
+    norm g had. The 1e-30 guards are the publisher's (``orthograd.py``): a zero tensor (w.w = 0)
+    keeps its gradient, a gradient parallel to w becomes ~0 rather than NaN."""
+    for w, g in zip(params, grads):
+        wf, gf = w.detach().reshape(-1), g.reshape(-1)  # gf may be a copy: written back with copy_
+        proj = torch.dot(wf, gf) / (torch.dot(wf, wf) + 1e-30)
+        orth = gf - proj * wf
+        g.copy_((orth * (gf.norm(2) / (orth.norm(2) + 1e-30))).view_as(g))
 
 
 def summarize_metrics(metrics: dict[str, Any], total_steps: int) -> dict[str, Any]:
@@ -83,9 +117,10 @@ class TrainResult:
     data: Dataset | None = field(default=None, repr=False)
 
 
-def resume_tensors(model, opt, ema, gen) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def resume_tensors(model, opt, ema, gen, ma=None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Resume state (tensors, JSON meta) in the trainer's format: parameters, AdamW moments and
-    step, the Grokfast EMA and the minibatch generator (also written by the sweep engine)."""
+    step, the Grokfast EMA (or ``ma``: the Grokfast-MA ring buffers and their count) and the
+    minibatch generator (also written by the sweep engine)."""
     tensors = {f"param.{k}": v for k, v in model.state_dict().items()}
     names = [n for n, _ in model.named_parameters()]
     state = opt.state_dict()
@@ -96,10 +131,15 @@ def resume_tensors(model, opt, ema, gen) -> tuple[dict[str, torch.Tensor], dict[
         for name, e in zip(names, ema):
             tensors[f"ema.{name}"] = e
     tensors["rng"] = gen.get_state()
-    return tensors, {"param_groups": state["param_groups"], "has_ema": ema is not None}
+    meta = {"param_groups": state["param_groups"], "has_ema": ema is not None}
+    if ma is not None and ma[0] is not None:
+        for name, w in zip(names, ma[0]):
+            tensors[f"ma.{name}"] = w
+        meta["ma_filled"] = int(ma[1])
+    return tensors, meta
 
 
-def _load_resume(run: Run, model, opt, gen) -> tuple[int, list[torch.Tensor] | None]:
+def _load_resume(run: Run, model, opt, gen) -> tuple[int, list[torch.Tensor] | None, tuple[list[torch.Tensor] | None, int]]:
     step, tensors, meta = run.read_resume()
     where = run.path / FILES["resume"]
     _check_fits(model.state_dict(), {k[6:]: v for k, v in tensors.items() if k.startswith("param.")}, str(where))
@@ -113,10 +153,11 @@ def _load_resume(run: Run, model, opt, gen) -> tuple[int, list[torch.Tensor] | N
     try:
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         ema = [tensors[f"ema.{n}"].clone() for n in names] if meta.get("has_ema") else None
+        ma = ([tensors[f"ma.{n}"].clone() for n in names], int(meta["ma_filled"])) if "ma_filled" in meta else (None, 0)
         gen.set_state(tensors["rng"])
     except (KeyError, ValueError, TypeError, RuntimeError) as e:  # a hand-edited or foreign file
         raise StoreError(f"{where}: incomplete or inconsistent resume state ({type(e).__name__}: {e})") from None
-    return step, ema
+    return step, ema, ma
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
@@ -201,11 +242,13 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
     opt = torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed + 1)
     ema: list[torch.Tensor] | None = None
+    ma: tuple[list[torch.Tensor] | None, int] = (None, 0)  # Grokfast-MA ring buffers, gradients seen
     start = 0
     if resume and run is not None:
         if run.has_resume():
-            start, ema = _load_resume(run, model, opt, gen)
+            start, ema, ma = _load_resume(run, model, opt, gen)
             ema = [e.to(device) for e in ema] if ema is not None else None
+            ma = ([w.to(device) for w in ma[0]] if ma[0] is not None else None, ma[1])
             run.truncate_checkpoints(start)
         else:
             # killed before its first resume state: nothing to continue, so start again from
@@ -225,7 +268,7 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
         if x.shape[0] == 0:
             return float("nan"), float("nan")
         with torch.no_grad():
-            loss, acc = loss_and_accuracy(model(x), y, oc.loss_reduction)
+            loss, acc = loss_and_accuracy(model(x), y, oc.loss_reduction, oc.loss, oc.loss_dtype)
         return float(loss), float(acc)
 
     def log(step: int, train_loss: float, train_acc: float) -> dict[str, Any]:
@@ -238,7 +281,7 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
     for step in range(start, tc.steps):
         if run is not None and step % tc.resume_every == 0 and step > start:
             writer.flush()
-            tensors, meta = resume_tensors(model, opt, ema, gen)
+            tensors, meta = resume_tensors(model, opt, ema, gen, ma)
             run.write_resume(step, tensors, meta)
         if run is not None and step in ckpt_steps:
             writer.flush()
@@ -249,7 +292,7 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
         else:
             idx = torch.randint(0, n_train, (oc.batch_size,), generator=gen).to(device)
             x, y = data.train_x[idx], data.train_y[idx]
-        loss, acc = loss_and_accuracy(model(x), y, oc.loss_reduction)
+        loss, acc = loss_and_accuracy(model(x), y, oc.loss_reduction, oc.loss, oc.loss_dtype)
         if full_batch:
             row = log(step, loss.item(), acc.item())
         elif step % tc.eval_every == 0:
@@ -259,10 +302,14 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
         opt.zero_grad(set_to_none=True)
         objective.backward()
         grads = [p.grad for p in params if p.grad is not None]
-        if oc.grokfast_lambda > 0:
+        if oc.grokfast_lambda > 0 and oc.grokfast_filter == "ma":
+            ma = grokfast_ma_update(grads, ma[0], ma[1], oc.grokfast_window, oc.grokfast_lambda)
+        elif oc.grokfast_lambda > 0:
             ema = grokfast_update(grads, ema, oc.grokfast_alpha, oc.grokfast_lambda)
         if oc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, oc.grad_clip)
+        if oc.orthograd:  # wraps the optimiser step: after Grokfast and clipping, as the publisher's wrapper
+            orthograd_([p for p in params if p.grad is not None], grads)
         for group in opt.param_groups:
             group["lr"] = oc.lr_at(step)
             group["weight_decay"] = oc.weight_decay_at(step)
@@ -290,7 +337,7 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
         pass
     if run is not None:
         run.write_checkpoint(tc.steps, model.state_dict())
-        tensors, meta = resume_tensors(model, opt, ema, gen)
+        tensors, meta = resume_tensors(model, opt, ema, gen, ma)
         run.write_resume(tc.steps, tensors, meta)
         run.write_summary(summary)
     return TrainResult(config, model.eval(), history, summary, run, data)

@@ -26,13 +26,14 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from ..config import ConfigError, RunConfig
-from ..metrics import loss_divisor
+from ..metrics import LOSS_DTYPES, example_nll, loss_divisor
 
 __all__ = [
     "FUSED_KINDS",
     "BatchedModel",
     "make_model",
     "ce_loss_grad",
+    "orthograd_rows_",
     "adamw_step",
     "clip_grad_norms",
     "row_norms",
@@ -55,6 +56,8 @@ class BatchedModel:
     act_floats = 1
     loss_div = 1.0
     """``optim.loss_reduction``: 1, or the number of logits for ``mean_classes`` (set by make_model)."""
+    loss_opts: dict[str, str] = {}
+    """``optim.loss`` and ``optim.loss_dtype`` as :func:`ce_loss_grad`'s ``loss`` / ``dtype`` (set by make_model)."""
     dtype = torch.float32
     """``model.dtype`` of the parameters; prepared inputs are made in it (set by make_model)."""
 
@@ -82,7 +85,7 @@ class BatchedModel:
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
             logits = self(leaves, x, shared)
-        loss, acc, g = ce_loss_grad(logits, y, mask, count, div=self.loss_div)
+        loss, acc, g = ce_loss_grad(logits, y, mask, count, div=self.loss_div, **self.loss_opts)
         names = list(leaves)
         grads = torch.autograd.grad(logits, [leaves[k] for k in names], g, allow_unused=True)
         return loss, acc, {k: gr if gr is not None else torch.zeros_like(leaves[k]) for k, gr in zip(names, grads)}
@@ -97,7 +100,8 @@ class BatchedModel:
         count: torch.Tensor,
         shared: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, acc, _ = ce_loss_grad(self(params, x, shared), y, mask, count, want_grad=False, div=self.loss_div)
+        loss, acc, _ = ce_loss_grad(self(params, x, shared), y, mask, count, want_grad=False, div=self.loss_div,
+                                    **self.loss_opts)
         return loss, acc
 
 
@@ -172,7 +176,7 @@ class _FusedModular(BatchedModel):
             h, u_t = hu[..., :m], hu[..., m:]
             post = torch.matmul(S, h).relu_()  # [c, n, m]
             logits = torch.bmm(post, u_t.transpose(1, 2))  # [c, n, p]
-            loss, acc, g = ce_loss_grad(logits, y, mask, count, div=self.loss_div)  # g [c, n, p]
+            loss, acc, g = ce_loss_grad(logits, y, mask, count, div=self.loss_div, **self.loss_opts)  # g [c, n, p]
             g_ut = torch.bmm(g.transpose(1, 2), post)  # dL/dU^T [c, p, m]
             g_post = torch.bmm(g, u_t)  # [c, n, m]
             g_pre = g_post.mul_(post.sign_())  # ReLU derivative: post >= 0, so sign is 0/1
@@ -409,6 +413,8 @@ def make_model(config: RunConfig, model: torch.nn.Module, engine: str) -> Batche
     batched = _make_model(config, model, engine)
     batched.dtype = torch.float64 if config.model.dtype == "float64" else torch.float32
     batched.loss_div = loss_divisor(model.cfg.d_vocab_out, config.optim.loss_reduction)
+    if config.optim.loss != "cross_entropy" or config.optim.loss_dtype != "float64":
+        batched.loss_opts = {"loss": config.optim.loss, "dtype": config.optim.loss_dtype}
     return batched
 
 
@@ -444,6 +450,8 @@ def ce_loss_grad(
     count: torch.Tensor,
     want_grad: bool = True,
     div: float = 1.0,
+    loss: str = "cross_entropy",
+    dtype: str = "float64",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-member mean loss, accuracy and d(loss)/d(logits), as :func:`mechgrok.metrics.loss_and_accuracy`.
 
@@ -453,7 +461,12 @@ def ce_loss_grad(
     0 and the gradient stalls); the gradient is cast to the logits' dtype only at the end, as
     autograd does when it flows back through ``logits.double()``. ``div`` divides the loss and its
     gradient (``optim.loss_reduction="mean_classes"``: the number of logits; 1 for one logit).
+    ``loss`` / ``dtype`` (``optim.loss``, ``optim.loss_dtype``; several logits only): anything but
+    float64 cross-entropy goes through autograd on :func:`mechgrok.metrics.example_nll`, the single
+    trainer's own arithmetic (StableMax, or a collapse-prone precision, is not the hot path).
     """
+    if logits.shape[-1] > 1 and (loss != "cross_entropy" or dtype != "float64"):
+        return _autograd_loss_grad(logits, y, mask, count, want_grad, div, loss, dtype)
     if logits.shape[-1] == 1:
         d = logits.detach()[..., 0]
         loss, acc = _binary_metrics(d, y, mask, count, div)
@@ -491,6 +504,37 @@ def ce_loss_grad(
         g.scatter_add_(-1, y[..., None], -w[..., None].contiguous())
         g = g.to(z.dtype)
     return loss, acc, g
+
+
+def _autograd_loss_grad(logits, y, mask, count, want_grad, div, loss, dtype):
+    """:func:`ce_loss_grad` for StableMax or a loss precision other than float64: the per-member
+    mean of :func:`mechgrok.metrics.example_nll` in ``dtype`` (padded rows masked out), as
+    :func:`mechgrok.metrics.loss_and_accuracy` forms it, differentiated by autograd."""
+    z = logits.detach()
+    n = count.to(torch.float64)
+    with torch.enable_grad():
+        zz = z.clone().requires_grad_(want_grad)
+        nll = example_nll(zz, y, loss, dtype)  # [c, n] in dtype
+        if mask is not None:
+            nll = nll.masked_fill(~mask, 0)
+        per = (nll.sum(1) / count.to(LOSS_DTYPES[dtype])).double() / div  # [c]
+        g = torch.autograd.grad(per.sum(), zz)[0].to(z.dtype) if want_grad else None
+    correct = z.argmax(-1) == y
+    if mask is not None:
+        correct = correct & mask
+    return per.detach(), correct.sum(1).double() / n, g
+
+
+def orthograd_rows_(P: list[torch.Tensor], G: list[torch.Tensor]) -> None:
+    """:func:`mechgrok.train.orthograd_` for every row of stacked ``P`` / ``G`` (``[c, ...]``), in place."""
+    for w, g in zip(P, G):
+        # reshape copies a non-contiguous gradient (the fused kernels hand out transposed views),
+        # so the result is written back with copy_
+        wf, gf = w.reshape(w.shape[0], -1), g.reshape(g.shape[0], -1)  # [c, n]
+        proj = (wf * gf).sum(1, keepdim=True) / ((wf * wf).sum(1, keepdim=True) + 1e-30)
+        g_norm = gf.norm(dim=1, keepdim=True)
+        orth = gf - wf * proj
+        g.copy_((orth * (g_norm / (orth.norm(dim=1, keepdim=True) + 1e-30))).view_as(g))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ..store import FILES, Run, StoreError
 from ..tasks import Dataset
 from ..train import TrainResult, grokfast_update, resume_tensors, summarize_metrics
 from ._data import DataBank
-from ._kernels import adamw_step, clip_grad_norms, make_model, row_norms
+from ._kernels import adamw_step, clip_grad_norms, make_model, orthograd_rows_, row_norms
 from ._rows import Rows
 from ._saved import SavedStates, save_pool_state
 from ._writer import Writer
@@ -105,6 +105,10 @@ class Pool:
             raise ConfigError("train_batch: members differ in a field a batch must share (architecture, task shape, "
                               "betas, eps, grad_clip, grokfast, batch_size); use run_sweep, which groups them")
         self.cfg0 = members[0].config
+        if self.cfg0.optim.grokfast_lambda > 0 and self.cfg0.optim.grokfast_filter == "ma":
+            # its [window, *shape] ring buffers are not among the stacked tables (yet)
+            raise ConfigError("optim.grokfast_filter: 'ma' is trained by the single trainer (mechgrok train), "
+                              "not by the sweep engine; use 'ema' or train the members one by one")
         self.engine = engine
         self.device = torch.device(engine.device or self.cfg0.train.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -370,6 +374,8 @@ class Pool:
             self._grokfast(s0, s1, G)
         if self.cfg0.optim.grad_clip > 0:
             clip_grad_norms(G, self.cfg0.optim.grad_clip)
+        if self.cfg0.optim.orthograd:  # wraps the AdamW step, as in the single trainer
+            orthograd_rows_(P, G)
         adamw_step(P, G, self.rows.slices("exp_avg", s0, s1), self.rows.slices("exp_avg_sq", s0, s1),
                    steps[s0:s1] + 1, lr[s0:s1], wd[s0:s1], self.betas, self.eps)
         if snapshot is not None:

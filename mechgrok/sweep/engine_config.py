@@ -88,7 +88,8 @@ class EngineConfig:
 GROUP_FIELDS = {
     "task": ("kind", "p", "op", "pairs", "format", "n_bits"),
     "model": None,  # all of it: one architecture per batch
-    "optim": ("betas", "eps", "grad_clip", "grokfast_alpha", "grokfast_lambda", "batch_size", "loss_reduction"),
+    "optim": ("betas", "eps", "grad_clip", "grokfast_alpha", "grokfast_lambda", "batch_size", "loss_reduction",
+              "loss", "loss_dtype", "orthograd", "grokfast_filter", "grokfast_window"),
     "train": ("device",),
 }
 
