@@ -20,7 +20,7 @@ import torch
 from ..config import ConfigError, RunConfig
 from ..metrics import METRIC_KEYS, MetricsBuffer, metrics_row
 from ..models import build_model
-from ..probes.events import detect_events
+from ..probes.events import detect_events, loss_scale_of
 from ..store import FILES, Run, StoreError
 from ..tasks import Dataset
 from ..train import TrainResult, grokfast_update, resume_tensors, summarize_metrics
@@ -446,7 +446,7 @@ class Pool:
             hist = s.metrics.history
             summary = summarize_metrics(hist, steps_done)
             summary.update(extra)
-            summary["events"] = detect_events(hist).to_dict()
+            summary["events"] = detect_events(hist, loss_scale=loss_scale_of(cfg)).to_dict()
             model = build_model(cfg.model, cfg.task)
             model.load_state_dict(state)
             result = TrainResult(cfg, model.eval(), hist, summary, None, None)
@@ -466,7 +466,7 @@ class Pool:
             metrics = run.metrics()
             summary = summarize_metrics(metrics, step)
             summary.update(extra)
-            summary["events"] = detect_events(metrics).to_dict()
+            summary["events"] = detect_events(metrics, loss_scale=loss_scale_of(cfg)).to_dict()
             run.write_summary(summary)
             if keep:
                 model = build_model(cfg.model, cfg.task)
