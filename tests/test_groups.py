@@ -188,3 +188,31 @@ def test_group_task_trains_and_probe_reads_the_run(tmp_path):
     x = make_dataset(cfg.task)
     logits = model(x.train_x)
     assert float((logits.argmax(-1) == x.train_y).double().mean()) == pytest.approx(float(res["train_acc"][-1]))
+
+
+def test_group_run_analysis_and_report(tmp_path):
+    """The pipeline on a trained group run: irrep tensors, key irreps in the records and summary,
+    and the report's irrep-spectrum heatmap with the event lines."""
+    from mechgrok.analysis import analyze
+    from mechgrok.report import irrep_spectrum_figure, write_run_report
+    from mechgrok.train import train
+
+    cfg = RunConfig(
+        name="tiny-d4",
+        task=TaskConfig(kind="group", group="d4", format="pairs", train_fraction=0.7),
+        model=ModelConfig(kind="mlp", d_model=16, d_mlp=32),
+        optim=OptimConfig(lr=1e-2, weight_decay=0.1),
+        train=TrainConfig(steps=60, checkpoint_every=20, log_checkpoints=3, resume_every=60),
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    res = analyze(tmp_path / "run", progress=False)
+    assert res.task == "group" and res.records["group"]["order"] == 8
+    assert res["irreps/logit_irrep_norms"].shape == (len(res.steps), 4)
+    assert "key irreps:" in res.summary.lower() and "group D4" in res.summary
+    fig = irrep_spectrum_figure(res.steps, {"logits": res["irreps/logit_irrep_norms"]},
+                                [r["name"] for r in res.records["group"]["irreps"]], ["rot 1"],
+                                events={"memorised_step": 20, "generalised_step": 40})
+    assert len(fig.data) == 1 and "★rot 1" in fig.layout.yaxis.ticktext
+    assert len(fig.layout.shapes) == 2  # the two event lines
+    out = write_run_report(tmp_path / "run", tmp_path / "report.html")
+    assert "Irrep spectrum over training" in out.read_text()

@@ -16,6 +16,7 @@ from .figures import (
     slider_heatmaps_figure,
     training_curves_figure,
 )
+from .groups import irrep_spectrum_figure
 from .html import Section, render_html, write_html
 from .run import REPORT_FILE, run_sections, write_run_report
 from .sweep import phase_map_figure, steps_to_generalise_figure, sweep_sections, write_sweep_report
@@ -32,6 +33,7 @@ __all__ = [
     "key_frequency_norms_figure",
     "progress_measures_figure",
     "neuron_circles_figure",
+    "irrep_spectrum_figure",
     "phase_map_figure",
     "steps_to_generalise_figure",
     "Section",

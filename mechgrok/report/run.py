@@ -129,6 +129,8 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
     keys = list(analysis.records.get("key_frequencies", [])) if analysis is not None else []
     if cfg.task.kind == "parity":
         return sections + _parity_sections(cfg, traj, steps, tensors, metrics, events, max_frames)
+    if cfg.task.kind in ("group", "custom"):
+        return sections + _group_sections(analysis, steps, tensors, events)
     return sections + _modular_sections(cfg, traj, steps, tensors, keys, events, max_frames)
 
 
@@ -224,6 +226,36 @@ def _modular_sections(cfg: RunConfig, traj: Trajectory | None, steps: Any, tenso
             "Each point is a neuron at (cos, sin) of its dominant frequency; distance from the centre is its norm. "
             "After training the neurons sit evenly around a circle with similar norms.",
             "circles",
+        ))
+    return sections
+
+
+def _group_sections(analysis: Any, steps: Any, tensors: dict[str, Any], events: dict[str, Any]) -> list[Section]:
+    """Group runs: the irrep spectrum (embedding, logits) and the progress measures with respect
+    to the key irreps; custom tasks: the progress figure's losses and weight norm only."""
+    from .groups import irrep_spectrum_figure
+
+    sections: list[Section] = []
+    group = analysis.records.get("group") if analysis is not None else None
+    spectra = {name: tensors[k] for k, name in (("irreps/embed_irrep_norms", "embedding"), ("irreps/logit_irrep_norms", "logits"))
+               if k in tensors}
+    if spectra and group:
+        names = [r["name"] for r in group["irreps"]]
+        keys = [k["name"] for k in analysis.records.get("key_irreps", [])]
+        sections.append(Section(
+            "Irrep spectrum over training",
+            irrep_spectrum_figure(steps, spectra, names, keys, dims=[r["dim"] for r in group["irreps"]], events=events),
+            f"Share of each irreducible representation of {group['name']} in the embedding and the logits at every "
+            "checkpoint (the group Fourier transform; ★ = key irreps). Dashed lines: detected events.",
+            "irreps",
+        ))
+    if any(k.startswith("progress/") for k in tensors):
+        sections.append(Section(
+            "Progress measures",
+            progress_measures_figure(steps, tensors, events=events, title="Progress measures (key irreps)" if group else "Losses"),
+            "Restricted loss keeps only the key irreps' part of the logits; excluded loss removes it (on the training set)."
+            if group else "Losses and weight norm at every checkpoint.",
+            "progress",
         ))
     return sections
 
