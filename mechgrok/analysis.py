@@ -14,6 +14,11 @@
   the last checkpoint), the neuron circles (``circles/<key>`` of
   :func:`~mechgrok.probes.circles.neuron_circles`);
 
+for every run the numerical-stability probes (``stability/collapse_fraction``,
+``stability/zero_grad_fraction``, ``stability/alignment`` and ``stability/alignment/<param>``,
+``stability/logit_norm`` of :func:`~mechgrok.probes.stability.stability_over_training`, in the
+run's own loss and loss precision; the summary quotes the final collapse fraction);
+
 plus the run's :class:`~mechgrok.probes.events.GrokEvents` (its ``extra`` holding the task's
 events: :func:`~mechgrok.probes.bits.parity_events` or
 :func:`~mechgrok.probes.progress.modular_events`) and a one-paragraph summary.
@@ -70,6 +75,7 @@ from .probes.bits import bit_dependence, irrelevant_series, parity_events, prune
 from .probes.circles import circles_from_coefficients
 from .probes.events import PHASE_RULES, GrokEvents, detect_events, loss_scale_of
 from .probes.progress import modular_events
+from .probes.stability import stability_over_training
 from .store import Run, StoreError, Trajectory, atomic_save_tensors, atomic_write_json
 from .tasks import Dataset, make_dataset
 
@@ -471,6 +477,7 @@ def analyze(
         steps, tensors, events = _analyze_modular(job, records, min_gap=min_gap, min_explained=min_explained,
                                                   circles=circles, circle_min_frac=circle_min_frac,
                                                   phase_rule=phase_rule)
+    tensors.update(_stability(job))
     diverged = _diverged(run, tensors)
     if diverged:
         records["diverged"] = diverged  # e.g. "train_loss is not finite from step 2"
@@ -732,6 +739,27 @@ def _checkpoint_acc(traj: Trajectory, data: Dataset, split: str) -> torch.Tensor
     return out
 
 
+def _stability(job: _Job) -> dict[str, torch.Tensor]:
+    """``stability/*``: softmax collapse, gradient-weight alignment and logit norm at every
+    checkpoint (:func:`~mechgrok.probes.stability.stability_over_training`), in the run's loss."""
+    t = time.perf_counter()
+    parts = [stability_over_training(chunk, job.data) for chunk in job.chunks()]
+    out = {f"stability/{k}": torch.cat([p[k] for p in parts])
+           for k in ("collapse_fraction", "zero_grad_fraction", "alignment", "logit_norm")}
+    for name in parts[0]["alignment_per_tensor"]:
+        out[f"stability/alignment/{name}"] = torch.cat([p["alignment_per_tensor"][name] for p in parts])
+    job.timings["stability"] = time.perf_counter() - t
+    return out
+
+
+def _stability_line(config, tensors: dict[str, torch.Tensor]) -> str:
+    oc = config.optim
+    loss = "StableMax" if oc.loss == "stablemax" else "softmax"
+    return (f"Softmax collapse at the last checkpoint: {float(tensors['stability/collapse_fraction'][-1]):.1%} of training "
+            f"samples have exactly zero loss in {oc.loss_dtype} ({loss}); gradient-weight alignment "
+            f"{float(tensors['stability/alignment'][-1]):.2f}, mean logit norm {float(tensors['stability/logit_norm'][-1]):.3g}.")
+
+
 def _summary(config, steps: torch.Tensor, events: GrokEvents, tensors: dict[str, torch.Tensor], records: dict[str, Any]) -> str:
     name = config.name if len(config.name) <= 80 else config.name[:77] + "..."
     head = (
@@ -799,4 +827,6 @@ def _summary(config, steps: torch.Tensor, events: GrokEvents, tensors: dict[str,
             ps, cv = float(tensors["circles/phase_spread"][-1]), float(tensors["circles/norm_cv"][-1])
             parts.append(f"Neuron circles at the end: phase spread {ps:.2f} (1 = even), norm CV {cv:.2f}."
                          if not math.isnan(ps) else f"Neuron circles at the end: norm CV {cv:.2f}.")
+    if "stability/collapse_fraction" in tensors:
+        parts.append(_stability_line(config, tensors))
     return " ".join(parts)
