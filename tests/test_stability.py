@@ -235,3 +235,16 @@ def test_stability_probe_against_float64_reference(tiny_modadd, tmp_path):
         assert float(st["alignment"][i]) == pytest.approx(float(-(g @ w) / (g.norm() * w.norm())), rel=1e-4, abs=1e-6)
     assert float(st["collapse_fraction"][0]) == 0.0 and float(st["collapse_fraction"][-1]) > 0.5
     assert set(st["alignment_per_tensor"]) == set(traj.params)
+
+
+def test_analyze_stores_stability_and_summarises_collapse(tiny_modadd, tmp_path):
+    from mechgrok import analyze
+
+    cfg = tiny_modadd.with_overrides({"optim.weight_decay": 0.0, "optim.loss_dtype": "float32"})
+    train(cfg, tmp_path / "r", progress=False)
+    a = analyze(tmp_path / "r")
+    ref = stability_over_training(Run.open(tmp_path / "r"))
+    for key in ("collapse_fraction", "zero_grad_fraction", "alignment", "logit_norm"):
+        torch.testing.assert_close(a[f"stability/{key}"], ref[key], equal_nan=True)
+    assert "stability/alignment/embed.W_E" in a
+    assert "Softmax collapse at the last checkpoint" in a.summary and "float32" in a.summary
