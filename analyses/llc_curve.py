@@ -10,6 +10,7 @@ accuracy, and writes RUN/llc_curve.html (the curve against the event lines, the 
 traces, the calibration heatmap).
 
     python analyses/llc_curve.py checkpoints/modadd-mlp24 --max-checkpoints 30 --calibrate
+    python analyses/llc_curve.py checkpoints/modadd-mlp24 --steps 0,250,1000,10000 --gamma 300
     python analyses/llc_curve.py /tmp/tiny --preset parity --set train.steps=300 --draws 50
 """
 
@@ -37,6 +38,7 @@ for name in ("chains", "burnin", "draws"):
     parser.add_argument(f"--{name}", type=int, default=getattr(LLCConfig, name))
 parser.add_argument("--batch-size", type=int, default=None)
 parser.add_argument("--calibrate", action="store_true", help="sweep epsilon x gamma at the last checkpoint first")
+parser.add_argument("--steps", default=None, help="comma-separated checkpoint steps (default: --max-checkpoints log-spaced)")
 args = parser.parse_args()
 torch.set_num_threads(1)
 try:
@@ -49,9 +51,12 @@ except (mg.ConfigError, mg.StoreError) as e:
 metrics = run.metrics()
 events = mg.detect_events(metrics)
 traj = run.trajectory()
-logs = np.log10(np.maximum(traj.steps.numpy(), 1.0))
-rows = {int(np.abs(logs - g).argmin()) for g in np.linspace(logs[0], logs[-1], args.max_checkpoints or len(traj))}
-rows |= {traj.index_of(s) for s in (events.memorised_step, events.generalised_step) if s is not None}
+if args.steps:
+    rows = {traj.index_of(int(s)) for s in args.steps.split(",")}
+else:
+    logs = np.log10(np.maximum(traj.steps.numpy(), 1.0))
+    rows = {int(np.abs(logs - g).argmin()) for g in np.linspace(logs[0], logs[-1], args.max_checkpoints or len(traj))}
+    rows |= {traj.index_of(s) for s in (events.memorised_step, events.generalised_step) if s is not None}
 traj = traj.subset(sorted(rows))
 
 # 2. calibration at the last checkpoint: where does the estimate stop depending on epsilon?

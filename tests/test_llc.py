@@ -206,3 +206,24 @@ def test_chunks_of_checkpoints_concatenate_to_the_whole(modadd_traj):
     assert parts.steps.tolist() == whole.steps.tolist()
     assert set(whole.tensors()) == {"llc", "llc_std", "llc_chains", "llc_init_loss", "llc_trace", "llc_negative", "llc_diverged"}
     assert all(v.shape[0] == len(modadd_traj) for v in whole.tensors().values())
+
+
+def test_llc_curve_script(tmp_path, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "analyses" / "llc_curve.py"
+    argv = [str(script), str(tmp_path / "run"), "--preset", "parity", "--set", "task.n_bits=8", "--set", "task.relevant_bits=1,5",
+            "--set", "task.n_train=60", "--set", "task.n_test=100", "--set", "model.d_mlp=16", "--set", "train.steps=100",
+            "--set", "train.checkpoint_every=25", "--set", "train.log_checkpoints=4", "--max-checkpoints", "5",
+            "--chains", "2", "--burnin", "2", "--draws", "5", "--calibrate"]
+    old = sys.argv
+    sys.argv = argv
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = old
+    out = capsys.readouterr().out
+    assert "calibration at step 100" in out and "chains in" in out and "peak LLC" in out
+    assert (tmp_path / "run" / "llc_curve.html").read_text().count("Plotly.newPlot(") == 4
