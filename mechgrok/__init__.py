@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 
 from .config import ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
 from .tasks import Dataset, make_dataset
+from .groups import FiniteGroup, finite_group
 from .models import build_model
 from .train import TrainResult, loss_and_accuracy, resume, train
 from .store import CheckpointError, Run, StoreError, Trajectory
@@ -22,13 +23,15 @@ from .probes import (
     detect_events,
     fourier_basis,
     fourier_over_training,
+    irrep_progress_measures,
+    irreps_over_training,
     key_frequencies,
+    key_irreps,
     modular_events,
     neuron_circles,
     parity_events,
     progress_measures,
     prune_now_accuracy,
-    stability_over_training,
     algorithm_signatures,
     circularity,
     classify_algorithm,
@@ -36,7 +39,7 @@ from .probes import (
     gradient_symmetricity,
 )
 from .analysis import Analysis, analyze, load_analysis
-from .importers import import_nanda_checkpoint, import_zhong_checkpoint
+from .importers import import_chughtai_checkpoint, import_nanda_checkpoint, import_zhong_checkpoint
 from . import report
 from .demo import ensure_run
 from .presets import describe_preset, preset, preset_names
@@ -78,7 +81,6 @@ __all__ = [
     "fourier_over_training",
     "key_frequencies",
     "progress_measures",
-    "stability_over_training",
     "neuron_circles",
     "bit_dependence",
     "prune_now_accuracy",
@@ -91,6 +93,12 @@ __all__ = [
     "ModularEvents",
     "PHASES",
     "PHASE_RULES",
+    # finite groups (Chughtai et al.): groups, irreps, the irrep probes
+    "finite_group",
+    "FiniteGroup",
+    "irreps_over_training",
+    "key_irreps",
+    "irrep_progress_measures",
     # clock or pizza (Zhong et al.)
     "algorithm_signatures",
     "distance_irrelevance",
@@ -104,6 +112,7 @@ __all__ = [
     "load_analysis",
     "import_nanda_checkpoint",
     "import_zhong_checkpoint",
+    "import_chughtai_checkpoint",
     # reports (figure builders: mechgrok.report.*_figure)
     "report",
     "write_run_report",

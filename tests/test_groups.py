@@ -216,3 +216,16 @@ def test_group_run_analysis_and_report(tmp_path):
     assert len(fig.layout.shapes) == 2  # the two event lines
     out = write_run_report(tmp_path / "run", tmp_path / "report.html")
     assert "Irrep spectrum over training" in out.read_text()
+
+
+def test_group_presets_and_public_api():
+    import mechgrok as mg
+
+    for name, spec, order in (("group-s4-mlp", "s4", 24), ("group-d30-mlp", "d30", 60), ("group-s5-mlp", "s5", 120)):
+        cfg = mg.preset(name)
+        assert cfg.task.kind == "group" and cfg.task.group == spec and cfg.task.p == order
+        assert cfg.model.kind == "mlp" and not cfg.model.tied_embed
+        assert RunConfig.from_json(cfg.to_json()) == cfg
+    for name in ("finite_group", "FiniteGroup", "key_irreps", "irreps_over_training", "irrep_progress_measures",
+                 "import_chughtai_checkpoint"):
+        assert name in mg.__all__, name
