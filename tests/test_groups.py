@@ -229,3 +229,18 @@ def test_group_presets_and_public_api():
     for name in ("finite_group", "FiniteGroup", "key_irreps", "irreps_over_training", "irrep_progress_measures",
                  "import_chughtai_checkpoint"):
         assert name in mg.__all__, name
+
+
+def test_batched_engine_trains_group_tasks_like_the_trainer():
+    """The sweep engine's fused MLP reads the right operand's own token rows (p + b) too."""
+    from mechgrok.sweep import train_batch
+    from mechgrok.train import train
+
+    cfg = RunConfig(name="tb", task=TaskConfig(kind="group", group="s3", format="pairs", train_fraction=0.6),
+                    model=ModelConfig(kind="mlp", d_model=16, d_mlp=16), optim=OptimConfig(lr=1e-2, weight_decay=0.1),
+                    train=TrainConfig(steps=30, checkpoint_every=10, log_checkpoints=0, resume_every=30))
+    cfgs = [cfg.with_overrides({"train.seed": s}) for s in (0, 1)]
+    for batched, ref in zip(train_batch(cfgs, progress=False), [train(c, progress=False) for c in cfgs]):
+        a, b = batched.model.state_dict(), ref.model.state_dict()
+        for k in b:
+            assert torch.allclose(a[k], b[k], atol=1e-5), k

@@ -113,6 +113,8 @@ class _FusedModular(BatchedModel):
     def __init__(self, config: RunConfig, model: torch.nn.Module):
         mc, tc = config.model, config.task
         self.p = tc.p
+        # a group task's second operand is token p + b (tasks.encode_pairs): one-hot rows span 2p
+        self.vocab = 2 * tc.p if tc.kind == "group" else tc.p
         self.cossin = mc.kind == "cossin_mlp"
         self.tied = self.cossin or mc.tied_embed
         self.bias = mc.bias
@@ -129,7 +131,7 @@ class _FusedModular(BatchedModel):
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         # one-hot counts of the two operands: S @ h == h[a] + h[b] exactly (sums of zeros)
         a, b = x[..., 0], x[..., 1]
-        return F.one_hot(a, self.p).to(self.dtype) + F.one_hot(b, self.p).to(self.dtype)  # [(c,) n, p]
+        return F.one_hot(a, self.vocab).to(self.dtype) + F.one_hot(b, self.vocab).to(self.dtype)  # [(c,) n, vocab]
 
     def __call__(self, params: dict[str, torch.Tensor], S: torch.Tensor, shared: bool) -> torch.Tensor:
         W_in = params["blocks.0.mlp.W_in"]  # [c, d, m]
