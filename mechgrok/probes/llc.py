@@ -83,6 +83,8 @@ class LLCConfig:
     diverge_loss: float = 10.0
     """A chain whose loss goes non-finite or more than this many nats above ``L_n(w*)`` is
     flagged ``diverged`` (step too large): 10 nats is worse than guessing among 10^4 classes."""
+    device: str = "cpu"
+    """torch device the chains run on (results come back on the CPU)."""
 
     def __post_init__(self) -> None:
         def positive(name: str, value, integer: bool = False) -> None:
@@ -107,6 +109,10 @@ class LLCConfig:
             raise ConfigError(f"llc.seed: must be an integer >= 0, got {self.seed!r}")
         if self.engine not in ("auto", "fused", "vmap", "loop"):
             raise ConfigError(f"llc.engine: must be auto, fused, vmap or loop, got {self.engine!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"llc.device: not a torch device: {self.device!r}") from None
 
     @property
     def n_steps(self) -> int:
@@ -233,7 +239,7 @@ def _sample(
     trace = torch.empty(R, config.n_steps, dtype=torch.float64, device=device)
 
     def col(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t.to(like.dtype).view((R,) + (1,) * (like.dim() - 1))
+        return t.to(device=like.device, dtype=like.dtype).view((R,) + (1,) * (like.dim() - 1))
 
     half_eps = {k: col(eps, v) / 2 for k, v in w.items()}
     gam = {k: col(gamma, v) for k, v in w.items()}
@@ -252,7 +258,7 @@ def _sample(
             for k in names:
                 drift = nb[k] * grads[k] + gam[k] * (w[k] - w_star[k])
                 w[k] = w[k] - half_eps[k] * drift + noise_scale[k] * noise[k][pick]
-    return init_loss.to(torch.float64), trace
+    return init_loss.to(torch.float64).cpu(), trace.cpu()
 
 
 def _finish(
@@ -349,6 +355,7 @@ def llc_of_potential(
     -> [R]``) at ``w_star`` (``{name: [K, ...]}``: ``K`` points at once), at inverse temperature
     ``nbeta``. ``config.batch_size`` is ignored (there is no data to batch)."""
     config = replace(config, batch_size=None)
+    w_star = {k: v.to(config.device) for k, v in w_star.items()}
 
     def objective(params: dict[str, torch.Tensor], idx) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
@@ -371,19 +378,19 @@ def llc_of_potential(
 class _ModelObjective:
     """Training-set loss and gradient of stacked checkpoints through the sweep engine's forward."""
 
-    def __init__(self, run_config: RunConfig, engine: str):
+    def __init__(self, run_config: RunConfig, engine: str, device: str = "cpu"):
         from ..models import build_model
         from ..sweep._kernels import make_model
         from ..tasks import make_dataset
 
         with torch.random.fork_rng(devices=[]):  # a template only: do not advance the caller's RNG
-            template = build_model(run_config.model, run_config.task, seed=0)
+            template = build_model(run_config.model, run_config.task, seed=0).to(device)
         self.names = [k for k, _ in template.named_parameters()]
         self.model = make_model(run_config, template, engine)
         # the likelihood is per example: optim.loss_reduction="mean_classes" divides the training
         # loss by the number of classes, which would silently divide n*beta by it too
         self.model.loss_div = 1.0
-        data = make_dataset(run_config.task)
+        data = make_dataset(run_config.task).to(device)
         self.x, self.y = data.train_x, data.train_y
         self.n = int(self.y.shape[0])
         self.prepared = self.model.prepare(self.x)
@@ -395,7 +402,7 @@ class _ModelObjective:
             x, y, shared = self.prepared, self.y.expand(R, self.n), True
         else:
             x, y, shared = self.model.prepare(self.x[idx]), self.y[idx], False
-        count = torch.full((R,), y.shape[1])
+        count = torch.full((R,), y.shape[1], device=y.device)
         loss, _, grads = self.model.loss_grad(params, x, y, None, count, shared)
         return loss, grads
 
@@ -435,9 +442,9 @@ def llc(
     traj = as_trajectory(obj)
     if rows is not None:
         traj = traj.subset(list(rows))
-    objective = _ModelObjective(traj.config, config.engine)
+    objective = _ModelObjective(traj.config, config.engine, config.device)
     nbeta = config.nbeta if config.nbeta is not None else default_nbeta(objective.n)
-    w_star = {k: traj.params[k] for k in objective.names}
+    w_star = {k: traj.params[k].to(config.device) for k in objective.names}
     K = len(traj)
     full = lambda x: torch.full((K,), float(x), dtype=torch.float64)  # noqa: E731
     init, trace, nb = _run_rows(objective, w_star, full(config.epsilon), full(config.gamma), full(nbeta),
@@ -497,14 +504,15 @@ def llc_calibration(
     estimate is stable (:attr:`LLCCalibration.stable`) before reading a curve."""
     traj = as_trajectory(obj)
     row = checkpoint % len(traj)
-    objective = _ModelObjective(traj.config, config.engine)
+    objective = _ModelObjective(traj.config, config.engine, config.device)
     if nbetas is None:
         nbetas = [config.nbeta if config.nbeta is not None else default_nbeta(objective.n)]
     grid = [(b, e, g) for b in nbetas for e in epsilons for g in gammas]
     for b, e, g in grid:  # validated like a config so a typo names the field
         replace(config, nbeta=float(b), epsilon=float(e), gamma=float(g))
     K = len(grid)
-    w_star = {k: traj.params[k][row : row + 1].expand(K, *traj.params[k].shape[1:]).contiguous() for k in objective.names}
+    w_star = {k: traj.params[k][row : row + 1].expand(K, *traj.params[k].shape[1:]).to(config.device).contiguous()
+              for k in objective.names}
     nb = torch.tensor([b for b, _, _ in grid], dtype=torch.float64)
     eps = torch.tensor([e for _, e, _ in grid], dtype=torch.float64)
     gam = torch.tensor([g for _, _, g in grid], dtype=torch.float64)
