@@ -192,6 +192,8 @@ def test_config_validation_names_the_field():
         LLCConfig(batch_size=2.5)
     with pytest.raises(ConfigError, match="llc.engine"):
         LLCConfig(engine="gpu")
+    with pytest.raises(ConfigError, match="llc.device"):
+        LLCConfig(device="nonsense")
     assert default_nbeta(100) == pytest.approx(100 / math.log(100))
     assert LLCConfig(burnin=10, draws=5, steps_between_draws=3).n_steps == 10 + 4 * 3 + 1
 
