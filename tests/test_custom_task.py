@@ -95,3 +95,18 @@ def test_custom_task_trains_and_is_analysed(factory, tmp_path):
     acc = float((model(data.train_x).argmax(-1) == data.train_y).double().mean())
     assert float(res["progress/train_acc"][-1]) == pytest.approx(acc)
     assert res.events.phase == "memorisation" and res.events.memorised_step is not None  # 60 steps: memorised only
+
+
+def test_custom_task_script(tmp_path, capsys, monkeypatch):
+    """analyses/custom_task.py on a tiny table: trains, analyses, writes its report."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "analyses" / "custom_task.py"
+    monkeypatch.syspath_prepend(str(script.parent))
+    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "run"), "--set", "task.p=7", "--set", "train.steps=60",
+                                      "--set", "train.checkpoint_every=20", "--set", "train.log_checkpoints=3"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "custom task custom_task:make" in out and (tmp_path / "run" / "report.html").exists()

@@ -244,3 +244,19 @@ def test_batched_engine_trains_group_tasks_like_the_trainer():
         a, b = batched.model.state_dict(), ref.model.state_dict()
         for k in b:
             assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_group_irreps_seeds_script(tmp_path, capsys, monkeypatch):
+    """analyses/group_irreps_seeds.py on two tiny seeds: trains them at once, prints each seed's key
+    irreps and the counts, writes the first seed's report."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "analyses" / "group_irreps_seeds.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "seeds"), "--preset", "group-s4-mlp", "--seeds", "2",
+                                      "--set", "train.steps=100", "--set", "model.d_model=32", "--set", "model.d_mlp=32"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.count("key irreps:") == 2 and "how often each irrep is key" in out
+    assert (tmp_path / "seeds" / "report.html").exists()
