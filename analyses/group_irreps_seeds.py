@@ -20,7 +20,7 @@ import torch
 
 import mechgrok as mg
 from mechgrok.scripts import format_step, parse_sets
-from mechgrok.sweep import train_batch
+from mechgrok.sweep import EngineConfig, train_batch
 
 parser = argparse.ArgumentParser(description="Key irreps of a group preset over several seeds.")
 parser.add_argument("out", nargs="?", default="checkpoints/group-s4-seeds", help="folder for the seed runs")
@@ -42,7 +42,9 @@ configs = [base.with_overrides({"train.seed": s, "name": f"{base.name}-seed{s}"}
 folders = [out / c.name for c in configs]
 todo = [i for i, f in enumerate(folders) if not (f / "config.json").exists()]
 if todo:
-    train_batch([configs[i] for i in todo], [folders[i] for i in todo])
+    # one worker thread: with several, the engine's autograd path (an untied unembedding) can see
+    # another chunk's in-place update of the shared parameter storage (a version-counter error)
+    train_batch([configs[i] for i in todo], [folders[i] for i in todo], engine=EngineConfig(workers=1))
 
 # 2. analyse every run: the pipeline names the key irreps of the last checkpoint
 counts: Counter[str] = Counter()
