@@ -172,3 +172,18 @@ def test_nanda_transformer(tmp_path, capsys):
     assert "reusing finished run" in out
     with pytest.raises(SystemExit, match="choose one"):
         run_script("nanda_transformer.py", "--out", str(tmp_path / "x"), "--accelerated", "--fast", capsys=capsys)
+
+
+def test_stability_no_wd(tmp_path, capsys):
+    argv = [str(tmp_path / "runs"), *TINY_MODULAR, "--set", "model.d_model=16", "--set", "model.d_mlp=8",
+            "--set", "train.steps=100", "--set", "optim.lr=3e-2"]
+    out = run_script("stability_no_wd.py", *argv, capsys=capsys)
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert set(rows) == {"ce-float32", "ce-float64", "stablemax", "orthograd"}
+    for name in rows:
+        cfg = mg.Run.open(tmp_path / "runs" / name).config
+        assert cfg.optim.weight_decay == 0.0
+    assert mg.Run.open(tmp_path / "runs" / "orthograd").config.optim.orthograd
+    assert mg.Run.open(tmp_path / "runs" / "stablemax").config.optim.loss == "stablemax"
+    # a second call reuses the runs and prints the same table
+    assert run_script("stability_no_wd.py", *argv, capsys=capsys) == out
