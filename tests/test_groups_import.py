@@ -130,3 +130,26 @@ def test_bad_their_files_get_one_line_errors(tmp_path):
     with pytest.raises(StoreError, match="not a OneLayerMLP state dict"):
         import_chughtai_checkpoint(tmp_path / "noW.pt", cfg, tmp_path / "out2")
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
+def test_their_split_is_rebuilt(tmp_path):
+    """get_all_data(seed): rows x * order + y, torch.manual_seed(seed); randperm when seed is truthy."""
+    from mechgrok.importers._common import run_dataset
+    from mechgrok.importers.chughtai import chughtai_split
+
+    ours = chughtai_element_map("s3")
+    G = 6
+    x, y = torch.meshgrid(torch.arange(G), torch.arange(G), indexing="ij")
+    data = torch.stack([x.flatten(), y.flatten()], -1)
+    torch.manual_seed(7)  # their code, literally
+    shuffled = data[torch.randperm(G * G)]
+    train, test = chughtai_split(G, 0.4, 7, ours)
+    assert torch.equal(train, ours[shuffled[: int(0.4 * 36)]]) and torch.equal(test, ours[shuffled[int(0.4 * 36):]])
+    train0, _ = chughtai_split(G, 0.5, 0, ours)  # seed 0 is falsy: no shuffle
+    assert torch.equal(train0, ours[data[:18]])
+    model_pt, cfg = write_their_run(tmp_path / "S3", "SymmetricGroup", 3, "s3", ["(2,1)"], ours)
+    meta = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({**meta, "seed": 7}))
+    run = import_chughtai_checkpoint(model_pt, cfg)
+    ds = run_dataset(run)
+    assert torch.equal(ds.train_ab, train) and torch.equal(ds.train_y, finite_group("s3").table[train[:, 0], train[:, 1]])

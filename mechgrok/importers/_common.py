@@ -151,11 +151,15 @@ def run_dataset(run: Run) -> Dataset:
         train_ab, test_ab = tensors["train_ab"], tensors["test_ab"]
     except Exception as e:  # safetensors raises several types for damaged files
         raise StoreError(f"{split}: unreadable train/test split ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if task.kind != "modular" or task.op != "add":
-        raise StoreError(f"{split}: an imported split needs a modular addition task, got {task.kind} {task.op}")
+    if task.kind not in ("modular", "group") or (task.kind == "modular" and task.op != "add"):
+        raise StoreError(f"{split}: an imported split needs a modular addition or group task, got {task.kind} {task.op}")
     p = task.p
 
     def xy(ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if task.kind == "group":
+            from ..groups import finite_group
+
+            return encode_pairs(ab[:, 0], ab[:, 1], task), finite_group(task.group).table[ab[:, 0], ab[:, 1]]
         return encode_pairs(ab[:, 0], ab[:, 1], task), (ab[:, 0] + ab[:, 1]) % p
 
     (train_x, train_y), (test_x, test_y) = xy(train_ab), xy(test_ab)

@@ -32,8 +32,10 @@ must form a group table, matched to mechgrok's by an isomorphism found from two 
 S_n, n <= 5, every automorphism is inner, so the irreps are unchanged by the choice).
 
 The import checks the model's accuracy on the whole table (in ``import.json`` and the metrics of
-its single checkpoint). Their train/test split (``group.get_all_data(seed)``) is not rebuilt:
-the run uses mechgrok's split with their ``frac_train``.
+its single checkpoint) and writes their train/test split (``split.safetensors``), rebuilt as their
+``get_all_data(seed)`` draws it: rows x * order + y, shuffled by ``torch.manual_seed(seed);
+torch.randperm(order^2)`` when ``seed`` is truthy (in order otherwise), the first
+``int(frac_train * order^2)`` for training; ``cfg.json``'s ``seed`` (default 0) is taken as theirs.
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ from ..config import ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfi
 from ..groups import FiniteGroup, finite_group
 from ..layout import IMPORT_FILES, RUN_FILES
 from ..metrics import loss_and_accuracy
-from ..store import Run, StoreError, atomic_write_bytes, atomic_write_json
+from ..store import Run, StoreError, atomic_save_tensors, atomic_write_bytes, atomic_write_json
 from ._common import default_import_dir, existing_import, file_sha256, plain, run_dataset, write_import
 
-__all__ = ["CHUGHTAI_FORMAT", "chughtai_group_spec", "chughtai_element_map", "chughtai_state_to_mechgrok",
+__all__ = ["CHUGHTAI_FORMAT", "chughtai_group_spec", "chughtai_element_map", "chughtai_split", "chughtai_state_to_mechgrok",
            "import_chughtai_checkpoint", "is_chughtai_config", "match_group_table"]
 
 CHUGHTAI_FORMAT = "toy-model-of-universality"
@@ -240,6 +242,18 @@ def chughtai_state_to_mechgrok(state: dict[str, Any], ours: torch.Tensor, where:
     return {"embed.W_E": W_E, "blocks.0.mlp.W_in": W_in, "blocks.0.mlp.W_out": W_out, "unembed.W_U": W_U_ours}
 
 
+def chughtai_split(order: int, frac_train: float, seed: int, ours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Their train / test pairs ``[n, 2]`` in mechgrok's element labels (module docstring)."""
+    x, y = torch.meshgrid(torch.arange(order), torch.arange(order), indexing="ij")
+    data = torch.stack([x.flatten(), y.flatten()], -1)
+    if seed:
+        gen = torch.Generator().manual_seed(seed)  # torch.manual_seed(seed) seeds this CPU generator
+        data = data[torch.randperm(order * order, generator=gen)]
+    n_train = int(frac_train * data.shape[0])
+    data = ours[data]
+    return data[:n_train], data[n_train:]
+
+
 def _their_predictions(state: dict[str, Any], where: str) -> torch.Tensor:
     W_x, W_y, W, W_U = _their_weights(state, where)
     n = W_x.shape[0]
@@ -306,6 +320,8 @@ def import_chughtai_checkpoint(path: str | Path, config_path: str | Path, out: s
 
     def fill(run: Run) -> None:
         run.write_checkpoint(1, params)
+        train_ab, test_ab = chughtai_split(group.order, frac, seed, ours)
+        atomic_save_tensors(run.path / IMPORT_FILES["split"], {"train_ab": train_ab, "test_ab": test_ab})
         data = run_dataset(run)
         model = run.model(1)
         with torch.no_grad():
