@@ -179,7 +179,7 @@ class Sweep:
                 section, name = key.split(".", 1)
                 value = cfg[section][name]
                 row[column_name(key)] = json.dumps(value) if isinstance(value, list) else value
-            if self.spec.base.task.kind == "modular":
+            if self.spec.base.task.kind != "parity":  # modular, group and custom tasks split a table
                 row.setdefault("train_fraction", cfg["task"]["train_fraction"])
             else:
                 row.setdefault("n_train", cfg["task"]["n_train"])
