@@ -33,7 +33,7 @@ def make(task: mg.TaskConfig) -> dict[str, torch.Tensor]:
     a, b = a.flatten(), b.flatten()
     y = (a * a + a * b + b * b) % p
     perm = torch.randperm(p * p, generator=torch.Generator().manual_seed(task.seed))
-    n_train = int(round(task.train_fraction * p * p))
+    n_train = round(task.train_fraction * p * p)
     x = torch.stack([a, b], dim=-1)
     train, test = perm[:n_train], perm[n_train:]
     return {"train_x": x[train], "train_y": y[train], "test_x": x[test], "test_y": y[test]}

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["FiniteGroup", "Irrep", "finite_group", "GROUP_SPEC", "group_order", "partitions"]
+__all__ = ["GROUP_SPEC", "FiniteGroup", "Irrep", "finite_group", "group_order", "partitions"]
 
 GROUP_SPEC = re.compile(r"^([cdsa])([0-9]{1,7})$")
 """A group spec: kind letter and n (``s5``, ``d7``, ``c13``, ``a4``)."""
@@ -259,7 +259,7 @@ def _irreps(spec: str) -> tuple[Irrep, ...]:
     if kind == "d":
         jj = torch.tensor([g[0] for g in group.elements], dtype=torch.float64)
         ee = torch.tensor([g[1] for g in group.elements], dtype=torch.float64)
-        one = lambda v: v[:, None, None]  # noqa: E731
+        one = lambda v: v[:, None, None]
         out = [Irrep("trivial", 1, one(torch.ones_like(jj))), Irrep("sign", 1, one((-1.0) ** ee))]
         if n % 2 == 0:
             out += [Irrep("rsign", 1, one((-1.0) ** jj)), Irrep("rsign*sign", 1, one((-1.0) ** (jj + ee)))]

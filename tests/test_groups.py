@@ -14,7 +14,12 @@ from mechgrok.groups import finite_group, group_order, partitions
 from mechgrok.models import build_model
 from mechgrok.probes._common import as_trajectory
 from mechgrok.probes._modular import modular_sweep
-from mechgrok.probes.irreps import irrep_progress_measures, irrep_sweep, key_irreps, planted_group_mlp
+from mechgrok.probes.irreps import (
+    irrep_progress_measures,
+    irrep_sweep,
+    key_irreps,
+    planted_group_mlp,
+)
 from mechgrok.probes.synthetic import planted_modadd_mlp
 from mechgrok.tasks import make_dataset
 
@@ -175,8 +180,8 @@ def test_group_task_trains_and_probe_reads_the_run(tmp_path):
         optim=OptimConfig(lr=1e-2, weight_decay=0.1),
         train=TrainConfig(steps=40, checkpoint_every=20, log_checkpoints=2, resume_every=40),
     )
-    from mechgrok.train import train
     from mechgrok.store import Run
+    from mechgrok.train import train
 
     train(cfg, tmp_path / "run", progress=False)
     traj = Run.open(tmp_path / "run").trajectory()

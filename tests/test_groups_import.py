@@ -19,7 +19,7 @@ from mechgrok.importers.chughtai import chughtai_element_map
 from mechgrok.probes.irreps import key_irreps
 
 sympy = pytest.importorskip("sympy")
-from sympy.combinatorics.named_groups import AlternatingGroup, SymmetricGroup  # noqa: E402
+from sympy.combinatorics.named_groups import AlternatingGroup, SymmetricGroup
 
 
 def their_table(name: str, n: int) -> torch.Tensor:

@@ -53,8 +53,16 @@ from ..metrics import loss_and_accuracy
 from ..store import Run, StoreError, atomic_save_tensors, atomic_write_bytes, atomic_write_json
 from ._common import default_import_dir, existing_import, file_sha256, plain, run_dataset, write_import
 
-__all__ = ["CHUGHTAI_FORMAT", "chughtai_group_spec", "chughtai_element_map", "chughtai_split", "chughtai_state_to_mechgrok",
-           "import_chughtai_checkpoint", "is_chughtai_config", "match_group_table"]
+__all__ = [
+    "CHUGHTAI_FORMAT",
+    "chughtai_element_map",
+    "chughtai_group_spec",
+    "chughtai_split",
+    "chughtai_state_to_mechgrok",
+    "import_chughtai_checkpoint",
+    "is_chughtai_config",
+    "match_group_table",
+]
 
 CHUGHTAI_FORMAT = "toy-model-of-universality"
 

@@ -29,7 +29,7 @@ addition run is analysed as C_p.
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -44,8 +44,13 @@ from ._modular import _logsumexp_argmax, sum_sq_weights
 from ._spectral import gini, key_frequency_mask
 
 __all__ = [
-    "task_group", "irrep_names", "irreps_over_training", "key_irreps", "irrep_progress_measures", "irrep_sweep",
+    "irrep_names",
+    "irrep_progress_measures",
+    "irrep_sweep",
+    "irreps_over_training",
+    "key_irreps",
     "planted_group_mlp",
+    "task_group",
 ]
 
 PARTS = ("spectra", "logits", "progress")
@@ -307,5 +312,5 @@ def planted_group_mlp(spec: str, irreps: Sequence[str], scale: float = 1.0):
     state.update({"embed.W_E": torch.eye(2 * G, dtype=torch.float64), "blocks.0.mlp.W_in": W_in,
                   "blocks.0.mlp.b_in": -torch.ones(G * G, dtype=torch.float64), "blocks.0.mlp.W_out": W_out,
                   "blocks.0.mlp.b_out": torch.zeros(2 * G, dtype=torch.float64), "unembed.W_U": W_U})
-    model.load_state_dict({k: v.to(state[k].dtype) for k, v in state.items()})
+    model.load_state_dict(state)  # copied into the model's own (float32) parameters
     return model.eval()

@@ -3,7 +3,8 @@ Fourier spectrum heatmap) with the run's event lines."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
