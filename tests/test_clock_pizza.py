@@ -51,7 +51,7 @@ def _their_state(p, d=16, heads=2, n_ctx=2, vocab=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     vocab = vocab or p
     e = d // heads
-    r = lambda *shape: torch.randn(*shape, generator=g) / math.sqrt(d)  # noqa: E731
+    r = lambda *shape: torch.randn(*shape, generator=g) / math.sqrt(d)
     return {
         "embed.W_E": r(d, vocab), "pos_embed.W_pos": r(n_ctx, d), "unembed.W_U": r(d, vocab),
         "blocks.0.attn.W_K": r(heads, e, d), "blocks.0.attn.W_Q": r(heads, e, d), "blocks.0.attn.W_V": r(heads, e, d),

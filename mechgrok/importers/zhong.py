@@ -32,17 +32,34 @@ second vocabulary) are dropped: the answer is read over the p residues.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import einops
 import torch
 
-from ..config import MAX_NAME, ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig, load_json_text
+from ..config import (
+    MAX_NAME,
+    ConfigError,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TaskConfig,
+    TrainConfig,
+    load_json_text,
+)
 from ..layout import IMPORT_FILES, RUN_FILES
 from ..metrics import loss_and_accuracy
 from ..store import Run, StoreError, atomic_write_bytes, atomic_write_json
-from ._common import default_import_dir, existing_import, file_sha256, plain, run_dataset, write_import
+from ._common import (
+    default_import_dir,
+    existing_import,
+    file_sha256,
+    plain,
+    run_dataset,
+    write_import,
+)
 from .nanda import _check_unpacked_size
 
 __all__ = ["ZHONG_FORMAT", "import_zhong_checkpoint", "zhong_state_to_mechgrok"]
@@ -95,7 +112,7 @@ def _shapes(state: dict[str, Any], where: str, p: int, n_ctx: int) -> dict[str, 
 
 def zhong_state_to_mechgrok(state: dict[str, torch.Tensor], p: int, n_heads: int) -> dict[str, torch.Tensor]:
     """Their state dict as :class:`~mechgrok.models.OneLayerTransformer`'s (module docstring)."""
-    f = lambda k: state[k].detach().to(torch.float32)  # noqa: E731
+    f = lambda k: state[k].detach().to(torch.float32)
     n_tokens = p + 1 if state["pos_embed.W_pos"].shape[0] == 3 else p  # '=' is token p
     return {
         "embed.W_E": f("embed.W_E")[:, :n_tokens].T.contiguous(),
@@ -201,7 +218,7 @@ def import_zhong_checkpoint(path: str | Path, config: str | Path, out: str | Pat
     _check_unpacked_size(path, max_memory_gb)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises pickle / runtime errors of many types
+    except Exception as e:  # noqa: BLE001 - torch raises pickle / runtime errors of many types
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StoreError(f"{path}: cannot read as a weights-only torch file ({msg[:200]})") from None
     if not isinstance(state, dict):
@@ -223,7 +240,7 @@ def _write_import(run: Run, converted: dict[str, torch.Tensor], step: int, path:
                            else (torch.tensor(float("nan")),) * 2)
     row = {"step": step, "train_loss": float(tr_loss), "test_loss": float(te_loss),
            "train_acc": float(tr_acc), "test_acc": float(te_acc)}
-    atomic_write_bytes(run.path / RUN_FILES["metrics"], (json.dumps({k: v for k, v in row.items() if v == v}) + "\n").encode())
+    atomic_write_bytes(run.path / RUN_FILES["metrics"], (json.dumps({k: v for k, v in row.items() if not math.isnan(v)}) + "\n").encode())
     atomic_write_json(run.path / IMPORT_FILES["record"], {
         "format": ZHONG_FORMAT,
         "source": str(path.resolve()),

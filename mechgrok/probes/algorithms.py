@@ -27,6 +27,7 @@ model (one row) and works for any modular model whose inputs are ``[a, b]`` toke
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -108,6 +109,13 @@ def distance_irrelevance(obj: Trajectory | Run | nn.Module) -> torch.Tensor:
     return _distance_irrelevance_of(q)
 
 
+def _fresh_leaf(emb: torch.Tensor, hook: object, leaves: list[torch.Tensor]) -> torch.Tensor:
+    """A hook: ``emb`` replaced by a new leaf tensor (kept in ``leaves``) to take gradients at."""
+    fresh = emb.detach().clone().requires_grad_(True)
+    leaves.append(fresh)
+    return fresh
+
+
 def gradient_symmetricity(obj: Trajectory | Run | nn.Module, n_samples: int = 100, seed: int = 0) -> torch.Tensor:
     """Per checkpoint ``[n]``: the mean cosine similarity of d logit_c / d E_a and d logit_c / d E_b
     over ``n_samples`` triples (a, b, c) drawn uniformly with a generator seeded by ``seed`` (the
@@ -125,17 +133,11 @@ def gradient_symmetricity(obj: Trajectory | Run | nn.Module, n_samples: int = 10
     out = []
     for i in range(len(traj)):
         model = traj.model(i).double()
-        leaf: list[torch.Tensor] = []
-
-        def take(emb: torch.Tensor, hook) -> torch.Tensor:
-            fresh = emb.detach().clone().requires_grad_(True)
-            leaf.append(fresh)
-            return fresh
-
-        with torch.enable_grad(), model.hooks(fwd_hooks=[("hook_embed", take)]):
+        leaves: list[torch.Tensor] = []
+        with torch.enable_grad(), model.hooks(fwd_hooks=[("hook_embed", partial(_fresh_leaf, leaves=leaves))]):
             logits = model(x)
             picked = logits.gather(1, abc[:, 2:3]).sum()  # each logit depends on its own row only
-            (grad,) = torch.autograd.grad(picked, leaf[0])
+            (grad,) = torch.autograd.grad(picked, leaves[0])
         ga, gb = grad[:, pos_a], grad[:, pos_b]  # [n_samples, d]
         cos = (ga * gb).sum(-1) / (ga.norm(dim=-1) * gb.norm(dim=-1)).clamp_min(1e-300)
         out.append(cos.mean())
