@@ -26,7 +26,12 @@ import mechgrok as mg
 from mechgrok.probes.llc import LLCConfig, llc, llc_calibration
 from mechgrok.report import Section, training_curves_figure, write_html
 from mechgrok.report.llc import llc_calibration_figure, llc_figure, llc_traces_figure
-from mechgrok.scripts import add_run_arguments, config_from_args, format_step, open_or_train
+from mechgrok.scripts import (
+    add_run_arguments,
+    config_from_args,
+    format_step,
+    open_or_train,
+)
 
 # 1. the run, and the sampler's settings (every LLCConfig field has a flag)
 parser = argparse.ArgumentParser(description="The local learning coefficient over training.")
@@ -38,7 +43,8 @@ for name in ("chains", "burnin", "draws"):
     parser.add_argument(f"--{name}", type=int, default=getattr(LLCConfig, name))
 parser.add_argument("--batch-size", type=int, default=None)
 parser.add_argument("--calibrate", action="store_true", help="sweep epsilon x gamma at the last checkpoint first")
-parser.add_argument("--steps", default=None, help="comma-separated checkpoint steps (default: --max-checkpoints log-spaced)")
+parser.add_argument("--steps", default=None,
+                    help="comma-separated checkpoint steps (default: --max-checkpoints log-spaced)")
 args = parser.parse_args()
 torch.set_num_threads(1)
 try:
@@ -101,7 +107,8 @@ print(f"peak LLC {float(res.llc[peak]):.2f} at step {int(res.steps[peak]):,}; la
 # 4. figures -> one offline HTML file
 sections = [
     Section("Training curves", training_curves_figure(metrics, events)),
-    Section("Local learning coefficient", llc_figure(res.steps, res.llc, res.llc_std, flagged=res.flagged, events=events)),
+    Section("Local learning coefficient",
+            llc_figure(res.steps, res.llc, res.llc_std, flagged=res.flagged, events=events)),
     Section("SGLD chains", llc_traces_figure(res.steps, res.trace, res.init_loss, nbeta=res.nbeta, burnin=cfg.burnin)),
 ] + sections
 out = write_html(run.path / "llc_curve.html", f"Local learning coefficient: {run.config.name}", sections)

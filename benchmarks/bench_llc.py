@@ -74,7 +74,8 @@ def main() -> None:
     loop = llc(traj, dataclasses.replace(cfg, engine=args.loop_engine), vectorize=False)
     t_loop = time.perf_counter() - t
     diff = float((vec.llc - loop.llc).abs().max())
-    print(f"loop ({args.loop_engine}): {t_loop:8.2f} s   speed-up {t_loop / t_vec:.1f}x   max |llc difference| {diff:.2e}")
+    print(f"loop ({args.loop_engine}): {t_loop:8.2f} s   speed-up {t_loop / t_vec:.1f}x   "
+          f"max |llc difference| {diff:.2e}")
 
 
 if __name__ == "__main__":

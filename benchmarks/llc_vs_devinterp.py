@@ -77,9 +77,10 @@ def main() -> int:
                 else F.cross_entropy(logits, y))
         return loss, {}
 
-    kwargs = dict(sampling_method=SGLD, optimizer_kwargs=dict(lr=cfg.epsilon, localization=cfg.gamma, nbeta=nbeta),
-                  num_chains=cfg.chains, num_draws=cfg.draws, num_burnin_steps=cfg.burnin, num_steps_bw_draws=1,
-                  device="cpu", verbose=False, seed=cfg.seed)
+    kwargs = {"sampling_method": SGLD,
+              "optimizer_kwargs": {"lr": cfg.epsilon, "localization": cfg.gamma, "nbeta": nbeta},
+              "num_chains": cfg.chains, "num_draws": cfg.draws, "num_burnin_steps": cfg.burnin, "num_steps_bw_draws": 1,
+              "device": "cpu", "verbose": False, "seed": cfg.seed}
     t = time.perf_counter()
     theirs = estimate_learning_coeff_with_summary(model, loader, evaluate=evaluate, **kwargs)
     t_theirs = time.perf_counter() - t

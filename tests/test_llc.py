@@ -20,6 +20,7 @@ Exact values used (``t`` = n*beta, ``gamma`` the localisation, ``eps`` the step 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -29,7 +30,14 @@ import torch
 import mechgrok as mg
 from mechgrok import ConfigError, RunConfig
 from mechgrok.models import build_model
-from mechgrok.probes.llc import LLCConfig, LLCResult, default_nbeta, llc, llc_calibration, llc_of_potential
+from mechgrok.probes.llc import (
+    LLCConfig,
+    LLCResult,
+    default_nbeta,
+    llc,
+    llc_calibration,
+    llc_of_potential,
+)
 from mechgrok.store import Trajectory
 
 
@@ -83,7 +91,7 @@ def test_w1sq_w2sq_matches_quadrature_and_reference_tends_to_half():
     assert abs(float(res.llc[0]) - ref) < 4 * stderr + 0.01, (float(res.llc[0]), ref, stderr)
     # the exact finite-T values rise towards lambda = 1/2 (never past it)
     refs = [_singular_reference(x) for x in (1e2, 1e4, 1e6, 1e8)]
-    assert all(a < b < 0.5 for a, b in zip(refs, refs[1:]))
+    assert all(a < b < 0.5 for a, b in itertools.pairwise(refs))
     assert abs(refs[-1] - 0.5) < 0.05
 
 
@@ -177,7 +185,8 @@ def test_calibration_grid(modadd_traj):
     assert cal.flagged[0, 2].all()  # eps = 1 diverges
     assert not cal.stable[0, 2].any()
     # each cell is the same estimate as a single run at that setting
-    one = llc(modadd_traj, LLCConfig(chains=2, burnin=5, draws=10, epsilon=1e-4, gamma=100.0), rows=[-1 % len(modadd_traj)])
+    one = llc(modadd_traj, LLCConfig(chains=2, burnin=5, draws=10, epsilon=1e-4, gamma=100.0),
+              rows=[len(modadd_traj) - 1])
     torch.testing.assert_close(cal.llc[0, 1, 1], one.llc[0], rtol=1e-4, atol=1e-6)
 
 
@@ -206,7 +215,8 @@ def test_chunks_of_checkpoints_concatenate_to_the_whole(modadd_traj):
                               llc(modadd_traj.subset(list(range(k, len(modadd_traj)))), cfg)])
     torch.testing.assert_close(parts.trace, whole.trace, rtol=1e-4, atol=1e-6)
     assert parts.steps.tolist() == whole.steps.tolist()
-    assert set(whole.tensors()) == {"llc", "llc_std", "llc_chains", "llc_init_loss", "llc_trace", "llc_negative", "llc_diverged"}
+    assert set(whole.tensors()) == {"llc", "llc_std", "llc_chains", "llc_init_loss", "llc_trace", "llc_negative",
+                                    "llc_diverged"}
     assert all(v.shape[0] == len(modadd_traj) for v in whole.tensors().values())
 
 
@@ -216,8 +226,9 @@ def test_llc_curve_script(tmp_path, capsys):
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "analyses" / "llc_curve.py"
-    argv = [str(script), str(tmp_path / "run"), "--preset", "parity", "--set", "task.n_bits=8", "--set", "task.relevant_bits=1,5",
-            "--set", "task.n_train=60", "--set", "task.n_test=100", "--set", "model.d_mlp=16", "--set", "train.steps=100",
+    argv = [str(script), str(tmp_path / "run"), "--preset", "parity", "--set", "task.n_bits=8",
+            "--set", "task.relevant_bits=1,5", "--set", "task.n_train=60", "--set", "task.n_test=100",
+            "--set", "model.d_mlp=16", "--set", "train.steps=100",
             "--set", "train.checkpoint_every=25", "--set", "train.log_checkpoints=4", "--max-checkpoints", "5",
             "--chains", "2", "--burnin", "2", "--draws", "5", "--calibrate"]
     old = sys.argv

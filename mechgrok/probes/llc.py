@@ -30,8 +30,8 @@ full-batch ``L_n(w*)`` (identical with full batches); losses are our float64 cro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,13 +41,13 @@ from ..store import Run, Trajectory
 from ._common import as_trajectory
 
 __all__ = [
+    "LLCCalibration",
     "LLCConfig",
     "LLCResult",
-    "LLCCalibration",
-    "llc",
-    "llc_of_potential",
-    "llc_calibration",
     "default_nbeta",
+    "llc",
+    "llc_calibration",
+    "llc_of_potential",
 ]
 
 
@@ -170,11 +170,11 @@ class LLCResult:
         return (self.negative | self.diverged).any(-1)
 
     @staticmethod
-    def concat(parts: Sequence["LLCResult"]) -> "LLCResult":
+    def concat(parts: Sequence[LLCResult]) -> LLCResult:
         """Results of consecutive chunks of checkpoints (same settings) as one. Exact: every chunk
         replays the same chain streams, so chunking the checkpoints changes no number."""
         first = parts[0]
-        cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+        cat = lambda name: torch.cat([getattr(p, name) for p in parts])
         return LLCResult(steps=cat("steps"), llc=cat("llc"), llc_std=cat("llc_std"), chain_llc=cat("chain_llc"),
                          init_loss=cat("init_loss"), trace=cat("trace"), negative=cat("negative"),
                          diverged=cat("diverged"), nbeta=first.nbeta, n=first.n, config=first.config)
@@ -250,7 +250,8 @@ def _sample(
         if batch is not None:
             per_chain = torch.stack([torch.randperm(n, generator=gens[c], device=device)[:batch] for c in chains])
             idx = per_chain[pick]  # [R, b]
-        noise = {k: torch.stack([torch.randn(v.shape[1:], generator=gens[c], device=device, dtype=v.dtype) for c in chains])
+        noise = {k: torch.stack([torch.randn(v.shape[1:], generator=gens[c], device=device, dtype=v.dtype)
+                                 for c in chains])
                  for k, v in w.items()}
         loss, grads = objective(w, idx)
         trace[:, t] = loss
@@ -318,9 +319,9 @@ def _run_rows(
         for start in range(0, K, rows_per_chunk):
             sl = slice(start, min(K, start + rows_per_chunk))
             rows = _rows({k: v[sl] for k, v in w_star.items()}, C)
-            rep = lambda t: t[sl].repeat_interleave(C)  # noqa: E731
+            per_row = [t[sl].repeat_interleave(C) for t in (eps, gamma, nbeta)]
             chain_of_row = torch.arange(C).repeat(sl.stop - sl.start)
-            i, tr = _sample(objective, rows, chain_of_row, rep(eps), rep(gamma), rep(nbeta), n, config)
+            i, tr = _sample(objective, rows, chain_of_row, *per_row, n, config)
             init.append(i)
             traces.append(tr)
             if progress is not None:
@@ -365,7 +366,7 @@ def llc_of_potential(
         return loss.detach().to(torch.float64), dict(zip(leaves, grads))
 
     K = next(iter(w_star.values())).shape[0]
-    full = lambda x: torch.full((K,), float(x), dtype=torch.float64)  # noqa: E731
+    full = lambda x: torch.full((K,), float(x), dtype=torch.float64)
     init, trace, nb = _run_rows(objective, w_star, full(config.epsilon), full(config.gamma), full(nbeta),
                                 1, config, rows_per_chunk=K, vectorize=vectorize)
     return _finish(init, trace, nb, torch.zeros(K, dtype=torch.int64), 1, config)
@@ -446,7 +447,7 @@ def llc(
     nbeta = config.nbeta if config.nbeta is not None else default_nbeta(objective.n)
     w_star = {k: traj.params[k].to(config.device) for k in objective.names}
     K = len(traj)
-    full = lambda x: torch.full((K,), float(x), dtype=torch.float64)  # noqa: E731
+    full = lambda x: torch.full((K,), float(x), dtype=torch.float64)
     init, trace, nb = _run_rows(objective, w_star, full(config.epsilon), full(config.gamma), full(nbeta),
                                 objective.n, config, _rows_per_chunk(objective, config, budget) // config.chains or 1,
                                 vectorize, progress)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
 from ._common import add_event_lines, lin_range, step_axis_range, to_numpy
 
-__all__ = ["llc_figure", "llc_traces_figure", "llc_calibration_figure"]
+__all__ = ["llc_calibration_figure", "llc_figure", "llc_traces_figure"]
 
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 70, "r": 30, "t": 60, "b": 50}}
 
@@ -76,7 +77,8 @@ def llc_traces_figure(
         y = nbeta * (tr[r] - l0[r])
         for c in range(C):
             fig.add_trace(go.Scatter(x=t, y=y[c], mode="lines", line={"color": colors[i % len(colors)], "width": 1},
-                                     name=f"step {int(to_numpy(steps, np.int64)[r]):,}", legendgroup=str(r), showlegend=c == 0,
+                                     name=f"step {int(to_numpy(steps, np.int64)[r]):,}", legendgroup=str(r),
+                                     showlegend=c == 0,
                                      opacity=0.7))
     if burnin:
         fig.add_vrect(x0=0, x1=burnin, fillcolor="grey", opacity=0.12, line_width=0,
@@ -102,5 +104,6 @@ def llc_calibration_figure(calibration: Any, *, nbeta_index: int = 0) -> go.Figu
     fig.update_xaxes(title_text="gamma (localisation)", type="category")
     fig.update_yaxes(title_text="epsilon (step size)", type="category")
     fig.update_layout(title=f"LLC calibration at step {calibration.step:,}, n*beta = "
-                            f"{calibration.nbetas[nbeta_index]:.4g} (! flagged, * stable in epsilon)", height=420, **_LAYOUT)
+                            f"{calibration.nbetas[nbeta_index]:.4g} (! flagged, * stable in epsilon)",
+                      height=420, **_LAYOUT)
     return fig
