@@ -20,6 +20,9 @@ Three forwards compute the same logits:
 
 from __future__ import annotations
 
+import copy
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -82,7 +85,10 @@ class BatchedModel:
         ``metrics=False`` lets a model skip the float64 loss and accuracy (``None`` then) where
         the gradient does not need them; the gradient is the same either way.
         """
-        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        # copies, not views: with several workers another block's optimiser step edits other rows of
+        # the same stacked storage in place, which bumps the version counter a view shares and makes
+        # autograd refuse this chunk's backward (the values would be right; the check fails)
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
             logits = self(leaves, x, shared)
         loss, acc, g = ce_loss_grad(logits, y, mask, count, div=self.loss_div, **self.loss_opts)
@@ -372,6 +378,29 @@ class _FusedRecurrent(BatchedModel):
         return torch.baddbmm(params["unembed.b_U"][:, None, :], h, params["unembed.W_U"])
 
 
+class _PerThreadModule:
+    """The hooked model for ``functional_call``, one copy per thread.
+
+    ``functional_call`` swaps the passed tensors into the module's attributes for the duration of
+    the call, so two engine workers calling it on one module see each other's parameters (a
+    silently wrong trajectory, not an error). Each worker thread gets its own deep copy; the thread
+    that built the engine uses the original.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self._owner = threading.get_ident()
+        self._local = threading.local()
+
+    def module(self) -> torch.nn.Module:
+        if threading.get_ident() == self._owner:
+            return self.model
+        mod = getattr(self._local, "module", None)
+        if mod is None:
+            mod = self._local.module = copy.deepcopy(self.model)
+        return mod
+
+
 class _VmapForward(BatchedModel):
     """``vmap(functional_call)`` on the real hooked model."""
 
@@ -379,11 +408,12 @@ class _VmapForward(BatchedModel):
 
     def __init__(self, config: RunConfig, model: torch.nn.Module):
         self.model = model
+        self._modules = _PerThreadModule(model)
         self.act_floats = 4 * max(config.model.d_mlp, config.model.d_model) + 4 * config.task.n_classes
 
         def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             # returns the activations (logits) rather than stashing them from a hook (STYLE 6)
-            return functional_call(self.model, p, (x,))
+            return functional_call(self._modules.module(), p, (x,))
 
         self._shared = vmap(one, in_dims=(0, None))
         self._own = vmap(one, in_dims=(0, 0))
@@ -399,12 +429,14 @@ class _LoopForward(BatchedModel):
 
     def __init__(self, config: RunConfig, model: torch.nn.Module):
         self.model = model
+        self._modules = _PerThreadModule(model)
         self.act_floats = 8 * config.model.d_model + 4 * config.task.n_classes
 
     def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -> torch.Tensor:
         c = next(iter(params.values())).shape[0]
+        module = self._modules.module()
         outs = [
-            functional_call(self.model, {k: v[i] for k, v in params.items()}, (x if shared else x[i],))
+            functional_call(module, {k: v[i] for k, v in params.items()}, (x if shared else x[i],))
             for i in range(c)
         ]
         return torch.stack(outs)
