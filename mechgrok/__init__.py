@@ -39,6 +39,7 @@ from .probes import (
     gradient_symmetricity,
 )
 from .analysis import Analysis, analyze, load_analysis
+from .probes.llc import LLCConfig, llc, llc_calibration
 from .importers import import_chughtai_checkpoint, import_nanda_checkpoint, import_zhong_checkpoint
 from . import report
 from .demo import ensure_run
@@ -106,6 +107,10 @@ __all__ = [
     "circularity",
     "classify_algorithm",
     "ALGORITHMS",
+    # the local learning coefficient (developmental interpretability: SGLD over checkpoints)
+    "LLCConfig",
+    "llc",
+    "llc_calibration",
     # the whole analysis of a run, importers
     "Analysis",
     "analyze",

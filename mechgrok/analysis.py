@@ -440,6 +440,7 @@ def analyze(
     phase_rule: str = "accuracy",
     chunk_size: int | None = None,
     chunk_mb: float = DEFAULT_CHUNK_MB,
+    llc: Any = None,
 ) -> Analysis:
     """Compute every probe that applies to a run (module docstring) and save it in the run folder.
 
@@ -452,6 +453,9 @@ def analyze(
     :func:`~mechgrok.probes.events.detect_events`.
     ``chunk_size`` / ``chunk_mb``: checkpoints held in memory at once (default: as many as fit in
     ``chunk_mb``); the result does not depend on them.
+    ``llc``: an :class:`~mechgrok.probes.llc.LLCConfig` (``True``: the defaults) adds the local
+    learning coefficient of every analysed checkpoint (tensors ``llc/llc``, ``llc/llc_std``,
+    ``llc/llc_chains``, ``llc/llc_trace``, ...; n*beta and flagged steps in ``records["llc"]``).
     ``threads``: intra-op CPU threads while analysing (:func:`~mechgrok._threads.threads_for`;
     default automatic from the run's config); the caller's count is restored afterwards.
     """
@@ -478,6 +482,8 @@ def analyze(
                                                   circles=circles, circle_min_frac=circle_min_frac,
                                                   phase_rule=phase_rule)
     tensors.update(_stability(job))
+    if llc:
+        _add_llc(job, steps, tensors, records, llc)
     diverged = _diverged(run, tensors)
     if diverged:
         records["diverged"] = diverged  # e.g. "train_loss is not finite from step 2"
@@ -499,6 +505,27 @@ def analyze(
     if save and run is not None:
         result.save(run.path)
     return result
+
+
+def _add_llc(job: _Job, steps: torch.Tensor, tensors: dict[str, torch.Tensor], records: dict[str, Any], config: Any) -> None:
+    """The LLC of the analysed checkpoints (:func:`mechgrok.probes.llc.llc`), chunk by chunk like
+    the other probes (the chunks replay the same chain streams: the numbers do not depend on them)."""
+    from .probes.llc import LLCConfig, LLCResult
+    from .probes.llc import llc as llc_probe
+
+    config = LLCConfig() if config is True else config
+    if not isinstance(config, LLCConfig):
+        raise TypeError(f"llc: must be an LLCConfig or True, got {type(config).__name__}")
+    t = time.perf_counter()
+    res = LLCResult.concat([llc_probe(chunk, config) for chunk in job.chunks()])
+    if res.steps.tolist() != steps.tolist():  # a checkpoint became unreadable between the passes
+        raise StoreError(f"{job.where}: checkpoints changed while the LLC was estimated; analyse again")
+    tensors.update(res.tensors("llc/"))
+    records["options"]["llc"] = config.to_dict()
+    peak = int(res.llc.nan_to_num(nan=-float("inf")).argmax())
+    records["llc"] = {"nbeta": res.nbeta, "n": res.n, "final": float(res.llc[-1]), "peak": float(res.llc[peak]),
+                      "peak_step": int(res.steps[peak]), "flagged_steps": res.steps[res.flagged].tolist()}
+    job.timings["llc"] = time.perf_counter() - t
 
 
 def _needs_checkpoint_accuracy(run: Run | None) -> bool:

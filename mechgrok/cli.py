@@ -21,6 +21,7 @@ from ._util import format_step
 from .config import ConfigError
 from .layout import ANALYSIS_FILES, REPORT_FILES, RUN_FILES, SWEEP_FILES
 from .probes.events import PHASE_RULES
+from .probes.llc import LLCConfig
 from .report._common import DEFAULT_MAX_FRAMES
 from .scripts import parse_sets
 from .store import StoreError
@@ -127,10 +128,24 @@ def analyze(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     their_config: Optional[Path] = typer.Option(None, "--config", help="Zhong et al.'s config_<id>.json (import PATH, their model_<id>.pt, as a clock-and-pizza model) or Chughtai et al.'s cfg.json (PATH their group MLP's model.pt)."),
     signatures: bool = typer.Option(False, "--signatures", help="Also print the clock/pizza signatures (always with --config)."),
+    llc: bool = typer.Option(False, "--llc", help="Add the local learning coefficient of every analysed checkpoint "
+                             "(SGLD; any --llc-* implies it; bound the cost with --max-checkpoints)."),
+    llc_epsilon: Optional[float] = typer.Option(None, "--llc-epsilon", help=f"LLC: SGLD step size (default {LLCConfig.epsilon:g})."),
+    llc_gamma: Optional[float] = typer.Option(None, "--llc-gamma", help=f"LLC: localisation strength (default {LLCConfig.gamma:g})."),
+    llc_nbeta: Optional[float] = typer.Option(None, "--llc-nbeta", help="LLC: n*beta (default n / log n)."),
+    llc_chains: Optional[int] = typer.Option(None, "--llc-chains", help=f"LLC: chains per checkpoint (default {LLCConfig.chains})."),
+    llc_burnin: Optional[int] = typer.Option(None, "--llc-burnin", help=f"LLC: burn-in steps (default {LLCConfig.burnin})."),
+    llc_draws: Optional[int] = typer.Option(None, "--llc-draws", help=f"LLC: draws per chain (default {LLCConfig.draws})."),
+    llc_batch_size: Optional[int] = typer.Option(None, "--llc-batch-size", help="LLC: minibatch size (default: the full training set)."),
+    llc_seed: Optional[int] = typer.Option(None, "--llc-seed", help=f"LLC: seed of the chains (default {LLCConfig.seed})."),
 ) -> None:
     """Run every probe that applies to a run; save RUN/analysis/ and print a summary."""
     from .analysis import analyze as run_analyze
 
+    settings = {"epsilon": llc_epsilon, "gamma": llc_gamma, "nbeta": llc_nbeta, "chains": llc_chains, "burnin": llc_burnin,
+                "draws": llc_draws, "batch_size": llc_batch_size, "seed": llc_seed}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    llc_config = LLCConfig(**settings) if llc or settings else None  # validated before any work starts
     source: Path | object = path
     if their_config is not None:
         from .importers import import_chughtai_checkpoint, import_zhong_checkpoint, is_chughtai_config
@@ -141,7 +156,7 @@ def analyze(
             source = import_zhong_checkpoint(path, their_config, import_to)
             signatures = True
     result = run_analyze(source, max_checkpoints=max_checkpoints, import_to=import_to, progress=not quiet,
-                         phase_rule=phase_rule, chunk_size=chunk_size, threads=threads)
+                         phase_rule=phase_rule, chunk_size=chunk_size, threads=threads, llc=llc_config)
     _print_analysis(result, result.run_dir / ANALYSIS_FILES["dir"])
     if signatures:
         _print_signatures(result.run_dir)
@@ -199,6 +214,11 @@ def _print_analysis(result, where) -> None:
         console.print(f"  pruned at step {format_step(ev.extra.get('pruned_step'))}, irrelevant-bit sensitivity ~0 "
                       f"from step {format_step(ev.extra.get('sensitivity_zero_step'))}")
     console.print(f"  {result.summary}", soft_wrap=True, markup=False, highlight=False)
+    if result.records.get("llc"):
+        r = result.records["llc"]
+        flagged = f"; flagged at steps {r['flagged_steps'][:5]}" if r["flagged_steps"] else ""
+        console.print(f"  local learning coefficient: peak {r['peak']:.3g} at step {format_step(r['peak_step'])}, "
+                      f"last {r['final']:.3g} (n*beta {r['nbeta']:.4g}{flagged})", markup=False, highlight=False)
     console.print(f"  {result.records['run']['n_checkpoints']} checkpoints in {result.timings['total']:.1f} s")
 
 

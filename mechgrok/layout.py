@@ -51,6 +51,7 @@ SWEEP_FILES = {
     "members": "members",  # one ordinary run folder per member
     "state": "state",  # batch resume state while a sweep runs
     "results": "results.csv",  # one row per finished member
+    "llc": "llc.json",  # final local learning coefficient per finished member (run_sweep(llc=...))
     "lock": ".lock",
 }
 """A sweep folder (:class:`~mechgrok.sweep.Sweep`)."""

@@ -240,3 +240,70 @@ def test_llc_curve_script(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "calibration at step 100" in out and "chains in" in out and "peak LLC" in out
     assert (tmp_path / "run" / "llc_curve.html").read_text().count("Plotly.newPlot(") == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# where it shows up: analyze, the CLI, reports, sweeps, the top-level API
+
+
+def test_top_level_api():
+    assert mg.llc is llc and mg.LLCConfig is LLCConfig and mg.llc_calibration is llc_calibration
+    from mechgrok.report import llc_figure, llc_traces_figure
+
+    fig = llc_figure([0, 10, 100], torch.tensor([1.0, 5.0, 2.0]), torch.tensor([0.1, 0.2, 0.1]),
+                     flagged=torch.tensor([True, False, False]))
+    assert list(fig.data[1].y) == [5.0, 2.0]  # step 0 is off the log axis
+    fig = llc_traces_figure([0, 10], torch.zeros(2, 3, 7), torch.zeros(2), nbeta=10.0, burnin=2)
+    assert len(fig.data) == 2 * 3
+
+
+def test_analyze_with_llc_stores_one_row_per_checkpoint(tiny_modadd, tmp_path):
+    mg.train(tiny_modadd, out=tmp_path / "run", progress=False)
+    cfg = LLCConfig(chains=2, burnin=2, draws=4)
+    a = mg.analyze(tmp_path / "run", llc=cfg, chunk_size=2)  # chunks of 2 checkpoints: same numbers
+    assert a.tensors["llc/llc"].shape == a.steps.shape
+    assert a.tensors["llc/llc_trace"].shape == (a.steps.shape[0], 2, cfg.n_steps)
+    direct = llc(mg.Run.open(tmp_path / "run").trajectory(), cfg)
+    torch.testing.assert_close(a.tensors["llc/llc"], direct.llc, rtol=1e-4, atol=1e-6)
+    loaded = mg.load_analysis(tmp_path / "run")
+    torch.testing.assert_close(loaded.tensors["llc/llc"], a.tensors["llc/llc"])
+    assert loaded.records["options"]["llc"]["chains"] == 2
+    assert loaded.records["llc"]["nbeta"] == pytest.approx(direct.nbeta)
+    from mechgrok.report import run_sections
+
+    titles = [s.title for s in run_sections(mg.Run.open(tmp_path / "run"), loaded)]
+    assert "Local learning coefficient" in titles and "LLC chains" in titles
+    # without --llc nothing of it is computed
+    assert not any("llc" in k for k in mg.analyze(tmp_path / "run", save=False).tensors)
+
+
+def test_cli_analyze_llc_and_bad_settings(tiny_parity, tmp_path, capsys):
+    from mechgrok import cli
+
+    mg.train(tiny_parity, out=tmp_path / "run", progress=False)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["analyze", str(tmp_path / "run"), "--llc-epsilon", "-1", "--quiet"])
+    assert e.value.code == 2 and "llc.epsilon" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "analysis").exists()  # refused before any work
+    cli.main(["analyze", str(tmp_path / "run"), "--llc-chains", "2", "--llc-burnin", "1", "--llc-draws", "3", "--quiet"])
+    out = capsys.readouterr().out
+    assert "local learning coefficient: peak" in out
+    assert "llc/llc" in mg.load_analysis(tmp_path / "run").tensors
+
+
+def test_sweep_records_final_llc(tiny_parity, tmp_path):
+    from mechgrok.sweep import EngineConfig, SweepSpec, run_sweep
+
+    base = tiny_parity.with_overrides({"train.steps": 60, "train.eval_every": 5, "train.checkpoint_every": 30})
+    spec = SweepSpec.from_cli(base, ["weight_decay=0.01,1"], seeds=1)
+    cfg = LLCConfig(chains=2, burnin=1, draws=3)
+    sweep = run_sweep(spec, tmp_path / "sw", engine=EngineConfig(log_every=5), progress=False, llc=cfg)
+    rows = sweep.result_rows()
+    assert len(rows) == 2
+    for row in rows:
+        run = sweep.run(row["member"])
+        alone = llc(run.trajectory([run.steps[-1]]), cfg)  # members stacked in one pass == each alone
+        assert row["final_llc"] == pytest.approx(float(alone.llc[0]), rel=1e-4, abs=1e-6)
+        assert row["final_llc_flagged"] == bool(alone.flagged[0])
+    header = (tmp_path / "sw" / "results.csv").read_text().splitlines()[0]
+    assert "final_llc" in header.split(",")

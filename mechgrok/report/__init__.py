@@ -18,6 +18,7 @@ from .figures import (
 )
 from .groups import irrep_spectrum_figure
 from .html import Section, render_html, write_html
+from .llc import llc_calibration_figure, llc_figure, llc_traces_figure
 from .run import REPORT_FILE, run_sections, write_run_report
 from .sweep import phase_map_figure, steps_to_generalise_figure, sweep_sections, write_sweep_report
 
@@ -33,6 +34,9 @@ __all__ = [
     "key_frequency_norms_figure",
     "progress_measures_figure",
     "neuron_circles_figure",
+    "llc_figure",
+    "llc_traces_figure",
+    "llc_calibration_figure",
     "irrep_spectrum_figure",
     "phase_map_figure",
     "steps_to_generalise_figure",

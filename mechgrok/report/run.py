@@ -24,6 +24,7 @@ from .figures import (
     training_curves_figure,
 )
 from .html import Section, html_table, write_html
+from .llc import llc_figure, llc_traces_figure
 
 __all__ = ["REPORT_FILE", "run_sections", "run_header_html", "write_run_report"]
 
@@ -128,10 +129,40 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
     traj = _picked_trajectory(run, events, max_frames) if run.steps else None
     keys = list(analysis.records.get("key_frequencies", [])) if analysis is not None else []
     if cfg.task.kind == "parity":
-        return sections + _parity_sections(cfg, traj, steps, tensors, metrics, events, max_frames)
-    if cfg.task.kind in ("group", "custom"):
-        return sections + _group_sections(analysis, steps, tensors, events)
-    return sections + _modular_sections(cfg, traj, steps, tensors, keys, events, max_frames)
+        sections += _parity_sections(cfg, traj, steps, tensors, metrics, events, max_frames)
+    elif cfg.task.kind in ("group", "custom"):
+        sections += _group_sections(analysis, steps, tensors, events)
+    else:
+        sections += _modular_sections(cfg, traj, steps, tensors, keys, events, max_frames)
+    return sections + _llc_sections(analysis, steps, tensors, events)
+
+
+def _llc_sections(analysis: Any, steps: Any, tensors: dict[str, Any], events: dict[str, Any]) -> list[Section]:
+    """The local learning coefficient over training and its chains, when the analysis has it."""
+    if "llc/llc" not in tensors:
+        return []
+    info = analysis.records.get("llc") or {}
+    options = (analysis.records.get("options") or {}).get("llc") or {}
+    flagged = tensors["llc/llc_negative"].any(-1) | tensors["llc/llc_diverged"].any(-1)
+    return [
+        Section(
+            "Local learning coefficient",
+            llc_figure(steps, tensors["llc/llc"], tensors["llc/llc_std"], flagged=flagged, events=events),
+            "SGLD estimate of the loss landscape's degeneracy at each checkpoint (Lau et al. 2023), band: spread "
+            f"over chains; n*beta {info.get('nbeta', float('nan')):.4g}, epsilon {options.get('epsilon')}, gamma "
+            f"{options.get('gamma')}. Expected to rise while the network memorises and fall as it generalises; red "
+            "crosses: a chain fell below the checkpoint's loss (not a minimum) or blew up (step too large).",
+            "llc",
+        ),
+        Section(
+            "LLC chains",
+            llc_traces_figure(steps, tensors["llc/llc_trace"], tensors["llc/llc_init_loss"], nbeta=float(info.get("nbeta", 1.0)),
+                              burnin=int(options.get("burnin", 0))),
+            "n*beta (L(w) - L(w*)) along each chain at the first, middle and last checkpoint; the estimate is its mean "
+            "over the draws after the shaded burn-in. Flat chains above 0 are what a good estimate looks like.",
+            "llc-chains",
+        ),
+    ]
 
 
 def _parity_sections(cfg: RunConfig, traj: Trajectory | None, steps: Any, tensors: dict[str, Any],

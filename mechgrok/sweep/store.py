@@ -7,6 +7,7 @@ Layout (file names live in :data:`mechgrok.layout.SWEEP_FILES`)::
       members/m00000/     member 0: a normal run folder (config, metrics, checkpoints, summary)
       state/              batch resume state while a sweep runs (removed as batches finish)
       results.csv         one row per finished member: hyperparameters, events, phase
+      llc.json            the final local learning coefficient per finished member (optional)
       .lock               held while a process drives the sweep
 
 A member is finished when its run folder has ``summary.json``; a killed sweep continues from each
@@ -163,6 +164,11 @@ class Sweep:
         if self.spec.seeds > 1 or "train.seed" not in keys:
             keys.append("train.seed")
         keys += [k for k in _ALWAYS if k not in keys]
+        llc_path = self.path / SWEEP_FILES["llc"]
+        try:
+            llc_rows = json.loads(llc_path.read_text())["members"] if llc_path.exists() else None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise StoreError(f"{llc_path}: unreadable LLC record ({e})") from None
         rows = []
         for i in range(self.spec.size):
             path = self.member_path(i)
@@ -199,8 +205,48 @@ class Sweep:
                     row[col] = summary[col]
                 else:
                     row[col] = None
+            if llc_rows is not None:  # members finished after record_llc ran get empty cells
+                rec = llc_rows.get(str(i)) or {}
+                for col, key in (("final_llc", "llc"), ("final_llc_std", "llc_std"), ("final_llc_flagged", "flagged")):
+                    row[col] = rec.get(key)
             rows.append(row)
         return rows
+
+    def record_llc(self, config: Any = True) -> Path:
+        """The local learning coefficient of every finished member's last checkpoint
+        (:func:`mechgrok.probes.llc.llc` with ``config``, an ``LLCConfig`` or True for the
+        defaults), written to ``SWEEP_FILES["llc"]``; :meth:`result_rows` adds it as the columns
+        ``final_llc``, ``final_llc_std`` and ``final_llc_flagged``. Members with the same task and
+        model are stacked into one vectorised pass (optimiser settings do not enter the loss)."""
+        import torch
+
+        from ..probes.llc import LLCConfig
+        from ..probes.llc import llc as llc_probe
+        from ..store import Trajectory
+
+        config = LLCConfig() if config is True else config
+        if not isinstance(config, LLCConfig):
+            raise ConfigError(f"llc: must be an LLCConfig or True, got {type(config).__name__}")
+        groups: dict[str, list[int]] = {}
+        for i in self.finished():
+            cfg = self.spec.config(i).to_dict()
+            groups.setdefault(json.dumps([cfg["task"], cfg["model"]], sort_keys=True), []).append(i)
+        members: dict[str, Any] = {}
+        for ids in groups.values():
+            lasts = []
+            for i in ids:
+                run = self.run(i)
+                lasts.append(run.trajectory([run.steps[-1]], errors="raise"))
+            stacked = Trajectory(torch.cat([t.steps for t in lasts]),
+                                 {k: torch.cat([t.params[k] for t in lasts]) for k in lasts[0].params},
+                                 self.spec.config(ids[0]))
+            res = llc_probe(stacked, config)
+            for j, i in enumerate(ids):
+                members[str(i)] = {"step": int(res.steps[j]), "llc": float(res.llc[j]), "llc_std": float(res.llc_std[j]),
+                                   "flagged": bool(res.flagged[j]), "nbeta": res.nbeta}
+        path = self.path / SWEEP_FILES["llc"]
+        atomic_write_json(path, {"config": config.to_dict(), "members": members})
+        return path
 
     def write_results(self, phase_rule: str = "accuracy") -> Path:
         """Write ``results.csv`` (atomically) from the finished members' summaries, phases by
@@ -346,6 +392,7 @@ def run_sweep(
     ray_address: str | None = None,
     ray_tasks: int | None = None,
     phase_rule: str = "accuracy",
+    llc: Any = None,
 ) -> Sweep:
     """Train every member of ``spec`` into the sweep folder ``out`` and write its results table.
 
@@ -360,6 +407,9 @@ def run_sweep(
 
     ``phase_rule``: how ``results.csv`` classifies members, ``"accuracy"`` or ``"loss"`` (PAIR's
     rule); see :meth:`Sweep.result_rows`.
+
+    ``llc``: an ``LLCConfig`` (or True for the defaults) records every finished member's final
+    local learning coefficient (:meth:`Sweep.record_llc`) as columns of the results table.
     """
     from ..probes.events import PHASE_RULES
 
@@ -400,6 +450,8 @@ def run_sweep(
                 run_on_ray(sweep, groups, train_chunk_task, address=ray_address, tasks=ray_tasks, progress=progress)
             else:
                 _run_local(sweep, groups, progress)
+        if llc:
+            sweep.record_llc(llc)
         sweep.write_results(phase_rule)
     return sweep
 
