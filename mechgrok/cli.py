@@ -313,6 +313,10 @@ def sweep(
     backend: str = typer.Option("local", "--backend", help="local, or ray (needs mechgrok[ray])."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: start a local one)."),
     phase_rule: str = typer.Option(_PHASE_RULE, "--phase-rule", help=f"{SWEEP_FILES['results']} phases: accuracy, or loss (PAIR's sweep rule)."),
+    llc: bool = typer.Option(False, "--llc", help=f"Record each member's final local learning coefficient in {SWEEP_FILES['results']} "
+                             "(default LLCConfig; --llc-chains / --llc-draws imply it)."),
+    llc_chains: Optional[int] = typer.Option(None, "--llc-chains", help=f"LLC: chains per member (default {LLCConfig.chains})."),
+    llc_draws: Optional[int] = typer.Option(None, "--llc-draws", help=f"LLC: draws per chain (default {LLCConfig.draws})."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a grid of models at once (batched engine) into a sweep folder with a results table."""
@@ -328,6 +332,8 @@ def sweep(
     budget = threads_for(None, threads) if threads or os.environ.get(ENV_VAR, "").strip() else 0
     eng = EngineConfig(max_batch=max_batch, engine=engine, device=device, log_every=log_every, early_stop=early_stop,
                        patience=patience, workers=workers or budget)
+    settings = {k: v for k, v in {"chains": llc_chains, "draws": llc_draws}.items() if v is not None}
+    llc_config = LLCConfig(**settings) if llc or settings else None
     if resume is not None:
         if preset or grid or set_ or seeds != SweepSpec.seeds:
             raise ConfigError("--resume: takes no preset, --grid, --set or --seeds (the sweep folder's spec is used)")
@@ -343,7 +349,7 @@ def sweep(
     t0 = time.perf_counter()
     with intra_op_threads(budget or 1):
         result = run_sweep(spec, folder, engine=eng, backend=backend, progress=not quiet, ray_address=ray_address,
-                           phase_rule=phase_rule)
+                           phase_rule=phase_rule, llc=llc_config)
     counts = result.phase_counts(phase_rule)
     n = sum(counts.values())
     phases = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"

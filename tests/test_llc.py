@@ -307,3 +307,20 @@ def test_sweep_records_final_llc(tiny_parity, tmp_path):
         assert row["final_llc_flagged"] == bool(alone.flagged[0])
     header = (tmp_path / "sw" / "results.csv").read_text().splitlines()[0]
     assert "final_llc" in header.split(",")
+
+
+@pytest.mark.integration
+def test_cli_sweep_llc_column(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    args = [sys.executable, "-m", "mechgrok.cli", "sweep", "parity", "--grid", "weight_decay=0.1,1", "--set", "task.n_bits=8",
+            "--set", "task.relevant_bits=1,5", "--set", "task.n_train=60", "--set", "task.n_test=100",
+            "--set", "model.d_mlp=16", "--set", "train.steps=40", "--set", "train.checkpoint_every=20",
+            "--out", str(tmp_path / "sw"), "--quiet", "--threads", "1", "--llc-chains", "2", "--llc-draws", "3"]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "sw" / "results.csv").read_text().splitlines()
+    col = lines[0].split(",").index("final_llc")
+    assert len(lines) == 3 and all(line.split(",")[col] for line in lines[1:])
