@@ -85,11 +85,12 @@ def steps_per_second(config: mg.RunConfig, steps: int = 200) -> float:
     return steps / (time.perf_counter() - t)
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 0) -> str:
+    """Mean ± population standard deviation over seeds."""
     if not values:
         return "-"
     mean = statistics.fmean(values)
-    return f"{mean:,.0f} ± {statistics.pstdev(values):,.0f}" if len(values) > 1 else f"{mean:,.0f}"
+    return f"{mean:,.{digits}f} ± {statistics.pstdev(values):,.{digits}f}" if len(values) > 1 else f"{mean:,.{digits}f}"
 
 
 def main() -> None:
@@ -98,10 +99,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values (default 0 1 2)")
     parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "grokfast-ma"], choices=list(METHODS))
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2], help="grid (default 1e-3 3e-3 1e-2)")
-    parser.add_argument("--wds", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0], help="grid (default 0 0.3 1 3)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2], help="grid (default 3e-3 1e-2 3e-2)")
+    parser.add_argument("--wds", type=float, nargs="+", default=[0.0, 1.0, 3.0], help="grid (default 0 1 3)")
     parser.add_argument("--warmups", type=int, nargs="+", default=[0, 100], help="grid (default 0 100)")
     parser.add_argument("--max-steps", type=int, default=3000)
+    parser.add_argument("--preset-max-steps", type=int, help="budget of the untuned preset baseline (default --max-steps)")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--ablation", action="store_true", help="also the 12.4x recipe's ablation (untuned)")
     parser.add_argument("--mechanism", action="store_true", help="analyse the overall best run")
@@ -121,7 +123,9 @@ def main() -> None:
     t_all = time.perf_counter()
 
     # the preset's own plain run per seed: the untuned baseline
-    preset_steps = steps_to_grok([base.with_overrides({"train.seed": s}) for s in args.seeds], args.eval_every)
+    long = {"train.steps": args.preset_max_steps or args.max_steps, "train.checkpoint_every": args.preset_max_steps or args.max_steps}
+    preset_steps = steps_to_grok([base.with_overrides({**long, "train.seed": s}) for s in args.seeds], args.eval_every)
+    print(f"  preset plain: {preset_steps} steps", flush=True)
     record: dict[str, object] = {"preset": dict(zip(args.seeds, preset_steps)), "methods": {}}
     best: dict[str, dict[int, tuple[int, tuple] | None]] = {}
     rates: dict[str, float] = {}
@@ -149,7 +153,7 @@ def main() -> None:
         vs_preset = [preset_steps[i] / per_seed[s] for i, s in enumerate(args.seeds)
                      if per_seed.get(s) and preset_steps[i] is not None]
         vs_tuned = [tuned[s][0] / per_seed[s] for s in args.seeds if per_seed.get(s) and tuned.get(s)]
-        secs = spread([v / rate for v in got]) if rate else "-"
+        secs = spread([v / rate for v in got], 2) if rate else "-"
         miss = f" ({len(args.seeds) - len(got)} not)" if len(got) < len(args.seeds) else ""
         print(f"{name:<22} {spread(got) + miss:>24} {secs:>12} "
               f"{(f'{statistics.fmean(vs_preset):.1f}x' if vs_preset else '-'):>10} "
@@ -161,7 +165,7 @@ def main() -> None:
         row(method, per, "; ".join(f"{b[1]}" if b else "-" for b in best[method].values()), rates[method])
     if args.ablation:
         for name, over in ABLATION.items():
-            cfgs = [base.with_overrides({**scaled(base, over), "train.seed": s}) for s in args.seeds]
+            cfgs = [base.with_overrides({**long, **scaled(base, over), "train.seed": s}) for s in args.seeds]
             row(name, dict(zip(args.seeds, steps_to_grok(cfgs, args.eval_every))), "fixed", None)
     print(f"\n(vs preset / vs tuned: mean over seeds of the per-seed ratios; seconds: steps / single-model steps/s on "
           f"one thread; total wall time {time.perf_counter() - t_all:.0f} s)")
