@@ -186,6 +186,7 @@ def main() -> None:
                   f"test accuracy >= 99% at {st}")
             print(a.summary)
     if args.json:
+        record["steps_per_second"] = rates
         args.json.write_text(json.dumps(record, indent=1))
 
 
