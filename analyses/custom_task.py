@@ -8,7 +8,7 @@ its folder is on ``sys.path`` when Python runs it), so the config stays plain JS
 process (``mechgrok analyze``, ``mechgrok report``, a resumed run) rebuilds the same data.
 
 Everything that needs no task structure works on it: training, phases and events, progress bars,
-reports, sweeps. Writes RUN/report.html.
+reports, sweeps. Writes the run's report into the run folder.
 
     python analyses/custom_task.py checkpoints/custom-quadratic
     python analyses/custom_task.py /tmp/tiny --set task.p=11 --set train.steps=300
@@ -63,4 +63,4 @@ if __name__ == "__main__":
     print(f"{run.config.name}: {ev.phase}; memorised at step {format_step(ev.memorised_step)}, "
           f"generalised at step {format_step(ev.generalised_step)}")
     print(res.summary)
-    print(f"report: {mg.write_run_report(run.path, run.path / 'report.html')}")
+    print(f"report: {mg.write_run_report(run.path)}")

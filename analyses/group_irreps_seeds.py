@@ -3,7 +3,7 @@
 Trains a group preset (default ``group-s4-mlp``) for several seeds at once with the batched engine,
 analyses every run (irrep spectra, key irreps, progress measures, events) and prints per seed the
 phase, the grokking step and the key irreps, then how often each irrep is key. Writes the first
-seed's report (the irrep spectrum heatmap with event lines) to OUT/report.html.
+seed's report (the irrep spectrum heatmap with event lines) into that seed's folder.
 
     python analyses/group_irreps_seeds.py checkpoints/group-s4-seeds --preset group-s4-mlp --seeds 8
     python analyses/group_irreps_seeds.py checkpoints/group-d30-seeds --preset group-d30-mlp --seeds 8
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import mechgrok as mg
+from mechgrok.layout import RUN_FILES
 from mechgrok.scripts import format_step, parse_sets
 from mechgrok.sweep import EngineConfig, train_batch
 
@@ -40,7 +41,7 @@ if base.task.kind != "group":
     raise SystemExit(f"error: {args.preset} is not a group task")
 configs = [base.with_overrides({"train.seed": s, "name": f"{base.name}-seed{s}"}) for s in range(args.seeds)]
 folders = [out / c.name for c in configs]
-todo = [i for i, f in enumerate(folders) if not (f / "config.json").exists()]
+todo = [i for i, f in enumerate(folders) if not (f / RUN_FILES["config"]).exists()]
 if todo:
     # one worker thread: with several, the engine's autograd path (an untied unembedding) can see
     # another chunk's in-place update of the shared parameter storage (a version-counter error)
@@ -59,5 +60,5 @@ for folder in folders:
 print("how often each irrep is key:", ", ".join(f"{k} {n}/{len(folders)}" for k, n in counts.most_common()) or "none")
 
 # 3. the first seed's report: irrep spectrum over training with the events
-path = mg.write_run_report(folders[0], out / "report.html")
+path = mg.write_run_report(folders[0])
 print(f"report: {path}")

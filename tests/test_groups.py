@@ -264,4 +264,4 @@ def test_group_irreps_seeds_script(tmp_path, capsys, monkeypatch):
     runpy.run_path(str(script), run_name="__main__")
     out = capsys.readouterr().out
     assert out.count("key irreps:") == 2 and "how often each irrep is key" in out
-    assert (tmp_path / "seeds" / "report.html").exists()
+    assert (tmp_path / "seeds" / "group-s4-mlp-seed0" / "report.html").exists()
