@@ -312,10 +312,11 @@ def test_sweep_records_final_llc(tiny_parity, tmp_path):
 
 @pytest.mark.integration
 def test_cli_sweep_llc_column(tmp_path):
+    import os
     import subprocess
     import sys
 
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "mechgrok.cli", "sweep", "parity", "--grid", "weight_decay=0.1,1",
             "--set", "task.n_bits=8", "--set", "task.relevant_bits=1,5", "--set", "task.n_train=60", "--set", "task.n_test=100",
             "--set", "model.d_mlp=16", "--set", "train.steps=40", "--set", "train.checkpoint_every=20",
