@@ -3,6 +3,7 @@ the single trainer and the batched engine, and the stability probes - against fl
 implementations of the publishers' formulas."""
 
 import json
+from pathlib import Path
 from collections import deque
 
 import numpy as np
@@ -248,3 +249,19 @@ def test_analyze_stores_stability_and_summarises_collapse(tiny_modadd, tmp_path)
         torch.testing.assert_close(a[f"stability/{key}"], ref[key], equal_nan=True)
     assert "stability/alignment/embed.W_E" in a
     assert "Softmax collapse at the last checkpoint" in a.summary and "float32" in a.summary
+
+
+def test_stability_figure_draws_the_probe_and_the_run_report_has_it(tiny_modadd, tmp_path):
+    from mechgrok import analyze
+    from mechgrok.report import stability_figure, write_run_report
+
+    cfg = tiny_modadd.with_overrides({"optim.weight_decay": 0.0, "optim.loss_dtype": "float32"})
+    train(cfg, tmp_path / "r", progress=False)
+    a = analyze(tmp_path / "r")
+    fig = stability_figure(a.steps, a["stability/collapse_fraction"], a["stability/alignment"], a["stability/logit_norm"])
+    keep = a.steps.numpy() > 0
+    np.testing.assert_allclose(fig.data[0].y, 100 * a["stability/collapse_fraction"].numpy()[keep])
+    np.testing.assert_allclose(fig.data[1].y, a["stability/alignment"].numpy()[keep])
+    np.testing.assert_allclose(fig.data[2].y, a["stability/logit_norm"].numpy()[keep])
+    path = write_run_report(tmp_path / "r")
+    assert "Numerical stability" in Path(path).read_text()

@@ -19,6 +19,7 @@ from .figures import (
 from .groups import irrep_spectrum_figure
 from .html import Section, render_html, write_html
 from .llc import llc_calibration_figure, llc_figure, llc_traces_figure
+from .stability import stability_figure
 from .run import REPORT_FILE, run_sections, write_run_report
 from .sweep import phase_map_figure, steps_to_generalise_figure, sweep_sections, write_sweep_report
 
@@ -37,6 +38,7 @@ __all__ = [
     "llc_figure",
     "llc_traces_figure",
     "llc_calibration_figure",
+    "stability_figure",
     "irrep_spectrum_figure",
     "phase_map_figure",
     "steps_to_generalise_figure",

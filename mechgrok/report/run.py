@@ -25,6 +25,7 @@ from .figures import (
 )
 from .html import Section, html_table, write_html
 from .llc import llc_figure, llc_traces_figure
+from .stability import stability_figure
 
 __all__ = ["REPORT_FILE", "run_sections", "run_header_html", "write_run_report"]
 
@@ -134,7 +135,24 @@ def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MA
         sections += _group_sections(analysis, steps, tensors, events)
     else:
         sections += _modular_sections(cfg, traj, steps, tensors, keys, events, max_frames)
-    return sections + _llc_sections(analysis, steps, tensors, events)
+    return sections + _llc_sections(analysis, steps, tensors, events) + _stability_sections(cfg, steps, tensors, events)
+
+
+def _stability_sections(cfg: RunConfig, steps: Any, tensors: dict[str, Any], events: dict[str, Any]) -> list[Section]:
+    """Softmax collapse, gradient-weight alignment and logit norm, when the analysis has them."""
+    if "stability/collapse_fraction" not in tensors:
+        return []
+    oc = cfg.optim
+    loss = f"{'StableMax' if oc.loss == 'stablemax' else 'softmax'} in {oc.loss_dtype}"
+    return [Section(
+        "Numerical stability",
+        stability_figure(steps, tensors["stability/collapse_fraction"], tensors["stability/alignment"],
+                         tensors["stability/logit_norm"], events=events, loss=loss),
+        "Softmax collapse (Prieto et al. 2025): training samples whose loss is exactly zero in the run's loss "
+        "precision, so their label's gradient is zero; cosine between -grad and the weights (near 1: the update "
+        "mostly scales the weights up, naive loss minimisation); mean norm of the logits.",
+        "stability",
+    )]
 
 
 def _llc_sections(analysis: Any, steps: Any, tensors: dict[str, Any], events: dict[str, Any]) -> list[Section]:
