@@ -44,7 +44,7 @@ def test_figure_builders_are_named_figure_and_never_shadow_a_probe():
     import plotly.graph_objects as go
 
     builders = [n for n in mechgrok.report.__all__ if n.endswith("_figure")]
-    assert len(builders) == 16  # + irrep_spectrum_figure (groups), llc_figure, llc_traces_figure, llc_calibration_figure
+    assert len(builders) == 17  # + irrep_spectrum_figure (groups), llc_figure, llc_traces_figure, llc_calibration_figure, stability_figure
     for probe in ("bit_dependence", "prune_now_accuracy", "progress_measures", "neuron_circles"):
         assert not hasattr(mechgrok.report, probe), probe  # mg.report.X used to be a figure, mg.X a tensor
         assert f"{probe}_figure" in builders
