@@ -21,7 +21,9 @@ addition run is analysed as C_p.
   the cut looks for the gap among the top half (as the Fourier probe does: Z_p has ~p/2
   frequencies and a handful are key); a non-abelian group has few irreps (S_5: 6 non-trivial)
   and a network may use most of them (an S_4 MLP keeps (3,1), (2,2) and the sign, dropping
-  (2,1,1)), so there the gap may fall anywhere (``max_frac`` 1);
+  (2,1,1)), so there the gap may fall anywhere (``max_frac`` 1) - but energies below
+  ``NEGLIGIBLE`` of the logit variance count as that floor in the gap search, so the ratio of two
+  negligible irreps (1e-3 against 1e-6 of the variance) is never the cut;
 * **restricted / excluded loss** - as Nanda et al.'s, with the key irreps' isotypic spaces in
   place of the key frequencies' (cos, sin) pairs.
 """
@@ -54,6 +56,10 @@ __all__ = [
 ]
 
 PARTS = ("spectra", "logits", "progress")
+
+NEGLIGIBLE = 1e-3
+"""Non-abelian groups: the floor (share of the logit variance) of the energies the key-irrep
+cut compares (module docstring)."""
 
 
 def task_group(config: RunConfig | TaskConfig) -> FiniteGroup:
@@ -233,7 +239,9 @@ def irrep_sweep(
         energy, variance = out.pop("_energy"), out.pop("_variance")
         out["logit_irrep_norms"] = (energy / space.n_inputs).sqrt()
         out["logit_irrep_frac"] = energy / variance.clamp_min(1e-300)[:, None]
-        out["key_irrep_mask"] = key_frequency_mask(energy, total=variance, min_gap=min_gap, min_explained=min_explained,
+        # C_n: the Fourier probe's cut exactly; otherwise negligible energies are floored (docstring)
+        cut = energy if spec[0] == "c" else torch.maximum(energy, NEGLIGIBLE * variance[:, None])
+        out["key_irrep_mask"] = key_frequency_mask(cut, total=variance, min_gap=min_gap, min_explained=min_explained,
                                                    max_frac=max_frac)
         out["sparsity_logits"] = gini(out["logit_irrep_norms"])
     if "progress" in parts:
