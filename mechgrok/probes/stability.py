@@ -37,7 +37,9 @@ def stability_over_training(traj: Trajectory | Run | torch.nn.Module, data: Data
     - ``zero_grad_fraction [n]``: samples whose whole loss gradient w.r.t. their logits is exactly
       zero (every other probability underflowed too: a float32 margin of ~104);
     - ``alignment [n]`` and ``alignment_per_tensor {name: [n]}``: cosine between -grad and w (all
-      parameters together, and per tensor; NaN for a zero tensor or gradient), the gradient of the
+      parameters together, and per tensor; 0 for a zero tensor or gradient, e.g. biases at
+      initialisation - no direction to align, and NaN would make stored analyses unequal to
+      themselves), the gradient of the
       run's mean loss without L1 - positive and growing is naive loss minimisation, scaling the
       weights up;
     - ``logit_norm [n]``: the mean over training samples of the L2 norm of their logit vector.
@@ -73,10 +75,10 @@ def stability_over_training(traj: Trajectory | Run | torch.nn.Module, data: Data
             g64 = g.double().reshape(-1) if g is not None else torch.zeros_like(w64)
             d, ww, gg = float(-(g64 @ w64)), float(w64 @ w64), float(g64 @ g64)
             dot, sq_w, sq_g = dot + d, sq_w + ww, sq_g + gg
-            col = per_tensor.setdefault(name, torch.full((n,), float("nan"), dtype=torch.float64))
+            col = per_tensor.setdefault(name, torch.zeros(n, dtype=torch.float64))
             if ww > 0 and gg > 0:
                 col[i] = d / (ww * gg) ** 0.5
-        align[i] = dot / (sq_w * sq_g) ** 0.5 if sq_w > 0 and sq_g > 0 else float("nan")
+        align[i] = dot / (sq_w * sq_g) ** 0.5 if sq_w > 0 and sq_g > 0 else 0.0
     return {
         "steps": traj.steps.clone(),
         "collapse_fraction": collapse,
