@@ -21,7 +21,7 @@ import torch
 import mechgrok as mg
 from mechgrok.layout import RUN_FILES
 from mechgrok.scripts import format_step, parse_sets
-from mechgrok.sweep import EngineConfig, train_batch
+from mechgrok.sweep import train_batch
 
 parser = argparse.ArgumentParser(description="Key irreps of a group preset over several seeds.")
 parser.add_argument("out", nargs="?", default="checkpoints/group-s4-seeds", help="folder for the seed runs")
@@ -43,9 +43,7 @@ configs = [base.with_overrides({"train.seed": s, "name": f"{base.name}-seed{s}"}
 folders = [out / c.name for c in configs]
 todo = [i for i, f in enumerate(folders) if not (f / RUN_FILES["config"]).exists()]
 if todo:
-    # one worker thread: with several, the engine's autograd path (an untied unembedding) can see
-    # another chunk's in-place update of the shared parameter storage (a version-counter error)
-    train_batch([configs[i] for i in todo], [folders[i] for i in todo], engine=EngineConfig(workers=1))
+    train_batch([configs[i] for i in todo], [folders[i] for i in todo])
 
 # 2. analyse every run: the pipeline names the key irreps of the last checkpoint
 counts: Counter[str] = Counter()
