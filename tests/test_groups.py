@@ -265,3 +265,17 @@ def test_group_irreps_seeds_script(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.count("key irreps:") == 2 and "how often each irrep is key" in out
     assert (tmp_path / "seeds" / "group-s4-mlp-seed0" / "report.html").exists()
+
+
+def test_key_irrep_cut_ignores_gaps_between_negligible_irreps():
+    """A D_30 spectrum (a trained seed's shares): 8 irreps carry the logits, the rest are below
+    1e-2 of them; a ratio between two negligible energies (1e-3 / 1e-6) must not be the cut."""
+    from mechgrok.probes.irreps import key_irrep_mask
+
+    share = torch.tensor([0.171, 0.142, 0.131, 0.112, 0.109, 0.093, 0.067, 0.041, 0.007, 0.002, 0.002, 0.001,
+                          1e-6, 1e-6, 1e-6, 1e-6, 1e-6], dtype=torch.float64)
+    mask = key_irrep_mask(share[None], torch.ones(1, dtype=torch.float64), "d30")
+    assert mask[0].tolist() == [True] * 8 + [False] * 9
+    # S_4's three-of-four key set is allowed (the top-half rule of Z_p would cut after two)
+    s4 = key_irrep_mask(torch.tensor([[0.44, 0.25, 1e-7, 0.21]], dtype=torch.float64), torch.ones(1, dtype=torch.float64), "s4")
+    assert s4[0].tolist() == [True, True, False, True]

@@ -154,6 +154,17 @@ def _neuron_fracs(post: torch.Tensor, spec: str) -> torch.Tensor:
     return torch.where(var[..., None] > 0, part / var[..., None].clamp_min(1e-300), torch.zeros_like(part))
 
 
+def key_irrep_mask(energy: torch.Tensor, variance: torch.Tensor, spec: str, *, min_gap: float = 4.0,
+                   min_explained: float = 0.5, max_frac: float | None = None) -> torch.Tensor:
+    """The key-irrep cut of per-irrep logit energies ``[n, irreps - 1]`` against the logit
+    variance ``[n]`` (module docstring): for C_n the Fourier probe's cut exactly; otherwise the
+    gap may fall anywhere, among energies floored at ``NEGLIGIBLE`` of the variance."""
+    if max_frac is None:
+        max_frac = 0.5 if spec[0] == "c" else 1.0
+    cut = energy if spec[0] == "c" else torch.maximum(energy, NEGLIGIBLE * variance[:, None])
+    return key_frequency_mask(cut, total=variance, min_gap=min_gap, min_explained=min_explained, max_frac=max_frac)
+
+
 def irrep_sweep(
     traj: Trajectory,
     data: Dataset | None,
@@ -239,10 +250,8 @@ def irrep_sweep(
         energy, variance = out.pop("_energy"), out.pop("_variance")
         out["logit_irrep_norms"] = (energy / space.n_inputs).sqrt()
         out["logit_irrep_frac"] = energy / variance.clamp_min(1e-300)[:, None]
-        # C_n: the Fourier probe's cut exactly; otherwise negligible energies are floored (docstring)
-        cut = energy if spec[0] == "c" else torch.maximum(energy, NEGLIGIBLE * variance[:, None])
-        out["key_irrep_mask"] = key_frequency_mask(cut, total=variance, min_gap=min_gap, min_explained=min_explained,
-                                                   max_frac=max_frac)
+        out["key_irrep_mask"] = key_irrep_mask(energy, variance, spec, min_gap=min_gap, min_explained=min_explained,
+                                               max_frac=max_frac)
         out["sparsity_logits"] = gini(out["logit_irrep_norms"])
     if "progress" in parts:
         out["key_irreps"] = torch.tensor(key_irreps, dtype=torch.int64)
