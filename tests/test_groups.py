@@ -279,3 +279,22 @@ def test_key_irrep_cut_ignores_gaps_between_negligible_irreps():
     # S_4's three-of-four key set is allowed (the top-half rule of Z_p would cut after two)
     s4 = key_irrep_mask(torch.tensor([[0.44, 0.25, 1e-7, 0.21]], dtype=torch.float64), torch.ones(1, dtype=torch.float64), "s4")
     assert s4[0].tolist() == [True, True, False, True]
+
+
+def test_transformer_on_a_group_task(tmp_path):
+    """`a b =` tokens: the transformer trains on S_3 and the irrep probe's batched forward agrees
+    with the live model."""
+    from mechgrok.store import Run
+    from mechgrok.train import train
+
+    cfg = RunConfig(name="tr", task=TaskConfig(kind="group", group="s3", format="equals", train_fraction=0.7),
+                    model=ModelConfig(kind="transformer", d_model=16, d_mlp=32, n_heads=2, d_head=8),
+                    optim=OptimConfig(lr=1e-2, weight_decay=0.1),
+                    train=TrainConfig(steps=40, checkpoint_every=20, log_checkpoints=0, resume_every=40))
+    train(cfg, tmp_path / "r", progress=False)
+    traj = Run.open(tmp_path / "r").trajectory()
+    data = make_dataset(cfg.task)
+    res = irrep_sweep(traj, data)
+    out = traj.model(len(traj) - 1)(data.train_x)
+    acc = float((out.argmax(-1) == data.train_y).double().mean())
+    assert float(res["train_acc"][-1]) == pytest.approx(acc) and res["logit_irrep_norms"].shape == (len(traj), 2)
