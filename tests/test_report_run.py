@@ -37,7 +37,7 @@ def test_parity_run_report(tiny_parity, tmp_path):
     path = write_run_report(run_dir, max_frames=10)
     text = path.read_text()
     assert path == run_dir / "report.html"
-    assert _figure_ids(text) == ["fig-curves", "fig-weights", "fig-bits", "fig-prune"]
+    assert _figure_ids(text) == ["fig-curves", "fig-weights", "fig-bits", "fig-prune", "fig-stability"]
     assert (run_dir / "analysis" / "analysis.json").exists()
     assert "sparse parity of bits [1, 5]" in text
     # header: classification, events, config
@@ -58,7 +58,7 @@ def test_modular_run_reports(tiny_modadd, tiny_cossin, tmp_path):
         # circles are drawn when the probes computed them: always for the cos/sin model
         has_circles = "circles/cos" in analysis.tensors
         assert has_circles or cfg is tiny_modadd
-        assert ids == base + (["fig-circles"] if has_circles else [])
+        assert ids == base + (["fig-circles"] if has_circles else []) + ["fig-stability"]
 
 
 def test_report_cli(tiny_parity, tmp_path, capsys):
