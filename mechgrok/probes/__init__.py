@@ -1,5 +1,5 @@
 """Probes: analysis on checkpoints (Fourier, neuron circles, bit dependence, progress measures,
-clock / pizza signatures, events). Every probe is a plain function of checkpoints (a Trajectory) or a live model returning
+clock / pizza signatures, numerical stability, events). Every probe is a plain function of checkpoints (a Trajectory) or a live model returning
 tensors / records; nothing here writes files (the pipeline that runs them all and stores the
 results is :mod:`mechgrok.analysis`, importers of other projects' files :mod:`mechgrok.importers`)."""
 
@@ -25,6 +25,7 @@ from .fourier import (
     neuron_spectra,
 )
 from .progress import modular_events, progress_measures
+from .stability import stability_over_training
 from .irreps import irrep_progress_measures, irreps_over_training, key_irreps, planted_group_mlp
 from .synthetic import cossin_solution, planted_modadd_mlp, planted_parity_mlp
 
@@ -46,6 +47,7 @@ __all__ = [
     "neuron_spectra",
     "neuron_frequency_energy",
     "progress_measures",
+    "stability_over_training",
     "modular_events",
     "neuron_circles",
     # groups: irreps (the group Fourier transform)
