@@ -50,23 +50,39 @@ for path in run_dirs(args.paths):
     traj = mg.Run.open(path).trajectory()
     sig = mg.algorithm_signatures(traj.subset([len(traj) - 1]), n_samples=args.samples)
     m = traj.config.model
-    row = {"run": str(path), "attn_rate": m.attn_rate if m.kind == "transformer" else None, "width": m.d_model,
-           "seed": traj.config.train.seed, "step": int(sig["steps"][0]), "accuracy": float(sig["accuracy"][0]),
-           "distance_irrelevance": float(sig["distance_irrelevance"][0]),
-           "gradient_symmetricity": float(sig["gradient_symmetricity"][0]),
-           "circularity": float(sig["circularity"][0]), "algorithm": sig["algorithm"][0]}
+    row = {
+        "run": str(path),
+        "attn_rate": m.attn_rate if m.kind == "transformer" else None,
+        "width": m.d_model,
+        "seed": traj.config.train.seed,
+        "step": int(sig["steps"][0]),
+        "accuracy": float(sig["accuracy"][0]),
+        "distance_irrelevance": float(sig["distance_irrelevance"][0]),
+        "gradient_symmetricity": float(sig["gradient_symmetricity"][0]),
+        "circularity": float(sig["circularity"][0]),
+        "algorithm": sig["algorithm"][0],
+    }
     rows.append(row)
     rate = "-" if row["attn_rate"] is None else f"{row['attn_rate']:.2f}"
-    print(f"{path.name:<28} {rate:>5} {row['width']:>5} {row['accuracy']:6.3f} {row['distance_irrelevance']:6.3f} "
-          f"{row['gradient_symmetricity']:6.3f} {row['circularity']:6.3f}  {row['algorithm']}")
+    print(
+        f"{path.name:<28} {rate:>5} {row['width']:>5} {row['accuracy']:6.3f} {row['distance_irrelevance']:6.3f} "
+        f"{row['gradient_symmetricity']:6.3f} {row['circularity']:6.3f}  {row['algorithm']}"
+    )
 
-print(f"\n{'rate':>5} {'n':>3} {'clock':>6} {'pizza':>6} {'neither':>7} {'med dist':>8} {'med gsym':>8} {'med circ':>8}")
+print(
+    f"\n{'rate':>5} {'n':>3} {'clock':>6} {'pizza':>6} {'neither':>7} {'med dist':>8} {'med gsym':>8} {'med circ':>8}"
+)
 for rate in sorted({r["attn_rate"] for r in rows}, key=lambda v: -1 if v is None else v):
     group = [r for r in rows if r["attn_rate"] == rate]
     count = {a: sum(r["algorithm"] == a for r in group) for a in mg.ALGORITHMS}
-    med = {k: statistics.median(r[k] for r in group) for k in ("distance_irrelevance", "gradient_symmetricity", "circularity")}
+    med = {
+        k: statistics.median(r[k] for r in group)
+        for k in ("distance_irrelevance", "gradient_symmetricity", "circularity")
+    }
     label = "-" if rate is None else f"{rate:.2f}"
-    print(f"{label:>5} {len(group):>3} {count['clock']:>6} {count['pizza']:>6} {count['neither']:>7} "
-          f"{med['distance_irrelevance']:8.3f} {med['gradient_symmetricity']:8.3f} {med['circularity']:8.3f}")
+    print(
+        f"{label:>5} {len(group):>3} {count['clock']:>6} {count['pizza']:>6} {count['neither']:>7} "
+        f"{med['distance_irrelevance']:8.3f} {med['gradient_symmetricity']:8.3f} {med['circularity']:8.3f}"
+    )
 if args.json:
     Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -23,7 +23,9 @@ from mechgrok.report import Section, modular_weights_figure, neuron_circles_figu
 from mechgrok.scripts import script_run
 
 # 1. the run: open it, or train the preset (with --set overrides) into the empty folder
-run, args = script_run("The cos/sin model's neurons on a circle.", run_dir="checkpoints/modadd-cossin5", preset="modadd-cossin5")
+run, args = script_run(
+    "The cos/sin model's neurons on a circle.", run_dir="checkpoints/modadd-cossin5", preset="modadd-cossin5"
+)
 if run.config.model.kind != "cossin_mlp":
     raise SystemExit(f"error: {run.path} holds a {run.config.model.kind!r} model, not the cos/sin MLP")
 
@@ -41,18 +43,39 @@ for j, deg in zip(order.tolist(), degrees.tolist()):
     print(f"    neuron {j}: norm {float(norm[-1, j]):7.3f}, phase {deg:6.1f}°")
 gaps = torch.diff(torch.cat([degrees, degrees[:1] + 360]))
 print(f"  gaps between neighbouring phases: {', '.join(f'{g:.0f}°' for g in gaps.tolist())} (even: {360 / m:.0f}°)")
-print(f"  phase spread (1 = even) {float(spread[0]):.2f} -> {float(spread[-1]):.2f}; "
-      f"norm CV (0 = equal norms) {float(cv[0]):.2f} -> {float(cv[-1]):.2f}")
+print(
+    f"  phase spread (1 = even) {float(spread[0]):.2f} -> {float(spread[-1]):.2f}; "
+    f"norm CV (0 = equal norms) {float(cv[0]):.2f} -> {float(cv[-1]):.2f}"
+)
 
 # 3. figures -> one offline HTML file
 traj = run.trajectory([int(s) for s in analysis.steps])
 sections = [
     Section("Training curves", training_curves_figure(run.metrics(), analysis.events)),
-    Section("Neuron circles", neuron_circles_figure(analysis.steps, analysis["circles/cos"], analysis["circles/sin"], freq=analysis["circles/freq"],
-                                             spread=spread, norm_cv=cv, events=analysis.events)),
-    Section("Neuron input over the operand", modular_weights_figure(
-        traj.steps, None, traj.params["blocks.0.mlp.W_in"],
-        fixed_embedding=cossin_embedding(run.config.task.p, run.config.model.frequency), events=analysis.events)),
+    Section(
+        "Neuron circles",
+        neuron_circles_figure(
+            analysis.steps,
+            analysis["circles/cos"],
+            analysis["circles/sin"],
+            freq=analysis["circles/freq"],
+            spread=spread,
+            norm_cv=cv,
+            events=analysis.events,
+        ),
+    ),
+    Section(
+        "Neuron input over the operand",
+        modular_weights_figure(
+            traj.steps,
+            None,
+            traj.params["blocks.0.mlp.W_in"],
+            fixed_embedding=cossin_embedding(run.config.task.p, run.config.model.frequency),
+            events=analysis.events,
+        ),
+    ),
 ]
-out = write_html(run.path / "cossin_circle.html", f"Neuron circle: {run.config.name}", sections, subtitle=analysis.summary)
+out = write_html(
+    run.path / "cossin_circle.html", f"Neuron circle: {run.config.name}", sections, subtitle=analysis.summary
+)
 print(f"\nreport: {out}")

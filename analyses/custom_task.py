@@ -60,7 +60,9 @@ if __name__ == "__main__":
     except (mg.ConfigError, mg.StoreError) as e:
         raise SystemExit(f"error: {e}") from None
     ev = res.events
-    print(f"{run.config.name}: {ev.phase}; memorised at step {format_step(ev.memorised_step)}, "
-          f"generalised at step {format_step(ev.generalised_step)}")
+    print(
+        f"{run.config.name}: {ev.phase}; memorised at step {format_step(ev.memorised_step)}, "
+        f"generalised at step {format_step(ev.generalised_step)}"
+    )
     print(res.summary)
     print(f"report: {mg.write_run_report(run.path)}")

@@ -53,8 +53,10 @@ for folder in folders:
     ev = res.events
     keys = [f"{k['name']} ({k['dim']}d)" for k in res.records["key_irreps"]]
     counts.update(keys)
-    print(f"  {folder.name}: {ev.phase}, memorised {format_step(ev.memorised_step)}, generalised "
-          f"{format_step(ev.generalised_step)}, final test acc {ev.final_test_acc:.3f}; key irreps: {', '.join(keys) or 'none'}")
+    print(
+        f"  {folder.name}: {ev.phase}, memorised {format_step(ev.memorised_step)}, generalised "
+        f"{format_step(ev.generalised_step)}, final test acc {ev.final_test_acc:.3f}; key irreps: {', '.join(keys) or 'none'}"
+    )
 print("how often each irrep is key:", ", ".join(f"{k} {n}/{len(folders)}" for k, n in counts.most_common()) or "none")
 
 # 3. the first seed's report: irrep spectrum over training with the events

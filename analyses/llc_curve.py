@@ -43,14 +43,22 @@ for name in ("chains", "burnin", "draws"):
     parser.add_argument(f"--{name}", type=int, default=getattr(LLCConfig, name))
 parser.add_argument("--batch-size", type=int, default=None)
 parser.add_argument("--calibrate", action="store_true", help="sweep epsilon x gamma at the last checkpoint first")
-parser.add_argument("--steps", default=None,
-                    help="comma-separated checkpoint steps (default: --max-checkpoints log-spaced)")
+parser.add_argument(
+    "--steps", default=None, help="comma-separated checkpoint steps (default: --max-checkpoints log-spaced)"
+)
 args = parser.parse_args()
 torch.set_num_threads(1)
 try:
     run = open_or_train(args.run_dir, config_from_args(args))
-    cfg = LLCConfig(epsilon=args.epsilon, gamma=args.gamma, nbeta=args.nbeta, chains=args.chains, burnin=args.burnin,
-                    draws=args.draws, batch_size=args.batch_size)
+    cfg = LLCConfig(
+        epsilon=args.epsilon,
+        gamma=args.gamma,
+        nbeta=args.nbeta,
+        chains=args.chains,
+        burnin=args.burnin,
+        draws=args.draws,
+        batch_size=args.batch_size,
+    )
 except (mg.ConfigError, mg.StoreError) as e:
     raise SystemExit(f"error: {e}") from None
 
@@ -70,11 +78,15 @@ sections = []
 if args.calibrate:
     t = time.perf_counter()
     cal = llc_calibration(traj, config=cfg)
-    print(f"calibration at step {cal.step:,} ({time.perf_counter() - t:.1f} s): rows epsilon, columns gamma "
-          f"{cal.gammas} (! flagged, * stable)")
+    print(
+        f"calibration at step {cal.step:,} ({time.perf_counter() - t:.1f} s): rows epsilon, columns gamma "
+        f"{cal.gammas} (! flagged, * stable)"
+    )
     for i, e in enumerate(cal.epsilons):
-        cells = [f"{float(cal.llc[0, i, j]):9.3g}{'!' if cal.flagged[0, i, j] else '*' if cal.stable[0, i, j] else ' '}"
-                 for j in range(len(cal.gammas))]
+        cells = [
+            f"{float(cal.llc[0, i, j]):9.3g}{'!' if cal.flagged[0, i, j] else '*' if cal.stable[0, i, j] else ' '}"
+            for j in range(len(cal.gammas))
+        ]
         print(f"  eps {e:7.0e}: " + " ".join(cells))
     sections.append(Section("Calibration", llc_calibration_figure(cal)))
 
@@ -92,23 +104,28 @@ def at(col: str, step: int) -> float:
     return float(values[-1]) if values.size else float("nan")
 
 
-print(f"\n{run.config.name}: LLC of {len(traj)} checkpoints x {cfg.chains} chains in {seconds:.1f} s "
-      f"(n = {res.n}, n*beta = {res.nbeta:.4g}, eps = {cfg.epsilon:g}, gamma = {cfg.gamma:g}, "
-      f"{cfg.burnin} burn-in + {cfg.draws} draws)")
+print(
+    f"\n{run.config.name}: LLC of {len(traj)} checkpoints x {cfg.chains} chains in {seconds:.1f} s "
+    f"(n = {res.n}, n*beta = {res.nbeta:.4g}, eps = {cfg.epsilon:g}, gamma = {cfg.gamma:g}, "
+    f"{cfg.burnin} burn-in + {cfg.draws} draws)"
+)
 print(f"events: memorised {format_step(events.memorised_step)}, generalised {format_step(events.generalised_step)}")
 print("     step  train acc  test acc      LLC  +- std  flags")
 for k, s in enumerate(res.steps.tolist()):
     flags = ("negative " if res.negative[k].any() else "") + ("diverged" if res.diverged[k].any() else "")
-    print(f"  {s:7,}  {at('train_acc', s):9.3f} {at('test_acc', s):9.3f} {float(res.llc[k]):8.2f} "
-          f"{float(res.llc_std[k]):7.2f}  {flags}")
+    print(
+        f"  {s:7,}  {at('train_acc', s):9.3f} {at('test_acc', s):9.3f} {float(res.llc[k]):8.2f} "
+        f"{float(res.llc_std[k]):7.2f}  {flags}"
+    )
 peak = int(res.llc.argmax())
 print(f"peak LLC {float(res.llc[peak]):.2f} at step {int(res.steps[peak]):,}; last {float(res.llc[-1]):.2f}")
 
 # 4. figures -> one offline HTML file
 sections = [
     Section("Training curves", training_curves_figure(metrics, events)),
-    Section("Local learning coefficient",
-            llc_figure(res.steps, res.llc, res.llc_std, flagged=res.flagged, events=events)),
+    Section(
+        "Local learning coefficient", llc_figure(res.steps, res.llc, res.llc_std, flagged=res.flagged, events=events)
+    ),
     Section("SGLD chains", llc_traces_figure(res.steps, res.trace, res.init_loss, nbeta=res.nbeta, burnin=cfg.burnin)),
 ] + sections
 out = write_html(run.path / "llc_curve.html", f"Local learning coefficient: {run.config.name}", sections)

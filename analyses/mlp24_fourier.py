@@ -34,10 +34,13 @@ from mechgrok.report import (
 from mechgrok.scripts import script_run
 
 # 1. the run: open it, or train the preset (with --set overrides) into the empty folder
-run, args = script_run("The 24-neuron MLP's periodic weights and their DFT.", run_dir="checkpoints/modadd-mlp24",
-                       preset="modadd-mlp24")
+run, args = script_run(
+    "The 24-neuron MLP's periodic weights and their DFT.", run_dir="checkpoints/modadd-mlp24", preset="modadd-mlp24"
+)
 if run.config.model.kind != "mlp":
-    raise SystemExit(f"error: {run.path} holds a {run.config.model.kind!r} model; this script reads the MLP's W_E and W_in")
+    raise SystemExit(
+        f"error: {run.path} holds a {run.config.model.kind!r} model; this script reads the MLP's W_E and W_in"
+    )
 p = run.config.task.p
 
 # 2. probes (Fourier, key frequencies, progress measures) and the DFT of the weights themselves
@@ -56,27 +59,58 @@ for label, i in (("first checkpoint", 0), ("last checkpoint", -1)):
     e = embed_spec[i].pow(2)
     top3 = e.topk(3)
     print(f"  {label} (step {int(traj.steps[i]):,}):")
-    print(f"    embedding: top-3 frequencies {[int(k) + 1 for k in top3.indices]} hold {float(top3.values.sum() / e.sum()):.0%} of the power")
-    print(f"    neurons: median share of the top frequency {float(top_share[i].median()):.0%} "
-          f"(random weights: ~{2 / (p - 1):.0%} per frequency)")
+    print(
+        f"    embedding: top-3 frequencies {[int(k) + 1 for k in top3.indices]} hold {float(top3.values.sum() / e.sum()):.0%} of the power"
+    )
+    print(
+        f"    neurons: median share of the top frequency {float(top_share[i].median()):.0%} "
+        f"(random weights: ~{2 / (p - 1):.0%} per frequency)"
+    )
 counts = torch.bincount(dominant[-1], minlength=p // 2 + 1)
-print("  neurons per dominant frequency at the end: "
-      + ", ".join(f"k={k}: {int(c)}" for k, c in enumerate(counts.tolist()) if c))
+print(
+    "  neurons per dominant frequency at the end: "
+    + ", ".join(f"k={k}: {int(c)}" for k, c in enumerate(counts.tolist()) if c)
+)
 print(f"  key frequencies (probes): {analysis.key_frequencies}")
 
 # 3. figures -> one offline HTML file
-bars = go.Figure(go.Bar(x=[f"n{j}" for j in range(H.shape[1])], y=top_share[-1].numpy(), text=[f"k={int(k)}" for k in dominant[-1]],
-                        marker={"color": dominant[-1].numpy(), "colorscale": "Turbo"}))
-bars.update_layout(title="Share of each neuron's input power in its dominant frequency (last checkpoint)", template="plotly_white",
-                   yaxis={"range": [0, 1], "title": "share"}, height=380)
+bars = go.Figure(
+    go.Bar(
+        x=[f"n{j}" for j in range(H.shape[1])],
+        y=top_share[-1].numpy(),
+        text=[f"k={int(k)}" for k in dominant[-1]],
+        marker={"color": dominant[-1].numpy(), "colorscale": "Turbo"},
+    )
+)
+bars.update_layout(
+    title="Share of each neuron's input power in its dominant frequency (last checkpoint)",
+    template="plotly_white",
+    yaxis={"range": [0, 1], "title": "share"},
+    height=380,
+)
 sections = [
     Section("Training curves", training_curves_figure(run.metrics(), analysis.events)),
-    Section("Weights over the operand", modular_weights_figure(traj.steps, traj.params["embed.W_E"], traj.params["blocks.0.mlp.W_in"], p=p,
-                                                               events=analysis.events)),
-    Section("DFT over training", fourier_spectrum_figure(traj.steps, {"embedding W_E": embed_spec, "neuron inputs W_E W_in": neuron_spec.pow(2).sum(1).sqrt()},
-                                                  analysis.key_frequencies)),
-    Section("Key-frequency norms", key_frequency_norms_figure(traj.steps, embed_spec, analysis.key_frequencies, events=analysis.events)),
+    Section(
+        "Weights over the operand",
+        modular_weights_figure(
+            traj.steps, traj.params["embed.W_E"], traj.params["blocks.0.mlp.W_in"], p=p, events=analysis.events
+        ),
+    ),
+    Section(
+        "DFT over training",
+        fourier_spectrum_figure(
+            traj.steps,
+            {"embedding W_E": embed_spec, "neuron inputs W_E W_in": neuron_spec.pow(2).sum(1).sqrt()},
+            analysis.key_frequencies,
+        ),
+    ),
+    Section(
+        "Key-frequency norms",
+        key_frequency_norms_figure(traj.steps, embed_spec, analysis.key_frequencies, events=analysis.events),
+    ),
     Section("Dominant frequency per neuron", bars),
 ]
-out = write_html(run.path / "mlp24_fourier.html", f"Periodic weights: {run.config.name}", sections, subtitle=analysis.summary)
+out = write_html(
+    run.path / "mlp24_fourier.html", f"Periodic weights: {run.config.name}", sections, subtitle=analysis.summary
+)
 print(f"\nreport: {out}")

@@ -38,8 +38,13 @@ from mechgrok.scripts import parse_sets
 
 ACCELERATED = {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 2.0, "optim.lr": 3e-3, "optim.warmup_steps": 100}
 # benchmarks/time_to_grok.py's fastest variant (grokfast5-lr10-wd3)
-FAST = {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": 1e-2, "optim.warmup_steps": 100,
-        "optim.weight_decay": 3.0}
+FAST = {
+    "optim.grokfast_alpha": 0.98,
+    "optim.grokfast_lambda": 5.0,
+    "optim.lr": 1e-2,
+    "optim.warmup_steps": 100,
+    "optim.weight_decay": 3.0,
+}
 
 
 def first_stable_step(steps: torch.Tensor, cond: torch.Tensor) -> int | None:
@@ -71,15 +76,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="run folder (default checkpoints/nanda or checkpoints/nanda-accelerated)")
     ap.add_argument("--steps", type=int, help="override train.steps")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--accelerated", action="store_true", help="Grokfast-EMA (0.98, 2) and lr 3e-3 with 100 warmup steps")
+    ap.add_argument(
+        "--accelerated", action="store_true", help="Grokfast-EMA (0.98, 2) and lr 3e-3 with 100 warmup steps"
+    )
     ap.add_argument("--fast", action="store_true", help="Grokfast-EMA (0.98, 5), lr 1e-2 with 100 warmup steps, wd 3")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--analyse-only", action="store_true", help="analyse the run folder as it is (e.g. stopped early)")
     ap.add_argument("--reanalyze", action="store_true", help="recompute the stored analysis")
     ap.add_argument("--max-checkpoints", type=int, default=None, help="analyse an evenly spaced subset")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, applied after the variant's (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, applied after the variant's (repeatable)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -111,9 +123,11 @@ def main() -> None:
         run = Run.open(out)
     s = run.summary() or {}
     if s:
-        print(f"training: {s.get('steps', '?'):,} steps in {s.get('seconds', float('nan')):.0f} s "
-              f"({s.get('steps_per_second', float('nan')):.2f} steps/s, device {run.config.train.device}, "
-              f"{args.threads} thread(s))")
+        print(
+            f"training: {s.get('steps', '?'):,} steps in {s.get('seconds', float('nan')):.0f} s "
+            f"({s.get('steps_per_second', float('nan')):.2f} steps/s, device {run.config.train.device}, "
+            f"{args.threads} thread(s))"
+        )
 
     if (out / ANALYSIS_FILES["dir"] / ANALYSIS_FILES["records"]).exists() and not args.reanalyze:
         an = load_analysis(out)
@@ -129,7 +143,11 @@ def main() -> None:
     after = pr["test_loss"][steps >= (ev.memorised_step or 0)]
     plateau = float(after.median()) if after.numel() else float(pr["test_loss"].max())
     test_fall = first_stable_step(steps, pr["test_loss"] <= plateau / 10)
-    cleanup_end = max(s for s in (test_drop, ev.generalised_step) if s is not None) if (test_drop or ev.generalised_step) else None
+    cleanup_end = (
+        max(s for s in (test_drop, ev.generalised_step) if s is not None)
+        if (test_drop or ev.generalised_step)
+        else None
+    )
     kf = an.key_frequencies
     sparsity = an["fourier/sparsity"] if "fourier/sparsity" in an else None
 
@@ -138,7 +156,9 @@ def main() -> None:
     print(f"key frequencies established:           step {extra.get('key_freq_step')}")
     print(f"excluded loss >= 10x train loss from:  step {extra.get('excluded_rise_step')}")
     print(f"restricted loss drop:                  step {extra.get('restricted_drop_step')}")
-    print(f"test loss below plateau/10 from:       step {test_fall}  (plateau = median after memorisation, {plateau:.3g})")
+    print(
+        f"test loss below plateau/10 from:       step {test_fall}  (plateau = median after memorisation, {plateau:.3g})"
+    )
     print(f"test loss drop (same rule as restr.):  step {test_drop}")
     print(f"generalised (test acc >= 99%):         step {ev.generalised_step}")
     print("\nphases (Nanda et al.: memorisation / circuit formation / cleanup):")
@@ -150,12 +170,25 @@ def main() -> None:
     print(f"restricted loss falls before test loss: {verdict} ({rd} vs {test_drop})")
 
     print("\nat the phase boundaries:")
-    print(f"{'step':>8s} {'train_loss':>11s} {'test_loss':>10s} {'restricted':>11s} {'excluded':>10s} {'sum_sq_w':>9s} {'gini(W_E)':>9s}")
-    marks = [0, ev.memorised_step, extra.get("excluded_rise_step"), rd, test_fall, test_drop, ev.generalised_step, int(steps[-1])]
+    print(
+        f"{'step':>8s} {'train_loss':>11s} {'test_loss':>10s} {'restricted':>11s} {'excluded':>10s} {'sum_sq_w':>9s} {'gini(W_E)':>9s}"
+    )
+    marks = [
+        0,
+        ev.memorised_step,
+        extra.get("excluded_rise_step"),
+        rd,
+        test_fall,
+        test_drop,
+        ev.generalised_step,
+        int(steps[-1]),
+    ]
     for m in sorted({m for m in marks if m is not None}):
-        print(f"{m:8d} {at(steps, pr['train_loss'], m):>11s} {at(steps, pr['test_loss'], m):>10s} "
-              f"{at(steps, pr['restricted_loss'], m):>11s} {at(steps, pr['excluded_loss'], m):>10s} "
-              f"{at(steps, pr['sum_sq_weights'], m):>9s} {at(steps, sparsity, m) if sparsity is not None else '-':>9s}")
+        print(
+            f"{m:8d} {at(steps, pr['train_loss'], m):>11s} {at(steps, pr['test_loss'], m):>10s} "
+            f"{at(steps, pr['restricted_loss'], m):>11s} {at(steps, pr['excluded_loss'], m):>10s} "
+            f"{at(steps, pr['sum_sq_weights'], m):>9s} {at(steps, sparsity, m) if sparsity is not None else '-':>9s}"
+        )
     print(f"\n{an.summary}")
 
 

@@ -54,8 +54,11 @@ for i in todo:
         raise SystemExit(f"error: {folders[i]} holds an unfinished run; remove it to retrain that seed")
 if todo:
     print(f"training {len(todo)} x {base.name} ({base.train.steps:,} steps) into {out}")
-    mg.train_batch([configs[i] for i in todo], [folders[i] for i in todo],
-                   engine=mg.EngineConfig(workers=args.workers, log_every=base.train.eval_every))
+    mg.train_batch(
+        [configs[i] for i in todo],
+        [folders[i] for i in todo],
+        engine=mg.EngineConfig(workers=args.workers, log_every=base.train.eval_every),
+    )
 
 # 3. per member: events from the metrics, key frequencies of the final checkpoint
 rows = []
@@ -63,26 +66,33 @@ for s, folder in zip(seeds, folders):
     run = mg.Run.open(folder)
     summary = json.loads((folder / RUN_FILES["summary"]).read_text())
     freqs = mg.key_frequencies(run)
-    rows.append({
-        "seed": s,
-        "step_train_100": summary.get("step_train_acc_100"),
-        "step_test_99": summary.get("step_test_acc_99"),
-        "final_test_acc": summary.get("final_test_acc"),
-        "grokked": (summary.get("final_test_acc") or 0.0) >= 0.99,
-        "key_frequencies": freqs,
-    })
+    rows.append(
+        {
+            "seed": s,
+            "step_train_100": summary.get("step_train_acc_100"),
+            "step_test_99": summary.get("step_test_acc_99"),
+            "final_test_acc": summary.get("final_test_acc"),
+            "grokked": (summary.get("final_test_acc") or 0.0) >= 0.99,
+            "key_frequencies": freqs,
+        }
+    )
 
 # 4. the table
-fmt = lambda v: "-" if v is None else f"{v:,}"  # noqa: E731
-print(f"\n{base.name}: init={base.model.init} dtype={base.model.dtype} loss={base.optim.loss_reduction} "
-      f"split={base.task.split}{' (fixed)' if args.fixed_split else ''}, {base.train.steps:,} steps")
+fmt = lambda v: "-" if v is None else f"{v:,}"
+print(
+    f"\n{base.name}: init={base.model.init} dtype={base.model.dtype} loss={base.optim.loss_reduction} "
+    f"split={base.task.split}{' (fixed)' if args.fixed_split else ''}, {base.train.steps:,} steps"
+)
 print(f"{'seed':>5} {'train 100%':>11} {'test 99%':>9} {'final test':>10}  key frequencies")
 for r in rows:
-    print(f"{r['seed']:>5} {fmt(r['step_train_100']):>11} {fmt(r['step_test_99']):>9} "
-          f"{r['final_test_acc']:>10.3f}  {len(r['key_frequencies'])}: {r['key_frequencies']}")
+    print(
+        f"{r['seed']:>5} {fmt(r['step_train_100']):>11} {fmt(r['step_test_99']):>9} "
+        f"{r['final_test_acc']:>10.3f}  {len(r['key_frequencies'])}: {r['key_frequencies']}"
+    )
 grokked = [r for r in rows if r["grokked"]]
 counts = sorted(len(r["key_frequencies"]) for r in grokked)
-print(f"\ngrokked (final test accuracy >= 99%): {len(grokked)}/{len(rows)}; "
-      f"key frequencies of those: {counts}")
+print(f"\ngrokked (final test accuracy >= 99%): {len(grokked)}/{len(rows)}; key frequencies of those: {counts}")
 if args.json:
-    Path(args.json).write_text(json.dumps({"config": base.to_dict(), "fixed_split": args.fixed_split, "rows": rows}, indent=1))
+    Path(args.json).write_text(
+        json.dumps({"config": base.to_dict(), "fixed_split": args.fixed_split, "rows": rows}, indent=1)
+    )

@@ -36,8 +36,9 @@ from mechgrok.report import (
 from mechgrok.scripts import format_step, script_run
 
 # 1. the run: open it, or train the preset (with --set overrides) into the empty folder
-run, args = script_run("Sparse parity: pruning and generalisation.", run_dir="checkpoints/parity", preset="parity",
-                       max_checkpoints=None)
+run, args = script_run(
+    "Sparse parity: pruning and generalisation.", run_dir="checkpoints/parity", preset="parity", max_checkpoints=None
+)
 if run.config.task.kind != "parity":
     raise SystemExit(f"error: {run.path} is a {run.config.task.kind} run, not sparse parity")
 
@@ -48,10 +49,17 @@ x = ev.extra
 steps = analysis.steps
 
 
-print(f"\n{run.config.name}: relevant bits {x['relevant_bits']} of {run.config.task.n_bits}, "
-      f"{len(steps)} checkpoints to step {int(steps[-1]):,}")
-story = [("memorised", ev.memorised_step), ("prune-now >= 99%", x.get("prune_now_step")),
-         ("insensitive", x["sensitivity_zero_step"]), ("pruned", x["pruned_step"]), ("generalised", ev.generalised_step)]
+print(
+    f"\n{run.config.name}: relevant bits {x['relevant_bits']} of {run.config.task.n_bits}, "
+    f"{len(steps)} checkpoints to step {int(steps[-1]):,}"
+)
+story = [
+    ("memorised", ev.memorised_step),
+    ("prune-now >= 99%", x.get("prune_now_step")),
+    ("insensitive", x["sensitivity_zero_step"]),
+    ("pruned", x["pruned_step"]),
+    ("generalised", ev.generalised_step),
+]
 for name, step in sorted(story, key=lambda t: float("inf") if t[1] is None else t[1]):
     print(f"  {name:<18} {format_step(step, 8)}")
 if x["pruned_step"] is not None and ev.generalised_step is not None:
@@ -65,21 +73,41 @@ if ev.memorised_step is not None and ev.generalised_step is not None:
     if between:
         i = between[-1]
         s = int(steps[i])
-        real = [a for st, a in zip(metrics["step"], metrics["test_acc"]) if st <= s and not math.isnan(a)][-1]  # NaN: not evaluated
-        print(f"  at step {s:,} (memorised, not yet generalised): test accuracy {real:.3f}; "
-              f"with the irrelevant-bit weights zeroed {float(acc[i]):.3f}")
+        real = [a for st, a in zip(metrics["step"], metrics["test_acc"]) if st <= s and not math.isnan(a)][
+            -1
+        ]  # NaN: not evaluated
+        print(
+            f"  at step {s:,} (memorised, not yet generalised): test accuracy {real:.3f}; "
+            f"with the irrelevant-bit weights zeroed {float(acc[i]):.3f}"
+        )
 
 # 3. figures -> one offline HTML file
 relevant = analysis["bits/relevant"]
 traj = run.trajectory()
 sections = [
     Section("Training curves", training_curves_figure(metrics, ev)),
-    Section("First-layer weights", parity_weights_figure(traj.steps, traj.params["blocks.0.mlp.W_in"], x["relevant_bits"], events=ev)),
-    Section("Dependence on each bit", bit_dependence_figure(
-        steps, {"weight norm": analysis["bits/weight_norm"], "gradient attribution": analysis["bits/grad_attr"],
-                "flip sensitivity": analysis["bits/flip_sensitivity"]},
-        relevant, ratio=analysis["bits/irrelevant_weight_ratio"], prune_threshold=x["prune_threshold"], events=ev)),
+    Section(
+        "First-layer weights",
+        parity_weights_figure(traj.steps, traj.params["blocks.0.mlp.W_in"], x["relevant_bits"], events=ev),
+    ),
+    Section(
+        "Dependence on each bit",
+        bit_dependence_figure(
+            steps,
+            {
+                "weight norm": analysis["bits/weight_norm"],
+                "gradient attribution": analysis["bits/grad_attr"],
+                "flip sensitivity": analysis["bits/flip_sensitivity"],
+            },
+            relevant,
+            ratio=analysis["bits/irrelevant_weight_ratio"],
+            prune_threshold=x["prune_threshold"],
+            events=ev,
+        ),
+    ),
     Section("Causal check", prune_now_accuracy_figure(steps, acc, metrics, events=ev)),
 ]
-out = write_html(run.path / "parity_pruning.html", f"Parity pruning story: {run.config.name}", sections, subtitle=analysis.summary)
+out = write_html(
+    run.path / "parity_pruning.html", f"Parity pruning story: {run.config.name}", sections, subtitle=analysis.summary
+)
 print(f"\nreport: {out}")

@@ -75,8 +75,15 @@ def wd_phase(wd: float, seed: int, steps: int, sets: dict) -> dict:
     cfg = preset("parity", {**sets, "train.seed": seed, "optim.weight_decay": wd, "train.steps": steps})
     res = train(cfg, None, progress=False)
     ev = detect_events(res.metrics)
-    return {"wd": wd, "seed": seed, "phase": ev.phase, "memorised": ev.memorised_step, "generalised": ev.generalised_step,
-            "train_acc": ev.final_train_acc, "test_acc": ev.final_test_acc}
+    return {
+        "wd": wd,
+        "seed": seed,
+        "phase": ev.phase,
+        "memorised": ev.memorised_step,
+        "generalised": ev.generalised_step,
+        "train_acc": ev.final_train_acc,
+        "test_acc": ev.final_test_acc,
+    }
 
 
 def main() -> None:
@@ -87,24 +94,51 @@ def main() -> None:
     ap.add_argument("--wd-steps", type=int, default=4000, help="steps per weight-decay run (the preset's length)")
     ap.add_argument("--out", type=Path, default=Path("checkpoints/parity-story"))
     ap.add_argument("--json", type=Path, help="also write every number here")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for every run, e.g. task.n_bits=8 (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. task.n_bits=8 (repeatable)",
+    )
     args = ap.parse_args()
     sets = parse_sets(args.set)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
 
     print("# Part 1: the story per seed (parity preset; steps are optimiser steps)")
-    cols = ["seed", "memorised", "generalised", "pruned", "sensitivity_zero", "prune_now_step", "lag_mem_to_gen",
-            "lag_prune_to_gen", "mid_step", "mid_test_acc", "mid_pruned_acc", "last_step", "last_test_acc",
-            "last_pruned_acc", "phase"]
+    cols = [
+        "seed",
+        "memorised",
+        "generalised",
+        "pruned",
+        "sensitivity_zero",
+        "prune_now_step",
+        "lag_mem_to_gen",
+        "lag_prune_to_gen",
+        "mid_step",
+        "mid_test_acc",
+        "mid_pruned_acc",
+        "last_step",
+        "last_test_acc",
+        "last_pruned_acc",
+        "phase",
+    ]
     print(" ".join(f"{c:>10s}" for c in cols))
     rows = []
     for seed in args.seeds:
         row = story(seed, args.out, sets)
         rows.append(row)
         print(" ".join(f"{fmt(row.get(c)) if c != 'phase' else row[c]:>10s}" for c in cols), flush=True)
-    for key in ("memorised", "generalised", "pruned", "sensitivity_zero", "prune_now_step", "lag_mem_to_gen", "lag_prune_to_gen"):
+    for key in (
+        "memorised",
+        "generalised",
+        "pruned",
+        "sensitivity_zero",
+        "prune_now_step",
+        "lag_mem_to_gen",
+        "lag_prune_to_gen",
+    ):
         vals = [r[key] for r in rows if r.get(key) is not None]
         if vals:
             print(f"median {key}: {statistics.median(vals):,.0f}  (n={len(vals)}, range {min(vals):,}..{max(vals):,})")
@@ -117,8 +151,10 @@ def main() -> None:
             for seed in args.wd_seeds:
                 r = wd_phase(wd, seed, args.wd_steps, sets)
                 wd_rows.append(r)
-                cells.append(f"{r['phase']}(mem {fmt(r['memorised'])}, gen {fmt(r['generalised'])}, "
-                             f"{r['train_acc']:.2f}/{r['test_acc']:.2f})")
+                cells.append(
+                    f"{r['phase']}(mem {fmt(r['memorised'])}, gen {fmt(r['generalised'])}, "
+                    f"{r['train_acc']:.2f}/{r['test_acc']:.2f})"
+                )
             print(f"wd={wd:<6g} " + "  ".join(cells), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"story": rows, "wd": wd_rows}, indent=2))

@@ -36,8 +36,12 @@ from mechgrok.report import (
 from mechgrok.scripts import add_run_arguments, config_from_args, format_step, open_or_train
 
 parser = argparse.ArgumentParser(description="Nanda et al.'s progress measures on a run or an imported checkpoint.")
-add_run_arguments(parser, run_dir="checkpoints/modadd-transformer", preset_name="modadd-transformer",
-                  path_help="run folder (trained from --preset if it holds no run) or progress-measures-paper .pth file")
+add_run_arguments(
+    parser,
+    run_dir="checkpoints/modadd-transformer",
+    preset_name="modadd-transformer",
+    path_help="run folder (trained from --preset if it holds no run) or progress-measures-paper .pth file",
+)
 args = parser.parse_args()
 torch.set_num_threads(1)  # tiny models: extra threads only spin-wait
 
@@ -53,16 +57,24 @@ ev, x = analysis.events, analysis.events.extra
 
 
 print(f"\n{run.config.name} ({run.config.model.kind}, p = {run.config.task.p}): {len(analysis.steps)} checkpoints")
-print(f"  key frequencies: {analysis.key_frequencies or 'none'} (in the logits' cut from step {format_step(x.get('key_freq_step'))})")
-print(f"  memorised at step {format_step(ev.memorised_step)}; excluded loss rises at {format_step(x.get('excluded_rise_step'))}; "
-      f"restricted loss drops at {format_step(x.get('restricted_drop_step'))}; generalised at {format_step(ev.generalised_step)}")
+print(
+    f"  key frequencies: {analysis.key_frequencies or 'none'} (in the logits' cut from step {format_step(x.get('key_freq_step'))})"
+)
+print(
+    f"  memorised at step {format_step(ev.memorised_step)}; excluded loss rises at {format_step(x.get('excluded_rise_step'))}; "
+    f"restricted loss drops at {format_step(x.get('restricted_drop_step'))}; generalised at {format_step(ev.generalised_step)}"
+)
 r, g = x.get("restricted_drop_step"), ev.generalised_step
 if r is not None and g is not None:
-    print(f"  the restricted loss drops {g - r:,} steps {'before' if g >= r else 'after'} the test accuracy reaches 99%")
+    print(
+        f"  the restricted loss drops {g - r:,} steps {'before' if g >= r else 'after'} the test accuracy reaches 99%"
+    )
 sp = analysis["fourier/sparsity"]
-print(f"  Fourier sparsity {float(sp[0]):.2f} -> {float(sp[-1]):.2f}; "
-      f"restricted / excluded loss at the end {float(analysis['progress/restricted_loss'][-1]):.3g} / "
-      f"{float(analysis['progress/excluded_loss'][-1]):.3g}")
+print(
+    f"  Fourier sparsity {float(sp[0]):.2f} -> {float(sp[-1]):.2f}; "
+    f"restricted / excluded loss at the end {float(analysis['progress/restricted_loss'][-1]):.3g} / "
+    f"{float(analysis['progress/excluded_loss'][-1]):.3g}"
+)
 
 # 3. figures -> one offline HTML file
 sections = []
@@ -70,9 +82,22 @@ if run.metrics_rows():
     sections.append(Section("Training curves", training_curves_figure(run.metrics(), ev)))
 sections += [
     Section("Progress measures", progress_measures_figure(analysis.steps, analysis.tensors, events=ev)),
-    Section("Fourier spectrum", fourier_spectrum_figure(analysis.steps, {"embedding": analysis["fourier/embed_freq_norms"],
-                                                                  "logits": analysis["fourier/logit_freq_norms"]}, analysis.key_frequencies)),
-    Section("Key-frequency norms", key_frequency_norms_figure(analysis.steps, analysis["fourier/embed_freq_norms"], analysis.key_frequencies, events=ev)),
+    Section(
+        "Fourier spectrum",
+        fourier_spectrum_figure(
+            analysis.steps,
+            {"embedding": analysis["fourier/embed_freq_norms"], "logits": analysis["fourier/logit_freq_norms"]},
+            analysis.key_frequencies,
+        ),
+    ),
+    Section(
+        "Key-frequency norms",
+        key_frequency_norms_figure(
+            analysis.steps, analysis["fourier/embed_freq_norms"], analysis.key_frequencies, events=ev
+        ),
+    ),
 ]
-out = write_html(run.path / "progress_measures.html", f"Progress measures: {run.config.name}", sections, subtitle=analysis.summary)
+out = write_html(
+    run.path / "progress_measures.html", f"Progress measures: {run.config.name}", sections, subtitle=analysis.summary
+)
 print(f"\nreport: {out}")

@@ -50,10 +50,12 @@ def describe(run: Run) -> str:
     test, steps = m["test_acc"][evaluated], m["step"][evaluated]
     at_mem = float(test[steps <= ev.memorised_step][-1]) if ev.memorised_step is not None else float("nan")
     sched = run.config.optim.wd_schedule or "constant"
-    return (f"{run.config.name:24s} frac {run.config.task.train_fraction:.2f} wd {run.config.optim.weight_decay:g} "
-            f"sched {str(sched):28s} memorised {format_step(ev.memorised_step, 6)} (test acc then {at_mem:.2f}) "
-            f"generalised {format_step(ev.generalised_step, 6)} final test {ev.final_test_acc:.3f} "
-            f"max test {float(test.max()):.3f} -> {ev.phase}  [{s.get('steps', '?')} steps, {s.get('seconds', 0):.0f} s]")
+    return (
+        f"{run.config.name:24s} frac {run.config.task.train_fraction:.2f} wd {run.config.optim.weight_decay:g} "
+        f"sched {str(sched):28s} memorised {format_step(ev.memorised_step, 6)} (test acc then {at_mem:.2f}) "
+        f"generalised {format_step(ev.generalised_step, 6)} final test {ev.final_test_acc:.3f} "
+        f"max test {float(test.max()):.3f} -> {ev.phase}  [{s.get('steps', '?')} steps, {s.get('seconds', 0):.0f} s]"
+    )
 
 
 def main() -> None:
@@ -62,8 +64,13 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=["", "-nowd", "-wd-late", "-wd-early-off"])
     ap.add_argument("--fractions", nargs="*", type=float, default=[], help="train fractions for the base presets")
     ap.add_argument("--out", type=Path, default=Path("checkpoints/recurrent"))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for every run, e.g. train.steps=500 (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. train.steps=500 (repeatable)",
+    )
     args = ap.parse_args()
     sets = parse_sets(args.set)
     torch.set_num_threads(1)

@@ -20,7 +20,6 @@ at the last checkpoint (``mechgrok.stability_over_training``).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -44,18 +43,28 @@ args = parser.parse_args()
 torch.set_num_threads(1)
 
 try:
-    base = mg.preset(args.preset).with_overrides({**parse_sets(args.set), "optim.weight_decay": 0.0, "optim.wd_schedule": ""})
+    base = mg.preset(args.preset).with_overrides(
+        {**parse_sets(args.set), "optim.weight_decay": 0.0, "optim.wd_schedule": ""}
+    )
 except mg.ConfigError as e:
     raise SystemExit(f"error: {e}")
 
-print(f"{'variant':<11} {'test>=99%':>9} {'final test':>10} {'collapse end':>12} {'collapse max':>12} "
-      f"{'alignment':>9} {'logit norm':>10}")
+print(
+    f"{'variant':<11} {'test>=99%':>9} {'final test':>10} {'collapse end':>12} {'collapse max':>12} "
+    f"{'alignment':>9} {'logit norm':>10}"
+)
 for name in args.variants:
     folder = Path(args.out) / name
-    run = mg.Run.open(folder) if folder.exists() else mg.train(base.with_overrides(VARIANTS[name]), folder, progress=False).run
+    run = (
+        mg.Run.open(folder)
+        if folder.exists()
+        else mg.train(base.with_overrides(VARIANTS[name]), folder, progress=False).run
+    )
     st = mg.stability_over_training(run)
     s = run.summary()
     grok = s["step_test_acc_99"]
-    print(f"{name:<11} {grok if grok is not None else '-':>9} {s['final_test_acc']:>10.3f} "
-          f"{float(st['collapse_fraction'][-1]):>12.1%} {float(st['collapse_fraction'].max()):>12.1%} "
-          f"{float(st['alignment'][-1]):>9.2f} {float(st['logit_norm'][-1]):>10.3g}")
+    print(
+        f"{name:<11} {grok if grok is not None else '-':>9} {s['final_test_acc']:>10.3f} "
+        f"{float(st['collapse_fraction'][-1]):>12.1%} {float(st['collapse_fraction'].max()):>12.1%} "
+        f"{float(st['alignment'][-1]):>9.2f} {float(st['logit_norm'][-1]):>10.3g}"
+    )

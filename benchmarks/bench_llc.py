@@ -52,17 +52,22 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-loop", action="store_true", help="skip the (slow) loop reference")
-    ap.add_argument("--loop-engine", default="auto",
-                    help="forward of the loop: auto (the same fused kernels, one row at a time) or loop (the hooked "
-                         "model through functional_call, as a plain per-chain SGLD loop would run it)")
+    ap.add_argument(
+        "--loop-engine",
+        default="auto",
+        help="forward of the loop: auto (the same fused kernels, one row at a time) or loop (the hooked "
+        "model through functional_call, as a plain per-chain SGLD loop would run it)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     traj = Run.open(args.run).trajectory() if args.run else synthetic(args.preset, args.checkpoints)
     cfg = LLCConfig(chains=args.chains, burnin=args.burnin, draws=args.draws, batch_size=args.batch_size)
     what = args.run or f"{args.preset} (synthetic)"
-    print(f"{what}: {len(traj)} checkpoints x {cfg.chains} chains x {cfg.n_steps} SGLD steps, "
-          f"batch {cfg.batch_size or 'full'}, {args.threads} thread(s), load {os.getloadavg()[0]:.1f}")
+    print(
+        f"{what}: {len(traj)} checkpoints x {cfg.chains} chains x {cfg.n_steps} SGLD steps, "
+        f"batch {cfg.batch_size or 'full'}, {args.threads} thread(s), load {os.getloadavg()[0]:.1f}"
+    )
 
     t = time.perf_counter()
     vec = llc(traj, cfg)
@@ -74,8 +79,9 @@ def main() -> None:
     loop = llc(traj, dataclasses.replace(cfg, engine=args.loop_engine), vectorize=False)
     t_loop = time.perf_counter() - t
     diff = float((vec.llc - loop.llc).abs().max())
-    print(f"loop ({args.loop_engine}): {t_loop:8.2f} s   speed-up {t_loop / t_vec:.1f}x   "
-          f"max |llc difference| {diff:.2e}")
+    print(
+        f"loop ({args.loop_engine}): {t_loop:8.2f} s   speed-up {t_loop / t_vec:.1f}x   max |llc difference| {diff:.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from pathlib import Path
 import torch
 
 from mechgrok import Run, analyze, build_model, make_dataset, preset
-from mechgrok.store import FILES, atomic_write_bytes
 from mechgrok.probes import (
     bit_dependence,
     fourier_over_training,
@@ -45,6 +44,7 @@ from mechgrok.probes import (
     progress_measures,
     prune_now_accuracy,
 )
+from mechgrok.store import FILES, atomic_write_bytes
 
 DEFAULT_MODELS = ("parity", "modadd-mlp24", "modadd-cossin5", "modadd-transformer")
 # the transformer evaluates 12,769 inputs through a 512-neuron layer per checkpoint: fewer rows
@@ -64,8 +64,16 @@ def write_synthetic_run(name: str, n: int, root: Path, folder: str | None = None
         run.write_checkpoint(i * 10, state)
         state = {k: v * 0.999 + 0.01 * torch.randn(v.shape, generator=gen) for k, v in state.items()}
     last = 10 * (n - 1)
-    rows = [{"step": s, "train_loss": 1.0, "train_acc": 1.0 if s >= 0.2 * last else 0.5,
-             "test_loss": 1.0, "test_acc": 1.0 if s >= 0.6 * last else 0.1} for s in range(last + 1)]
+    rows = [
+        {
+            "step": s,
+            "train_loss": 1.0,
+            "train_acc": 1.0 if s >= 0.2 * last else 0.5,
+            "test_loss": 1.0,
+            "test_acc": 1.0 if s >= 0.6 * last else 0.1,
+        }
+        for s in range(last + 1)
+    ]
     atomic_write_bytes(run.path / FILES["metrics"], "".join(json.dumps(r) + "\n" for r in rows).encode())
     return run
 
@@ -120,8 +128,10 @@ def main() -> None:
                 run = write_synthetic_run(name, n, root, folder.name)
             whole, probes = bench_one(run, args.threads or torch.get_num_threads())
             split = "  ".join(f"{k} {v:.2f}" for k, v in whole.items() if k.startswith("["))
-            print(f"{name:20s} {n:5d} ckpts  analyze {whole['wall']:6.2f} s wall, {whole['cpu']:6.2f} s cpu "
-                  f"({1000 * whole['wall'] / n:5.2f} ms/checkpoint; {split})")
+            print(
+                f"{name:20s} {n:5d} ckpts  analyze {whole['wall']:6.2f} s wall, {whole['cpu']:6.2f} s cpu "
+                f"({1000 * whole['wall'] / n:5.2f} ms/checkpoint; {split})"
+            )
             print(f"{'':20s} {'':11s} probes alone, s: " + "  ".join(f"{k} {v:.2f}" for k, v in probes.items()))
             if args.keep is None:
                 shutil.rmtree(run.path)

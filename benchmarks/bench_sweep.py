@@ -114,8 +114,9 @@ def loop_step_time(cfg: RunConfig, models: int = 3, steps: int = 30) -> tuple[fl
     return statistics.median(walls), statistics.median(cpus)
 
 
-def engine_step_time(cfg: RunConfig, n_models: int, engine: str, steps: int, workers: int = 1,
-                     windows: int = 3) -> tuple[float, float]:
+def engine_step_time(
+    cfg: RunConfig, n_models: int, engine: str, steps: int, workers: int = 1, windows: int = 3
+) -> tuple[float, float]:
     """(wall, cpu) seconds per model-step of the batched engine: ``steps`` timed steps cut into
     ``windows`` consecutive windows, the fastest window's mean (the loop's time is also its
     fastest repeat: the same statistic on both sides)."""
@@ -124,8 +125,12 @@ def engine_step_time(cfg: RunConfig, n_models: int, engine: str, steps: int, wor
     cfg = cfg.with_overrides({**QUIET, "train.steps": warm + per * windows + 1})
     members = [Member(cfg.with_overrides({"train.seed": i}), key=i) for i in range(n_models)]
     marks: list[tuple[float, float]] = []
-    pool = Pool(members, EngineConfig(engine=engine, log_every=10**9, workers=workers), keep_results=False,
-                on_steps=lambda _: marks.append((time.perf_counter(), time.process_time())))
+    pool = Pool(
+        members,
+        EngineConfig(engine=engine, log_every=10**9, workers=workers),
+        keep_results=False,
+        on_steps=lambda _: marks.append((time.perf_counter(), time.process_time())),
+    )
     pool.run()
     best = min(range(windows), key=lambda i: marks[warm - 1 + (i + 1) * per][0] - marks[warm - 1 + i * per][0])
     (w0, c0), (w1, c1) = marks[warm - 1 + best * per], marks[warm - 1 + (best + 1) * per]
@@ -143,11 +148,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     peak0 = matmul_gflops()
-    print(f"# {platform.machine()}, torch {torch.__version__}, {args.threads} intra-op thread(s), {args.workers} engine "
-          f"worker(s); loop = single-model steps on {'1 thread' if args.threads == 1 else f'1 or {args.threads} threads, the faster'}")
+    print(
+        f"# {platform.machine()}, torch {torch.__version__}, {args.threads} intra-op thread(s), {args.workers} engine "
+        f"worker(s); loop = single-model steps on {'1 thread' if args.threads == 1 else f'1 or {args.threads} threads, the faster'}"
+    )
     print(f"# fp32 matmul 2048^3: {peak0:.1f} GFLOP/s")
-    header = (f"{'model':<14}{'N':>6} {'engine':<6}{'ms/model-step':>14}{'(cpu)':>8}{'model-steps/s':>15}"
-              f"{'loop steps/s':>14}{'(cpu)':>8}{'ratio':>7}{'(cpu)':>7}{'GFLOP/s':>9}{'% peak':>8}")
+    header = (
+        f"{'model':<14}{'N':>6} {'engine':<6}{'ms/model-step':>14}{'(cpu)':>8}{'model-steps/s':>15}"
+        f"{'loop steps/s':>14}{'(cpu)':>8}{'ratio':>7}{'(cpu)':>7}{'GFLOP/s':>9}{'% peak':>8}"
+    )
     print(header)
     peaks = [peak0]
     for name in args.models:
@@ -168,14 +177,22 @@ def main() -> None:
                 loop_wall, loop_cpu = min(loop_wall, again[0]), min(loop_cpu, again[1])
                 macs = executed_macs(cfg, engine, n_train)
                 gflops = 2.0 * macs / wall / 1e9
-                print(f"{name:<14}{n_models:>6} {engine:<6}{wall * 1e3:>14.3f}{cpu * 1e3:>8.3f}{1 / wall:>15.0f}"
-                      f"{1 / loop_wall:>14.0f}{1 / loop_cpu:>8.0f}{loop_wall / wall:>7.1f}{loop_cpu / cpu:>7.1f}"
-                      f"{gflops:>9.1f}{100 * gflops / peak:>7.0f}%", flush=True)
-        print(f"# {name}: single-model step {first[0] * 1e3:.3f} ms at the start, fastest {loop_wall * 1e3:.3f} ms "
-              f"(cpu {first[1] * 1e3:.3f} / {loop_cpu * 1e3:.3f}); the engine executes "
-              f"{2 * executed_macs(cfg, 'fused', n_train) / 1e6:.1f} MFLOP per model-step (fused)", flush=True)
+                print(
+                    f"{name:<14}{n_models:>6} {engine:<6}{wall * 1e3:>14.3f}{cpu * 1e3:>8.3f}{1 / wall:>15.0f}"
+                    f"{1 / loop_wall:>14.0f}{1 / loop_cpu:>8.0f}{loop_wall / wall:>7.1f}{loop_cpu / cpu:>7.1f}"
+                    f"{gflops:>9.1f}{100 * gflops / peak:>7.0f}%",
+                    flush=True,
+                )
+        print(
+            f"# {name}: single-model step {first[0] * 1e3:.3f} ms at the start, fastest {loop_wall * 1e3:.3f} ms "
+            f"(cpu {first[1] * 1e3:.3f} / {loop_cpu * 1e3:.3f}); the engine executes "
+            f"{2 * executed_macs(cfg, 'fused', n_train) / 1e6:.1f} MFLOP per model-step (fused)",
+            flush=True,
+        )
         peaks.append(matmul_gflops())
-    print(f"# fp32 matmul peak over the run: {min(peaks):.1f} .. {max(peaks):.1f} GFLOP/s (% peak: the highest before the row)")
+    print(
+        f"# fp32 matmul peak over the run: {min(peaks):.1f} .. {max(peaks):.1f} GFLOP/s (% peak: the highest before the row)"
+    )
 
 
 if __name__ == "__main__":

@@ -77,13 +77,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400, help="at most this many steps per measurement")
     ap.add_argument("--busy-threads", type=int, default=0, help="competitor's threads (0 = every core)")
     ap.add_argument("--no-busy", action="store_true", help="only the idle measurements")
-    ap.add_argument("--auto", type=int, default=0, help="use this many threads instead of the automatic count "
-                    "(to measure what the automatic choice should be)")
+    ap.add_argument(
+        "--auto",
+        type=int,
+        default=0,
+        help="use this many threads instead of the automatic count (to measure what the automatic choice should be)",
+    )
     args = ap.parse_args()
     default = torch.get_num_threads()
     cores = available_cores()
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs ({cores} usable), torch default threads {default}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs ({cores} usable), torch default threads {default}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}"
+    )
     names = [n.strip() for n in args.presets.split(",") if n.strip()]
     settings = {name: args.auto or auto_threads(work_per_step(preset(name))) for name in names}
     rows = []
@@ -101,15 +107,20 @@ def main() -> None:
                 t_def, n_def = time_steps(name, default, args.seconds, args.steps)
                 rows.append((load, name, work_per_step(preset(name)), auto, t_auto, n_auto, default, t_def, n_def))
                 r = rows[-1]
-                print(f"{load:4s} {name:20s} work {r[2]:8.2e}  auto {auto} thr {1e3 * t_auto:8.2f} ms/step ({n_auto} steps)"
-                      f"  default {default} thr {1e3 * t_def:8.2f} ms/step ({n_def} steps)  default/auto {t_def / t_auto:6.2f}x",
-                      flush=True)
+                print(
+                    f"{load:4s} {name:20s} work {r[2]:8.2e}  auto {auto} thr {1e3 * t_auto:8.2f} ms/step ({n_auto} steps)"
+                    f"  default {default} thr {1e3 * t_def:8.2f} ms/step ({n_def} steps)  default/auto {t_def / t_auto:6.2f}x",
+                    flush=True,
+                )
         finally:
             if busy is not None:
                 busy.kill()
                 busy.wait()
     print("\nsummary: ms per step (default / auto)")
-    print(f"{'preset':20s} {'work':>9s} {'auto':>4s} " + " ".join(f"{load + ' auto':>10s} {load + ' dflt':>10s} {'ratio':>6s}" for load in loads))
+    print(
+        f"{'preset':20s} {'work':>9s} {'auto':>4s} "
+        + " ".join(f"{load + ' auto':>10s} {load + ' dflt':>10s} {'ratio':>6s}" for load in loads)
+    )
     for name in names:
         cells = []
         for load in loads:

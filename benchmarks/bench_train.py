@@ -28,7 +28,9 @@ def _stepper(name: str, device: str):
     cfg = preset(name)
     data = make_dataset(cfg.task).to(device)
     model = build_model(cfg.model, cfg.task, seed=0).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+    )
     n = data.train_x.shape[0]
     bs = cfg.optim.batch_size if 0 < cfg.optim.batch_size < n else n
     x, y = data.train_x[:bs], data.train_y[:bs]
@@ -69,7 +71,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.presets or preset_names()
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), device {args.device}")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), device {args.device}"
+    )
     print(f"{'preset':30s} {'batch':>6s} {'ms/step':>9s} {'steps/s':>8s}")
     for name in names:
         model, step, bs = _stepper(name, args.device)
@@ -82,7 +86,9 @@ def main() -> None:
                 full.append(_time(step, args.steps, args.device))
             t_fast, t_full = min(fast), min(full)
             print(f"{name + ' (full positions)':30s} {bs:6d} {t_full * 1e3:9.1f} {1 / t_full:8.1f}")
-            print(f"{name + ' (last position)':30s} {bs:6d} {t_fast * 1e3:9.1f} {1 / t_fast:8.1f}   speedup x{t_full / t_fast:.2f}")
+            print(
+                f"{name + ' (last position)':30s} {bs:6d} {t_fast * 1e3:9.1f} {1 / t_fast:8.1f}   speedup x{t_full / t_fast:.2f}"
+            )
         else:
             t = _time(step, args.steps, args.device)
             print(f"{name:30s} {bs:6d} {t * 1e3:9.1f} {1 / t:8.1f}")

@@ -54,8 +54,13 @@ METHODS: dict[str, dict[str, object]] = {
 ABLATION: dict[str, dict[str, object]] = {
     "recipe: lr10-wd3": {"optim.lr": "x10", "optim.weight_decay": "x3", "optim.warmup_steps": 100},
     "recipe: grokfast5": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0},
-    "recipe: grokfast5-lr10-wd3": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": "x10",
-                                   "optim.weight_decay": "x3", "optim.warmup_steps": 100},
+    "recipe: grokfast5-lr10-wd3": {
+        "optim.grokfast_alpha": 0.98,
+        "optim.grokfast_lambda": 5.0,
+        "optim.lr": "x10",
+        "optim.weight_decay": "x3",
+        "optim.warmup_steps": 100,
+    },
 }
 
 
@@ -98,12 +103,18 @@ def main() -> None:
     parser.add_argument("preset", nargs="?", default="modadd-mlp24")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values (default 0 1 2)")
-    parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "grokfast-ma"], choices=list(METHODS))
-    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2], help="grid (default 3e-3 1e-2 3e-2)")
+    parser.add_argument(
+        "--methods", nargs="+", default=[m for m in METHODS if m != "grokfast-ma"], choices=list(METHODS)
+    )
+    parser.add_argument(
+        "--lrs", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2], help="grid (default 3e-3 1e-2 3e-2)"
+    )
     parser.add_argument("--wds", type=float, nargs="+", default=[0.0, 1.0, 3.0], help="grid (default 0 1 3)")
     parser.add_argument("--warmups", type=int, nargs="+", default=[0, 100], help="grid (default 0 100)")
     parser.add_argument("--max-steps", type=int, default=3000)
-    parser.add_argument("--preset-max-steps", type=int, help="budget of the untuned preset baseline (default --max-steps)")
+    parser.add_argument(
+        "--preset-max-steps", type=int, help="budget of the untuned preset baseline (default --max-steps)"
+    )
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--ablation", action="store_true", help="also the 12.4x recipe's ablation (untuned)")
     parser.add_argument("--mechanism", action="store_true", help="analyse the overall best run")
@@ -112,18 +123,29 @@ def main() -> None:
     torch.set_num_threads(1)
 
     try:
-        base = mg.preset(args.preset).with_overrides({
-            **parse_sets(args.set), "train.steps": args.max_steps, "train.eval_every": args.eval_every,
-            "train.checkpoint_every": args.max_steps, "train.log_checkpoints": 0})
+        base = mg.preset(args.preset).with_overrides(
+            {
+                **parse_sets(args.set),
+                "train.steps": args.max_steps,
+                "train.eval_every": args.eval_every,
+                "train.checkpoint_every": args.max_steps,
+                "train.log_checkpoints": 0,
+            }
+        )
     except mg.ConfigError as e:
         raise SystemExit(f"error: {e}")
     grid = [(lr, wd, w) for lr in args.lrs for wd in args.wds for w in args.warmups]
-    print(f"{args.preset} {parse_sets(args.set) or ''}: grid {len(grid)} points (lr {args.lrs} x wd {args.wds} x "
-          f"warmup {args.warmups}), seeds {args.seeds}, <= {args.max_steps:,} steps, eval every {args.eval_every}")
+    print(
+        f"{args.preset} {parse_sets(args.set) or ''}: grid {len(grid)} points (lr {args.lrs} x wd {args.wds} x "
+        f"warmup {args.warmups}), seeds {args.seeds}, <= {args.max_steps:,} steps, eval every {args.eval_every}"
+    )
     t_all = time.perf_counter()
 
     # the preset's own plain run per seed: the untuned baseline
-    long = {"train.steps": args.preset_max_steps or args.max_steps, "train.checkpoint_every": args.preset_max_steps or args.max_steps}
+    long = {
+        "train.steps": args.preset_max_steps or args.max_steps,
+        "train.checkpoint_every": args.preset_max_steps or args.max_steps,
+    }
     preset_steps = steps_to_grok([base.with_overrides({**long, "train.seed": s}) for s in args.seeds], args.eval_every)
     print(f"  preset plain: {preset_steps} steps", flush=True)
     record: dict[str, object] = {"preset": dict(zip(args.seeds, preset_steps)), "methods": {}}
@@ -132,32 +154,49 @@ def main() -> None:
     for method in args.methods:
         t = time.perf_counter()
         mbase = base.with_overrides(METHODS[method])
-        configs = [mbase.with_overrides({"optim.lr": lr, "optim.weight_decay": wd, "optim.warmup_steps": w,
-                                         "train.seed": s}) for s in args.seeds for lr, wd, w in grid]
+        configs = [
+            mbase.with_overrides({"optim.lr": lr, "optim.weight_decay": wd, "optim.warmup_steps": w, "train.seed": s})
+            for s in args.seeds
+            for lr, wd, w in grid
+        ]
         steps = steps_to_grok(configs, args.eval_every)
         record["methods"][method] = [
-            {"seed": c.train.seed, "lr": c.optim.lr, "wd": c.optim.weight_decay, "warmup": c.optim.warmup_steps, "steps": st}
-            for c, st in zip(configs, steps)]
+            {
+                "seed": c.train.seed,
+                "lr": c.optim.lr,
+                "wd": c.optim.weight_decay,
+                "warmup": c.optim.warmup_steps,
+                "steps": st,
+            }
+            for c, st in zip(configs, steps)
+        ]
         best[method] = {}
         for i, s in enumerate(args.seeds):
-            found = [(st, g) for st, g in zip(steps[i * len(grid):(i + 1) * len(grid)], grid) if st is not None]
+            found = [(st, g) for st, g in zip(steps[i * len(grid) : (i + 1) * len(grid)], grid) if st is not None]
             best[method][s] = min(found) if found else None
         rates[method] = steps_per_second(mbase)
         print(f"  {method}: {len(configs)} members in {time.perf_counter() - t:.0f} s", flush=True)
 
-    print(f"\n{'method':<22} {'steps to 99% (best/seed)':>24} {'seconds':>12} {'vs preset':>10} {'vs tuned':>9}  best (lr, wd, warmup) per seed")
+    print(
+        f"\n{'method':<22} {'steps to 99% (best/seed)':>24} {'seconds':>12} {'vs preset':>10} {'vs tuned':>9}  best (lr, wd, warmup) per seed"
+    )
     tuned = best.get("plain", {})
 
     def row(name: str, per_seed: dict[int, int | None], where: str, rate: float | None) -> None:
         got = [v for v in per_seed.values() if v is not None]
-        vs_preset = [preset_steps[i] / per_seed[s] for i, s in enumerate(args.seeds)
-                     if per_seed.get(s) and preset_steps[i] is not None]
+        vs_preset = [
+            preset_steps[i] / per_seed[s]
+            for i, s in enumerate(args.seeds)
+            if per_seed.get(s) and preset_steps[i] is not None
+        ]
         vs_tuned = [tuned[s][0] / per_seed[s] for s in args.seeds if per_seed.get(s) and tuned.get(s)]
         secs = spread([v / rate for v in got], 2) if rate else "-"
         miss = f" ({len(args.seeds) - len(got)} not)" if len(got) < len(args.seeds) else ""
-        print(f"{name:<22} {spread(got) + miss:>24} {secs:>12} "
-              f"{(f'{statistics.fmean(vs_preset):.1f}x' if vs_preset else '-'):>10} "
-              f"{(f'{statistics.fmean(vs_tuned):.2f}x' if vs_tuned else '-'):>9}  {where}")
+        print(
+            f"{name:<22} {spread(got) + miss:>24} {secs:>12} "
+            f"{(f'{statistics.fmean(vs_preset):.1f}x' if vs_preset else '-'):>10} "
+            f"{(f'{statistics.fmean(vs_tuned):.2f}x' if vs_tuned else '-'):>9}  {where}"
+        )
 
     row("preset plain (untuned)", dict(zip(args.seeds, preset_steps)), "preset", rates.get("plain"))
     for method in args.methods:
@@ -167,23 +206,36 @@ def main() -> None:
         for name, over in ABLATION.items():
             cfgs = [base.with_overrides({**long, **scaled(base, over), "train.seed": s}) for s in args.seeds]
             row(name, dict(zip(args.seeds, steps_to_grok(cfgs, args.eval_every))), "fixed", None)
-    print(f"\n(vs preset / vs tuned: mean over seeds of the per-seed ratios; seconds: steps / single-model steps/s on "
-          f"one thread; total wall time {time.perf_counter() - t_all:.0f} s)")
+    print(
+        f"\n(vs preset / vs tuned: mean over seeds of the per-seed ratios; seconds: steps / single-model steps/s on "
+        f"one thread; total wall time {time.perf_counter() - t_all:.0f} s)"
+    )
 
     if args.mechanism:
         winners = [(b[0], m, b[1]) for m, per in best.items() for s, b in per.items() if b and s == args.seeds[0]]
         if winners:
             st, method, (lr, wd, w) = min(winners)
-            cfg = base.with_overrides({**METHODS[method], "optim.lr": lr, "optim.weight_decay": wd, "optim.warmup_steps": w,
-                                       "train.seed": args.seeds[0], "train.steps": int(st * 1.5) + 50,
-                                       "train.checkpoint_every": max(10, st // 40), "train.log_checkpoints": 10})
+            cfg = base.with_overrides(
+                {
+                    **METHODS[method],
+                    "optim.lr": lr,
+                    "optim.weight_decay": wd,
+                    "optim.warmup_steps": w,
+                    "train.seed": args.seeds[0],
+                    "train.steps": int(st * 1.5) + 50,
+                    "train.checkpoint_every": max(10, st // 40),
+                    "train.log_checkpoints": 10,
+                }
+            )
             out = Path(tempfile.mkdtemp()) / "best"
             mg.train(cfg, out, progress=False)
             a = mg.analyze(out)
             x = a.events.extra
-            print(f"\nmechanism of the best run ({method}, lr {lr}, wd {wd}, warmup {w}, seed {args.seeds[0]}): "
-                  f"key frequencies {a.key_frequencies}; restricted loss drops at {x.get('restricted_drop_step')}, "
-                  f"test accuracy >= 99% at {st}")
+            print(
+                f"\nmechanism of the best run ({method}, lr {lr}, wd {wd}, warmup {w}, seed {args.seeds[0]}): "
+                f"key frequencies {a.key_frequencies}; restricted loss drops at {x.get('restricted_drop_step')}, "
+                f"test accuracy >= 99% at {st}"
+            )
             print(a.summary)
     if args.json:
         record["steps_per_second"] = rates

@@ -53,34 +53,48 @@ def main() -> int:
     data = mg.make_dataset(run.config.task)
     n = int(data.train_y.shape[0])
     nbeta = args.nbeta if args.nbeta is not None else n / math.log(n)
-    cfg = LLCConfig(epsilon=args.epsilon, gamma=args.gamma, nbeta=nbeta, chains=args.chains,
-                    burnin=args.burnin, draws=args.draws)
+    cfg = LLCConfig(
+        epsilon=args.epsilon, gamma=args.gamma, nbeta=nbeta, chains=args.chains, burnin=args.burnin, draws=args.draws
+    )
 
     t = time.perf_counter()
     ours = llc(traj, cfg, rows=[row])
     t_ours = time.perf_counter() - t
-    print(f"{run.path} step {int(traj.steps[row]):,}: n = {n}, nbeta = {nbeta:.4g}, eps = {cfg.epsilon:g}, "
-          f"gamma = {cfg.gamma:g}, {cfg.chains} chains, {cfg.burnin} burn-in, {cfg.draws} draws")
+    print(
+        f"{run.path} step {int(traj.steps[row]):,}: n = {n}, nbeta = {nbeta:.4g}, eps = {cfg.epsilon:g}, "
+        f"gamma = {cfg.gamma:g}, {cfg.chains} chains, {cfg.burnin} burn-in, {cfg.draws} draws"
+    )
     print(f"mechgrok : llc {float(ours.llc[0]):8.3f} +- {float(ours.llc_std[0]):.3f}   ({t_ours:.1f} s)")
 
     from devinterp.optim import SGLD
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
 
     model = traj.model(row)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.train_x, data.train_y),
-                                         batch_size=n, shuffle=True)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(data.train_x, data.train_y), batch_size=n, shuffle=True
+    )
 
     def evaluate(m, batch):
         x, y = batch
         logits = m(x).double()
-        loss = (F.binary_cross_entropy_with_logits(logits[..., 0], y.double()) if logits.shape[-1] == 1
-                else F.cross_entropy(logits, y))
+        loss = (
+            F.binary_cross_entropy_with_logits(logits[..., 0], y.double())
+            if logits.shape[-1] == 1
+            else F.cross_entropy(logits, y)
+        )
         return loss, {}
 
-    kwargs = {"sampling_method": SGLD,
-              "optimizer_kwargs": {"lr": cfg.epsilon, "localization": cfg.gamma, "nbeta": nbeta},
-              "num_chains": cfg.chains, "num_draws": cfg.draws, "num_burnin_steps": cfg.burnin, "num_steps_bw_draws": 1,
-              "device": "cpu", "verbose": False, "seed": cfg.seed}
+    kwargs = {
+        "sampling_method": SGLD,
+        "optimizer_kwargs": {"lr": cfg.epsilon, "localization": cfg.gamma, "nbeta": nbeta},
+        "num_chains": cfg.chains,
+        "num_draws": cfg.draws,
+        "num_burnin_steps": cfg.burnin,
+        "num_steps_bw_draws": 1,
+        "device": "cpu",
+        "verbose": False,
+        "seed": cfg.seed,
+    }
     t = time.perf_counter()
     theirs = estimate_learning_coeff_with_summary(model, loader, evaluate=evaluate, **kwargs)
     t_theirs = time.perf_counter() - t

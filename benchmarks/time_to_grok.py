@@ -48,16 +48,56 @@ VARIANTS: dict[str, dict[str, object]] = {
     "grokfast": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 2.0},
     "grokfast5": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0},
     "lr3": {"optim.lr": "x3", "optim.warmup_steps": 100},
-    "grokfast-lr3": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 2.0, "optim.lr": "x3", "optim.warmup_steps": 100},
-    "grokfast5-lr3": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": "x3", "optim.warmup_steps": 100},
-    "grokfast-lr10": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 2.0, "optim.lr": "x10", "optim.warmup_steps": 100},
-    "grokfast5-lr10": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": "x10", "optim.warmup_steps": 100},
-    "grokfast5-lr3-wd3": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": "x3", "optim.warmup_steps": 100,
-                          "optim.weight_decay": "x3"},
-    "grokfast5-lr10-wd3": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": "x10", "optim.warmup_steps": 100,
-                           "optim.weight_decay": "x3"},
-    "grokfast5-lr20": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 5.0, "optim.lr": "x20", "optim.warmup_steps": 100},
-    "grokfast8-lr10": {"optim.grokfast_alpha": 0.98, "optim.grokfast_lambda": 8.0, "optim.lr": "x10", "optim.warmup_steps": 100},
+    "grokfast-lr3": {
+        "optim.grokfast_alpha": 0.98,
+        "optim.grokfast_lambda": 2.0,
+        "optim.lr": "x3",
+        "optim.warmup_steps": 100,
+    },
+    "grokfast5-lr3": {
+        "optim.grokfast_alpha": 0.98,
+        "optim.grokfast_lambda": 5.0,
+        "optim.lr": "x3",
+        "optim.warmup_steps": 100,
+    },
+    "grokfast-lr10": {
+        "optim.grokfast_alpha": 0.98,
+        "optim.grokfast_lambda": 2.0,
+        "optim.lr": "x10",
+        "optim.warmup_steps": 100,
+    },
+    "grokfast5-lr10": {
+        "optim.grokfast_alpha": 0.98,
+        "optim.grokfast_lambda": 5.0,
+        "optim.lr": "x10",
+        "optim.warmup_steps": 100,
+    },
+    "grokfast5-lr3-wd3": {
+        "optim.grokfast_alpha": 0.98,
+        "optim.grokfast_lambda": 5.0,
+        "optim.lr": "x3",
+        "optim.warmup_steps": 100,
+        "optim.weight_decay": "x3",
+    },
+    "grokfast5-lr10-wd3": {
+        "optim.grokfast_alpha": 0.98,
+        "optim.grokfast_lambda": 5.0,
+        "optim.lr": "x10",
+        "optim.warmup_steps": 100,
+        "optim.weight_decay": "x3",
+    },
+    "grokfast5-lr20": {
+        "optim.grokfast_alpha": 0.98,
+        "optim.grokfast_lambda": 5.0,
+        "optim.lr": "x20",
+        "optim.warmup_steps": 100,
+    },
+    "grokfast8-lr10": {
+        "optim.grokfast_alpha": 0.98,
+        "optim.grokfast_lambda": 8.0,
+        "optim.lr": "x10",
+        "optim.warmup_steps": 100,
+    },
 }
 # "xK": K times the preset's value of that field
 
@@ -138,7 +178,9 @@ class Result:
     key_freqs: list[int] | None
 
 
-def time_one(cfg: RunConfig, threshold: float, max_steps: int, eval_every: int) -> tuple[int | None, float, float, torch.nn.Module]:
+def time_one(
+    cfg: RunConfig, threshold: float, max_steps: int, eval_every: int
+) -> tuple[int | None, float, float, torch.nn.Module]:
     loop = Loop(cfg)
     t0 = time.perf_counter()
     acc = 0.0
@@ -161,7 +203,7 @@ def plain_from_run(run_dir: str, cfg: RunConfig, threshold: float) -> tuple[int 
     from mechgrok import Run
 
     run = Run.open(run_dir)
-    same = lambda c: (c.task, c.model, c.optim, c.train.seed)  # noqa: E731
+    same = lambda c: (c.task, c.model, c.optim, c.train.seed)
     if same(run.config) != same(cfg):
         raise SystemExit(f"--plain-from {run_dir}: its config differs from {cfg.name} (task/model/optim/seed)")
     summary = run.summary()
@@ -193,7 +235,9 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("presets", nargs="*", default=list(DEFAULTS), help="presets (default: modadd-mlp24 modadd-transformer)")
+    ap.add_argument(
+        "presets", nargs="*", default=list(DEFAULTS), help="presets (default: modadd-mlp24 modadd-transformer)"
+    )
     ap.add_argument("--variants", nargs="+", default=["plain", "grokfast", "grokfast-lr3"], choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, help="model seeds (default per preset: mlp24 0 1 2, transformer 0)")
     ap.add_argument("--max-steps", type=int, help="step budget per run (default per preset)")
@@ -201,15 +245,26 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.99)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-verify", dest="verify", action="store_false")
-    ap.add_argument("--plain-from", action="append", default=[], metavar="PRESET=RUN",
-                    help="read the plain run of PRESET (seed 0) from a finished run folder instead of training it")
+    ap.add_argument(
+        "--plain-from",
+        action="append",
+        default=[],
+        metavar="PRESET=RUN",
+        help="read the plain run of PRESET (seed 0) from a finished run folder instead of training it",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     results: list[Result] = []
-    print(f"# threshold test acc >= {args.threshold}, {args.threads} thread(s), torch {torch.__version__}, "
-          f"load avg at start {os.getloadavg()[0]:.1f}", flush=True)
-    print(f"{'preset':20s} {'variant':13s} {'seed':>4s} {'steps':>7s} {'seconds':>8s} {'acc':>6s}  key frequencies", flush=True)
+    print(
+        f"# threshold test acc >= {args.threshold}, {args.threads} thread(s), torch {torch.__version__}, "
+        f"load avg at start {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    print(
+        f"{'preset':20s} {'variant':13s} {'seed':>4s} {'steps':>7s} {'seconds':>8s} {'acc':>6s}  key frequencies",
+        flush=True,
+    )
     for name in args.presets:
         d = DEFAULTS.get(name, {"seeds": [0], "max_steps": 20_000, "eval_every": 10})
         seeds = args.seeds or d["seeds"]
@@ -228,8 +283,11 @@ def main() -> None:
                     steps, secs, acc, model = time_one(cfg, args.threshold, max_steps, eval_every)
                 kf = key_freqs_of(model, cfg) if base.task.kind == "modular" else None
                 results.append(Result(name, variant, seed, steps, secs, acc, kf))
-                print(f"{name:20s} {variant:13s} {seed:4d} {_fmt(steps, '7d') if steps else f'>{max_steps}':>7s} "
-                      f"{secs:8.1f} {acc:6.3f}  {kf if kf is not None else '(probe unavailable)'}", flush=True)
+                print(
+                    f"{name:20s} {variant:13s} {seed:4d} {_fmt(steps, '7d') if steps else f'>{max_steps}':>7s} "
+                    f"{secs:8.1f} {acc:6.3f}  {kf if kf is not None else '(probe unavailable)'}",
+                    flush=True,
+                )
 
     print("\n# ratios (plain / variant), per seed and median; '>' = plain did not reach the threshold in its budget")
     for name in args.presets:
@@ -240,16 +298,24 @@ def main() -> None:
             for r in results:
                 if r.preset != name or r.variant != variant:
                     continue
-                plain = next((q for q in results if q.preset == name and q.variant == "plain" and q.seed == r.seed), None)
+                plain = next(
+                    (q for q in results if q.preset == name and q.variant == "plain" and q.seed == r.seed), None
+                )
                 if plain is None or r.steps is None:
                     continue
-                p_steps = plain.steps if plain.steps is not None else (args.max_steps or DEFAULTS.get(name, {}).get("max_steps", 0))
+                p_steps = (
+                    plain.steps
+                    if plain.steps is not None
+                    else (args.max_steps or DEFAULTS.get(name, {}).get("max_steps", 0))
+                )
                 step_r.append(p_steps / r.steps)
                 sec_r.append(plain.seconds / r.seconds)
             if step_r:
                 tag = ">" if any(q.steps is None for q in results if q.preset == name and q.variant == "plain") else ""
-                print(f"{name:20s} {variant:13s} steps x{tag}{statistics.median(step_r):.1f} "
-                      f"(per seed {', '.join(f'{x:.1f}' for x in step_r)}), seconds x{tag}{statistics.median(sec_r):.1f}")
+                print(
+                    f"{name:20s} {variant:13s} steps x{tag}{statistics.median(step_r):.1f} "
+                    f"(per seed {', '.join(f'{x:.1f}' for x in step_r)}), seconds x{tag}{statistics.median(sec_r):.1f}"
+                )
     print(f"# load avg at end {os.getloadavg()[0]:.1f}")
 
 

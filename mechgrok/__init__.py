@@ -5,12 +5,14 @@ The whole public API is re-exported here.
 
 __version__ = "0.1.0"
 
+from . import report
+from .analysis import Analysis, analyze, load_analysis
 from .config import ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
-from .tasks import Dataset, make_dataset
+from .demo import ensure_run
 from .groups import FiniteGroup, finite_group
+from .importers import import_chughtai_checkpoint, import_nanda_checkpoint, import_zhong_checkpoint
 from .models import build_model
-from .train import TrainResult, loss_and_accuracy, resume, train
-from .store import CheckpointError, Run, StoreError, Trajectory
+from .presets import describe_preset, preset, preset_names
 from .probes import (
     ALGORITHMS,
     PHASE_RULES,
@@ -18,11 +20,16 @@ from .probes import (
     GrokEvents,
     ModularEvents,
     ParityEvents,
+    algorithm_signatures,
     bit_dependence,
+    circularity,
+    classify_algorithm,
     classify_phase,
     detect_events,
+    distance_irrelevance,
     fourier_basis,
     fourier_over_training,
+    gradient_symmetricity,
     irrep_progress_measures,
     irreps_over_training,
     key_frequencies,
@@ -33,20 +40,13 @@ from .probes import (
     progress_measures,
     prune_now_accuracy,
     stability_over_training,
-    algorithm_signatures,
-    circularity,
-    classify_algorithm,
-    distance_irrelevance,
-    gradient_symmetricity,
 )
-from .analysis import Analysis, analyze, load_analysis
 from .probes.llc import LLCConfig, llc, llc_calibration
-from .importers import import_chughtai_checkpoint, import_nanda_checkpoint, import_zhong_checkpoint
-from . import report
-from .demo import ensure_run
-from .presets import describe_preset, preset, preset_names
 from .report import write_run_report, write_sweep_report
+from .store import CheckpointError, Run, StoreError, Trajectory
 from .sweep import EngineConfig, Sweep, SweepSpec, run_sweep, train_batch
+from .tasks import Dataset, make_dataset
+from .train import TrainResult, loss_and_accuracy, resume, train
 
 # The user's API: what a notebook or an analysis script calls. Building blocks (model classes,
 # schedules, optimiser tricks, vocabularies, the demo job, figure builders) stay importable from

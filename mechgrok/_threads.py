@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -30,8 +31,15 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = [
-    "ENV_VAR", "MACS_PER_EXTRA_THREAD", "auto_threads", "available_cores", "intra_op_threads", "run_config_of",
-    "threads_for", "with_threads", "work_per_step",
+    "ENV_VAR",
+    "MACS_PER_EXTRA_THREAD",
+    "auto_threads",
+    "available_cores",
+    "intra_op_threads",
+    "run_config_of",
+    "threads_for",
+    "with_threads",
+    "work_per_step",
 ]
 
 MACS_PER_EXTRA_THREAD = 1e10
@@ -55,7 +63,7 @@ def available_cores() -> int:
     return max(1, cores)
 
 
-def work_per_step(config: "RunConfig") -> float:
+def work_per_step(config: RunConfig) -> float:
     """Multiply-adds of one forward pass over one batch: parameters x batch rows x positions.
 
     A rough size, not a FLOP count (the MLP fast paths do less, attention more); it only has to
@@ -64,8 +72,11 @@ def work_per_step(config: "RunConfig") -> float:
     t, o = config.task, config.optim
     n_train = t.n_train if t.kind == "parity" else max(1, round(t.n_examples * t.train_fraction))
     batch = o.batch_size if 0 < o.batch_size < n_train else n_train
-    positions = 1 if t.kind == "parity" or config.model.kind in ("mlp", "cossin_mlp") else {
-        "pairs": 2, "equals": 3, "sequence": 6}[t.format]
+    positions = (
+        1
+        if t.kind == "parity" or config.model.kind in ("mlp", "cossin_mlp")
+        else {"pairs": 2, "equals": 3, "sequence": 6}[t.format]
+    )
     return float(res["params"]) * batch * positions
 
 
@@ -89,7 +100,7 @@ def _check(value: int, what: str) -> int:
     return value
 
 
-def threads_for(config: "RunConfig | None", requested: int | None = None) -> int:
+def threads_for(config: RunConfig | None, requested: int | None = None) -> int:
     """The intra-op thread count for training or analysing ``config``.
 
     In order, the first that is > 0: ``requested`` (``--threads``, a ``threads=`` argument),
@@ -116,7 +127,7 @@ def threads_for(config: "RunConfig | None", requested: int | None = None) -> int
     return auto_threads(work_per_step(config))
 
 
-def run_config_of(run_or_path: Any) -> "RunConfig | None":
+def run_config_of(run_or_path: Any) -> RunConfig | None:
     """The config of a run folder, :class:`~mechgrok.store.Run` or trajectory; None when there is
     none to read (a ``.pth`` to import, a sweep folder, a damaged folder: the caller reports that)."""
     from .layout import RUN_FILES
@@ -129,7 +140,7 @@ def run_config_of(run_or_path: Any) -> "RunConfig | None":
         path = Path(run_or_path)
         if (path / RUN_FILES["config"]).is_file():
             return Run.open(path).config
-    except Exception:  # noqa: BLE001 - only a hint for the thread count; the real call reports it
+    except Exception:
         return None
     return None
 

@@ -54,10 +54,10 @@ import math
 import re
 import time
 import uuid
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +79,15 @@ from .probes.stability import stability_over_training
 from .store import Run, StoreError, Trajectory, atomic_save_tensors, atomic_write_json
 from .tasks import Dataset, make_dataset
 
-__all__ = ["ANALYSIS_FILES", "Analysis", "analyze", "analysis_is_current", "analysis_source", "load_analysis", "resolve_run"]
+__all__ = [
+    "ANALYSIS_FILES",
+    "Analysis",
+    "analyze",
+    "analysis_is_current",
+    "analysis_source",
+    "load_analysis",
+    "resolve_run",
+]
 
 FORMAT_VERSION = 2
 _GEN_PREFIX, _GEN_SUFFIX = ANALYSIS_FILES["generation"].split("{generation}")
@@ -103,8 +111,10 @@ class Analysis:
 
     def __repr__(self) -> str:
         groups = sorted({k.split("/", 1)[0] for k in self.tensors})
-        return (f"Analysis({self.records.get('run', {}).get('name', '?')!r}, task={self.records.get('task')!r}, "
-                f"checkpoints={len(self.steps)}, groups={groups}, run_dir={str(self.run_dir) if self.run_dir else None!r})")
+        return (
+            f"Analysis({self.records.get('run', {}).get('name', '?')!r}, task={self.records.get('task')!r}, "
+            f"checkpoints={len(self.steps)}, groups={groups}, run_dir={str(self.run_dir) if self.run_dir else None!r})"
+        )
 
     def __getitem__(self, key: str) -> torch.Tensor:
         try:
@@ -217,8 +227,10 @@ def load_analysis(run_dir: str | Path) -> Analysis:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise StoreError(f"{tensors_path}: unreadable analysis tensors ({msg})") from None
     if "generation" in records and meta.get("generation") != records["generation"]:
-        raise StoreError(f"{tensors_path}: generation {meta.get('generation')!r} does not match {records_path} "
-                         f"({records['generation']!r})")
+        raise StoreError(
+            f"{tensors_path}: generation {meta.get('generation')!r} does not match {records_path} "
+            f"({records['generation']!r})"
+        )
     steps = tensors.pop("steps", None)
     if steps is None:
         raise StoreError(f"{tensors_path}: no 'steps' tensor")
@@ -234,10 +246,14 @@ def _pick_rows(n: int, max_checkpoints: int | None) -> list[int] | None:
 
 
 def _has_evidence(m: dict[str, Any], split: str) -> bool:
-    return any(k in m and np.isfinite(np.asarray(m[k], dtype=np.float64)).any() for k in (f"{split}_acc", f"{split}_loss"))
+    return any(
+        k in m and np.isfinite(np.asarray(m[k], dtype=np.float64)).any() for k in (f"{split}_acc", f"{split}_loss")
+    )
 
 
-def _metrics_for_events(run: Run | None, fallback: Callable[[], dict[str, torch.Tensor]], steps: torch.Tensor) -> dict[str, Any]:
+def _metrics_for_events(
+    run: Run | None, fallback: Callable[[], dict[str, torch.Tensor]], steps: torch.Tensor
+) -> dict[str, Any]:
     """The run's logged metrics when they have train and test evidence (accuracy or loss; an
     imported run has losses at every step and accuracy only at its checkpoints), else
     ``fallback()``'s checkpoint-derived columns (imported or hand-made trajectories)."""
@@ -270,8 +286,12 @@ def analysis_source(run: Run) -> dict[str, Any]:
     except OSError:
         config_hash = None
     return {
-        "checkpoints": {"n": len(steps), "first_step": steps[0] if steps else None, "last_step": steps[-1] if steps else None,
-                        "files_sha256": h.hexdigest()},
+        "checkpoints": {
+            "n": len(steps),
+            "first_step": steps[0] if steps else None,
+            "last_step": steps[-1] if steps else None,
+            "files_sha256": h.hexdigest(),
+        },
         "metrics": stat(run.path / RUN_FILES["metrics"]),
         "split": stat(run.path / IMPORT_FILES["split"]),
         "config_sha256": config_hash,
@@ -280,8 +300,9 @@ def analysis_source(run: Run) -> dict[str, Any]:
     }
 
 
-def analysis_is_current(analysis: Analysis, run: Run | str | Path | None = None, *,
-                        options: dict[str, Any] | None = None) -> tuple[bool, str]:
+def analysis_is_current(
+    analysis: Analysis, run: Run | str | Path | None = None, *, options: dict[str, Any] | None = None
+) -> tuple[bool, str]:
     """``(True, "")`` if ``analysis`` was computed from the run as it is now (and with ``options``,
     when given: only the keys given are compared), else ``(False, why)``."""
     run = Run.open(run) if isinstance(run, (str, Path)) else run
@@ -299,8 +320,10 @@ def analysis_is_current(analysis: Analysis, run: Run | str | Path | None = None,
         return False, "the run's config changed"
     old, new = stored.get("checkpoints") or {}, now["checkpoints"]
     if old.get("n") != new["n"] or old.get("last_step") != new["last_step"]:
-        return False, (f"the run's checkpoints changed ({old.get('n')} to step {old.get('last_step')} -> "
-                       f"{new['n']} to step {new['last_step']})")
+        return False, (
+            f"the run's checkpoints changed ({old.get('n')} to step {old.get('last_step')} -> "
+            f"{new['n']} to step {new['last_step']})"
+        )
     if old.get("files_sha256") != new["files_sha256"]:
         return False, "checkpoint files were rewritten"
     if stored.get("metrics") != now["metrics"] or stored.get("split") != now["split"]:
@@ -320,8 +343,9 @@ def _chunk_rows(n: int, per_checkpoint_bytes: int, chunk_size: int | None, chunk
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-def _iter_trajectory(run: Run | None, traj: Trajectory | None, wanted: list[int] | None, chunk_size: int | None,
-                     chunk_mb: float):
+def _iter_trajectory(
+    run: Run | None, traj: Trajectory | None, wanted: list[int] | None, chunk_size: int | None, chunk_mb: float
+):
     """Chunks of the trajectory, each a :class:`Trajectory`; damaged checkpoints are skipped with a
     warning naming the file (as ``Run.trajectory`` does)."""
     if traj is not None:
@@ -398,9 +422,15 @@ class _Job:
         return _metrics_for_events(self.run, fallback, steps)
 
 
-def _open_job(run_or_path: str | Path | Run | Trajectory, data: Dataset | None, max_checkpoints: int | None,
-              import_to: str | Path | None, chunk_size: int | None, chunk_mb: float,
-              progress: bool) -> tuple[_Job, dict[str, Any] | None]:
+def _open_job(
+    run_or_path: str | Path | Run | Trajectory,
+    data: Dataset | None,
+    max_checkpoints: int | None,
+    import_to: str | Path | None,
+    chunk_size: int | None,
+    chunk_mb: float,
+    progress: bool,
+) -> tuple[_Job, dict[str, Any] | None]:
     """The job for a trajectory or a run folder / .pth file, and (for a run) its
     :func:`analysis_source`, taken before anything is read."""
     if isinstance(run_or_path, Trajectory):
@@ -465,22 +495,43 @@ def analyze(
     job, source = _open_job(run_or_path, data, max_checkpoints, import_to, chunk_size, chunk_mb, progress)
     run, config = job.run, job.config
     save = save and run is not None
-    options = {"max_checkpoints": max_checkpoints, "n_eval": n_eval, "prune_threshold": prune_threshold,
-               "sensitivity_tol": sensitivity_tol, "min_gap": min_gap, "min_explained": min_explained,
-               "circles": circles, "circle_min_frac": circle_min_frac, "phase_rule": phase_rule}
+    options = {
+        "max_checkpoints": max_checkpoints,
+        "n_eval": n_eval,
+        "prune_threshold": prune_threshold,
+        "sensitivity_tol": sensitivity_tol,
+        "min_gap": min_gap,
+        "min_explained": min_explained,
+        "circles": circles,
+        "circle_min_frac": circle_min_frac,
+        "phase_rule": phase_rule,
+    }
     records: dict[str, Any] = {"format": FORMAT_VERSION, "options": options, "source": source}
     if config.task.kind == "custom":
         steps, tensors, events = _analyze_custom(job, records, phase_rule=phase_rule)
     elif config.task.kind == "group":
-        steps, tensors, events = _analyze_group(job, records, min_gap=min_gap, min_explained=min_explained,
-                                                phase_rule=phase_rule)
+        steps, tensors, events = _analyze_group(
+            job, records, min_gap=min_gap, min_explained=min_explained, phase_rule=phase_rule
+        )
     elif config.task.kind == "parity":
-        steps, tensors, events = _analyze_parity(job, records, n_eval=n_eval, prune_threshold=prune_threshold,
-                                                 sensitivity_tol=sensitivity_tol, phase_rule=phase_rule)
+        steps, tensors, events = _analyze_parity(
+            job,
+            records,
+            n_eval=n_eval,
+            prune_threshold=prune_threshold,
+            sensitivity_tol=sensitivity_tol,
+            phase_rule=phase_rule,
+        )
     else:
-        steps, tensors, events = _analyze_modular(job, records, min_gap=min_gap, min_explained=min_explained,
-                                                  circles=circles, circle_min_frac=circle_min_frac,
-                                                  phase_rule=phase_rule)
+        steps, tensors, events = _analyze_modular(
+            job,
+            records,
+            min_gap=min_gap,
+            min_explained=min_explained,
+            circles=circles,
+            circle_min_frac=circle_min_frac,
+            phase_rule=phase_rule,
+        )
     tensors.update(_stability(job))
     if llc:
         _add_llc(job, steps, tensors, records, llc)
@@ -507,7 +558,9 @@ def analyze(
     return result
 
 
-def _add_llc(job: _Job, steps: torch.Tensor, tensors: dict[str, torch.Tensor], records: dict[str, Any], config: Any) -> None:
+def _add_llc(
+    job: _Job, steps: torch.Tensor, tensors: dict[str, torch.Tensor], records: dict[str, Any], config: Any
+) -> None:
     """The LLC of the analysed checkpoints (:func:`mechgrok.probes.llc.llc`), chunk by chunk like
     the other probes (the chunks replay the same chain streams: the numbers do not depend on them)."""
     from .probes.llc import LLCConfig, LLCResult
@@ -523,8 +576,14 @@ def _add_llc(job: _Job, steps: torch.Tensor, tensors: dict[str, torch.Tensor], r
     tensors.update(res.tensors("llc/"))
     records["options"]["llc"] = config.to_dict()
     peak = int(res.llc.nan_to_num(nan=-float("inf")).argmax())
-    records["llc"] = {"nbeta": res.nbeta, "n": res.n, "final": float(res.llc[-1]), "peak": float(res.llc[peak]),
-                      "peak_step": int(res.steps[peak]), "flagged_steps": res.steps[res.flagged].tolist()}
+    records["llc"] = {
+        "nbeta": res.nbeta,
+        "n": res.n,
+        "final": float(res.llc[-1]),
+        "peak": float(res.llc[peak]),
+        "peak_step": int(res.steps[peak]),
+        "flagged_steps": res.steps[res.flagged].tolist(),
+    }
     job.timings["llc"] = time.perf_counter() - t
 
 
@@ -571,15 +630,25 @@ def _analyze_parity(
     relevant_bits = [int(i) for i in torch.nonzero(relevant, as_tuple=False)[:, 0]]
     if bool(relevant.all()):
         # every bit is relevant: nothing to prune, so the irrelevant-bit measures are undefined
-        extra: dict[str, Any] = {"pruned_step": None, "sensitivity_zero_step": None, "prune_now_step": None,
-                                 "prune_threshold": prune_threshold, "sensitivity_tol": sensitivity_tol,
-                                 "irrelevant_bits": "none: every bit is relevant, irrelevant-bit measures are undefined"}
+        extra: dict[str, Any] = {
+            "pruned_step": None,
+            "sensitivity_zero_step": None,
+            "prune_now_step": None,
+            "prune_threshold": prune_threshold,
+            "sensitivity_tol": sensitivity_tol,
+            "irrelevant_bits": "none: every bit is relevant, irrelevant-bit measures are undefined",
+        }
     else:
         for key, value in irrelevant_series(bits).items():
             tensors[f"bits/{key}"] = value
         extra = parity_events(
-            bits, steps, generalised_step=events.generalised_step, prune_threshold=prune_threshold,
-            sensitivity_tol=sensitivity_tol, prune_now_acc=prune_acc, memorised_step=events.memorised_step,
+            bits,
+            steps,
+            generalised_step=events.generalised_step,
+            prune_threshold=prune_threshold,
+            sensitivity_tol=sensitivity_tol,
+            prune_now_acc=prune_acc,
+            memorised_step=events.memorised_step,
         ).to_dict()
     extra["relevant_bits"] = relevant_bits
     events.extra.update(extra)
@@ -588,15 +657,38 @@ def _analyze_parity(
     return steps, tensors, events
 
 
-_FOURIER_KEYS = ("embed_freq_norms", "neuron_dominant_freq", "neuron_frac_explained", "logit_freq_norms",
-                 "logit_freq_frac", "sparsity", "sparsity_logits", "key_freq_mask", "input_freq_norms")
-_PROGRESS_KEYS = ("restricted_loss", "excluded_loss", "train_loss", "test_loss", "train_acc", "test_acc",
-                  "sum_sq_weights")
+_FOURIER_KEYS = (
+    "embed_freq_norms",
+    "neuron_dominant_freq",
+    "neuron_frac_explained",
+    "logit_freq_norms",
+    "logit_freq_frac",
+    "sparsity",
+    "sparsity_logits",
+    "key_freq_mask",
+    "input_freq_norms",
+)
+_PROGRESS_KEYS = (
+    "restricted_loss",
+    "excluded_loss",
+    "train_loss",
+    "test_loss",
+    "train_acc",
+    "test_acc",
+    "sum_sq_weights",
+)
 
 
-def _analyze_modular(job: _Job, records: dict[str, Any], *, min_gap: float, min_explained: float,
-                     circles: bool | None, circle_min_frac: float,
-                     phase_rule: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
+def _analyze_modular(
+    job: _Job,
+    records: dict[str, Any],
+    *,
+    min_gap: float,
+    min_explained: float,
+    circles: bool | None,
+    circle_min_frac: float,
+    phase_rule: str,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
     """Fourier probes, progress measures, neuron circles (when they apply) and the events of a
     modular run; fills ``records``."""
     records["task"] = "modular"
@@ -613,8 +705,11 @@ def _analyze_modular(job: _Job, records: dict[str, Any], *, min_gap: float, min_
     key_freqs = [int(k) + 1 for k in torch.nonzero(lastres["key_freq_mask"][0], as_tuple=False)[:, 0]]
     parts, step_parts = [], []
     for chunk in job.chunks():
-        parts.append(modular_sweep(chunk, job.data, parts_wanted, key_freqs=key_freqs, min_gap=min_gap,
-                                   min_explained=min_explained))
+        parts.append(
+            modular_sweep(
+                chunk, job.data, parts_wanted, key_freqs=key_freqs, min_gap=min_gap, min_explained=min_explained
+            )
+        )
         step_parts.append(chunk.steps)
     if not parts:
         raise StoreError(f"{job.where}: no readable checkpoints")
@@ -641,12 +736,21 @@ def _analyze_modular(job: _Job, records: dict[str, Any], *, min_gap: float, min_
     return steps, tensors, events
 
 
-_IRREP_KEYS = ("embed_irrep_norms", "neuron_dominant_irrep", "neuron_frac_explained", "logit_irrep_norms",
-               "logit_irrep_frac", "sparsity", "sparsity_logits", "key_irrep_mask")
+_IRREP_KEYS = (
+    "embed_irrep_norms",
+    "neuron_dominant_irrep",
+    "neuron_frac_explained",
+    "logit_irrep_norms",
+    "logit_irrep_frac",
+    "sparsity",
+    "sparsity_logits",
+    "key_irrep_mask",
+)
 
 
-def _analyze_group(job: _Job, records: dict[str, Any], *, min_gap: float, min_explained: float,
-                   phase_rule: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
+def _analyze_group(
+    job: _Job, records: dict[str, Any], *, min_gap: float, min_explained: float, phase_rule: str
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
     """The irrep probes (``irreps/<key>`` of :func:`~mechgrok.probes.irreps.irrep_sweep`), the
     progress measures with respect to the key irreps (``progress/<key>``) and the events of a
     group run; fills ``records`` (``key_irreps``: names and dimensions)."""
@@ -671,8 +775,12 @@ def _analyze_group(job: _Job, records: dict[str, Any], *, min_gap: float, min_ex
     tensors = {f"irreps/{k}": res[k] for k in _IRREP_KEYS if k in res}
     tensors.update({f"progress/{k}": res[k] for k in _PROGRESS_KEYS})
     irreps = group.irreps()[1:]
-    records["group"] = {"spec": group.spec, "name": group.name, "order": group.order,
-                        "irreps": [{"name": r.name, "dim": r.dim} for r in irreps]}
+    records["group"] = {
+        "spec": group.spec,
+        "name": group.name,
+        "order": group.order,
+        "irreps": [{"name": r.name, "dim": r.dim} for r in irreps],
+    }
     records["key_irreps"] = [{"name": irreps[k - 1].name, "dim": irreps[k - 1].dim} for k in key]
     records["key_frequencies"] = []
     curves = ("train_acc", "test_acc", "train_loss", "test_loss")
@@ -687,8 +795,9 @@ def _analyze_group(job: _Job, records: dict[str, Any], *, min_gap: float, min_ex
 
 
 @torch.no_grad()
-def _analyze_custom(job: _Job, records: dict[str, Any], *,
-                    phase_rule: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
+def _analyze_custom(
+    job: _Job, records: dict[str, Any], *, phase_rule: str
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], GrokEvents]:
     """A user task (``task.kind="custom"``): nothing is known of its structure, so only what reads
     the model's losses on its own split - per-checkpoint losses / accuracies (``progress/<key>``),
     the weight norm, the phases and events; fills ``records``."""
@@ -771,8 +880,10 @@ def _stability(job: _Job) -> dict[str, torch.Tensor]:
     checkpoint (:func:`~mechgrok.probes.stability.stability_over_training`), in the run's loss."""
     t = time.perf_counter()
     parts = [stability_over_training(chunk, job.data) for chunk in job.chunks()]
-    out = {f"stability/{k}": torch.cat([p[k] for p in parts])
-           for k in ("collapse_fraction", "zero_grad_fraction", "alignment", "logit_norm")}
+    out = {
+        f"stability/{k}": torch.cat([p[k] for p in parts])
+        for k in ("collapse_fraction", "zero_grad_fraction", "alignment", "logit_norm")
+    }
     for name in parts[0]["alignment_per_tensor"]:
         out[f"stability/alignment/{name}"] = torch.cat([p["alignment_per_tensor"][name] for p in parts])
     job.timings["stability"] = time.perf_counter() - t
@@ -782,78 +893,121 @@ def _stability(job: _Job) -> dict[str, torch.Tensor]:
 def _stability_line(config, tensors: dict[str, torch.Tensor]) -> str:
     oc = config.optim
     loss = "StableMax" if oc.loss == "stablemax" else "softmax"
-    return (f"Softmax collapse at the last checkpoint: {float(tensors['stability/collapse_fraction'][-1]):.1%} of training "
-            f"samples have exactly zero loss in {oc.loss_dtype} ({loss}); gradient-weight alignment "
-            f"{float(tensors['stability/alignment'][-1]):.2f}, mean logit norm {float(tensors['stability/logit_norm'][-1]):.3g}.")
+    return (
+        f"Softmax collapse at the last checkpoint: {float(tensors['stability/collapse_fraction'][-1]):.1%} of training "
+        f"samples have exactly zero loss in {oc.loss_dtype} ({loss}); gradient-weight alignment "
+        f"{float(tensors['stability/alignment'][-1]):.2f}, mean logit norm {float(tensors['stability/logit_norm'][-1]):.3g}."
+    )
 
 
-def _summary(config, steps: torch.Tensor, events: GrokEvents, tensors: dict[str, torch.Tensor], records: dict[str, Any]) -> str:
+def _summary(
+    config, steps: torch.Tensor, events: GrokEvents, tensors: dict[str, torch.Tensor], records: dict[str, Any]
+) -> str:
     name = config.name if len(config.name) <= 80 else config.name[:77] + "..."
     head = (
         f"{name} ({config.model.kind}, "
-        + (f"{config.task.n_bits}-bit parity" if config.task.kind == "parity"
-           else f"group {records['group']['name']}" if config.task.kind == "group"
-           else f"custom task {config.task.factory}" if config.task.kind == "custom"
-           else f"{config.task.op} mod {config.task.p}")
+        + (
+            f"{config.task.n_bits}-bit parity"
+            if config.task.kind == "parity"
+            else f"group {records['group']['name']}"
+            if config.task.kind == "group"
+            else f"custom task {config.task.factory}"
+            if config.task.kind == "custom"
+            else f"{config.task.op} mod {config.task.p}"
+        )
         + f"; {len(steps)} checkpoints to step {int(steps[-1]):,}): {events.describe()}."
     )
     x = events.extra
     parts = [head]
     if records.get("diverged"):
-        parts.append(f"The run diverged ({records['diverged']}): probes of its non-finite checkpoints are undefined (NaN).")
+        parts.append(
+            f"The run diverged ({records['diverged']}): probes of its non-finite checkpoints are undefined (NaN)."
+        )
     if config.task.kind == "custom":
         w = tensors["progress/sum_sq_weights"]
-        parts.append(f"Custom task: no task structure is known, so only the losses, accuracies and weight norm are "
-                     f"probed (sum of squared weights {float(w[0]):.3g} -> {float(w[-1]):.3g}).")
+        parts.append(
+            f"Custom task: no task structure is known, so only the losses, accuracies and weight norm are "
+            f"probed (sum of squared weights {float(w[0]):.3g} -> {float(w[-1]):.3g})."
+        )
     elif config.task.kind == "group":
         x = events.extra
-        parts.append("K" + key_irreps_line(records)[1:]
-                     + (f"; all in the logit spectrum's cut from step {x['key_irrep_step']:,}." if x.get("key_irrep_step") is not None else "."))
-        parts.append(f"Restricted loss drops at step {format_step(x.get('restricted_drop_step'))}, excluded loss rises at "
-                     f"step {format_step(x.get('excluded_rise_step'))}.")
+        parts.append(
+            "K"
+            + key_irreps_line(records)[1:]
+            + (
+                f"; all in the logit spectrum's cut from step {x['key_irrep_step']:,}."
+                if x.get("key_irrep_step") is not None
+                else "."
+            )
+        )
+        parts.append(
+            f"Restricted loss drops at step {format_step(x.get('restricted_drop_step'))}, excluded loss rises at "
+            f"step {format_step(x.get('excluded_rise_step'))}."
+        )
         sp = tensors["irreps/sparsity"]
         parts.append(f"Irrep sparsity (Gini of the embedding spectrum) {float(sp[0]):.2f} -> {float(sp[-1]):.2f}.")
     elif config.task.kind == "parity" and "bits/irrelevant_weight_ratio" not in tensors:
-        parts.append(f"Relevant bits {x['relevant_bits']}: every bit is relevant, so there is nothing to prune and the "
-                     "irrelevant-bit measures (pruning, flip sensitivity, prune-now check) are undefined.")
+        parts.append(
+            f"Relevant bits {x['relevant_bits']}: every bit is relevant, so there is nothing to prune and the "
+            "irrelevant-bit measures (pruning, flip sensitivity, prune-now check) are undefined."
+        )
     elif config.task.kind == "parity":
         ratio = tensors["bits/irrelevant_weight_ratio"]
         parts.append(f"Relevant bits {x['relevant_bits']}.")
         sens = x["sensitivity_zero_step"]
         if sens is None:
-            parts.append(f"Irrelevant-bit flip sensitivity never stays <= {x['sensitivity_tol']:.0%}"
-                         f" (last {float(tensors['bits/irrelevant_sensitivity'][-1]):.1%}).")
+            parts.append(
+                f"Irrelevant-bit flip sensitivity never stays <= {x['sensitivity_tol']:.0%}"
+                f" (last {float(tensors['bits/irrelevant_sensitivity'][-1]):.1%})."
+            )
         else:
             lag = x.get("sensitivity_lag")
             rel = "" if lag is None else f" ({abs(lag):,} steps {'before' if lag >= 0 else 'after'} generalising)"
             parts.append(f"Irrelevant-bit flip sensitivity <= {x['sensitivity_tol']:.0%} from step {sens:,}{rel}.")
         if x["pruned_step"] is None:
-            parts.append(f"No pruning event: the largest irrelevant-bit weight is still {float(ratio[-1]):.0%} of the "
-                         f"largest relevant one at the last checkpoint (threshold {x['prune_threshold']:.0%}).")
+            parts.append(
+                f"No pruning event: the largest irrelevant-bit weight is still {float(ratio[-1]):.0%} of the "
+                f"largest relevant one at the last checkpoint (threshold {x['prune_threshold']:.0%})."
+            )
         else:
             lag = x.get("prune_lag")
             rel = "" if lag is None else f" ({abs(lag):,} steps {'before' if lag >= 0 else 'after'} generalising)"
-            parts.append(f"Irrelevant-bit weights pruned below {x['prune_threshold']:.0%} of the relevant ones from "
-                         f"step {x['pruned_step']:,}{rel}.")
+            parts.append(
+                f"Irrelevant-bit weights pruned below {x['prune_threshold']:.0%} of the relevant ones from "
+                f"step {x['pruned_step']:,}{rel}."
+            )
         pn = x.get("prune_now_step")
-        parts.append("Zeroing the irrelevant-bit weights " + (
-            f"already gives >= 99% test accuracy from step {pn:,} (causal check)." if pn is not None
-            else "never gives >= 99% test accuracy after memorisation (causal check)."))
+        parts.append(
+            "Zeroing the irrelevant-bit weights "
+            + (
+                f"already gives >= 99% test accuracy from step {pn:,} (causal check)."
+                if pn is not None
+                else "never gives >= 99% test accuracy after memorisation (causal check)."
+            )
+        )
     else:
         keys = records.get("key_frequencies", [])
         if keys:
             kf = x.get("key_freq_step")
-            parts.append(f"Key frequencies {keys}" + (f", all in the logit spectrum's cut from step {kf:,}." if kf is not None else "."))
+            parts.append(
+                f"Key frequencies {keys}"
+                + (f", all in the logit spectrum's cut from step {kf:,}." if kf is not None else ".")
+            )
         else:
             parts.append("No key frequencies at the last checkpoint (no sparse logit spectrum).")
-        parts.append(f"Restricted loss drops at step {format_step(x.get('restricted_drop_step'))}, excluded loss rises at "
-                     f"step {format_step(x.get('excluded_rise_step'))}.")
+        parts.append(
+            f"Restricted loss drops at step {format_step(x.get('restricted_drop_step'))}, excluded loss rises at "
+            f"step {format_step(x.get('excluded_rise_step'))}."
+        )
         sp = tensors["fourier/sparsity"]
         parts.append(f"Fourier sparsity (Gini of the embedding spectrum) {float(sp[0]):.2f} -> {float(sp[-1]):.2f}.")
         if "circles/phase_spread" in tensors:
             ps, cv = float(tensors["circles/phase_spread"][-1]), float(tensors["circles/norm_cv"][-1])
-            parts.append(f"Neuron circles at the end: phase spread {ps:.2f} (1 = even), norm CV {cv:.2f}."
-                         if not math.isnan(ps) else f"Neuron circles at the end: norm CV {cv:.2f}.")
+            parts.append(
+                f"Neuron circles at the end: phase spread {ps:.2f} (1 = even), norm CV {cv:.2f}."
+                if not math.isnan(ps)
+                else f"Neuron circles at the end: norm CV {cv:.2f}."
+            )
     if "stability/collapse_fraction" in tensors:
         parts.append(_stability_line(config, tensors))
     return " ".join(parts)

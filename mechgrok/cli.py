@@ -11,7 +11,7 @@ import errno
 import os
 import sys
 from pathlib import Path
-from typing import Optional, get_args, get_type_hints
+from typing import get_args, get_type_hints
 
 import typer
 from rich.console import Console
@@ -28,7 +28,9 @@ from .store import StoreError
 from .sweep import EngineConfig, SweepSpec
 from .sweep.spec import MAX_MEMBERS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train small networks into grokking and explain the transition.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Train small networks into grokking and explain the transition."
+)
 console = Console()
 
 DEFAULT_ROOT = Path("checkpoints")
@@ -59,12 +61,16 @@ def presets() -> None:
 
 @app.command()
 def train(
-    preset: Optional[str] = typer.Argument(None, help="Preset name (see `mechgrok presets`)."),
+    preset: str | None = typer.Argument(None, help="Preset name (see `mechgrok presets`)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default checkpoints/PRESET)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the killed run in this folder."),
-    config: Optional[Path] = typer.Option(None, "--config", help=f"Train from a {RUN_FILES['config']} instead of a preset."),
-    threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = train.threads, else automatic: 1 for small models)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default checkpoints/PRESET)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the killed run in this folder."),
+    config: Path | None = typer.Option(
+        None, "--config", help=f"Train from a {RUN_FILES['config']} instead of a preset."
+    ),
+    threads: int = typer.Option(
+        0, "--threads", help="Intra-op CPU threads (0 = train.threads, else automatic: 1 for small models)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train one model and write its run folder."""
@@ -120,30 +126,70 @@ def _print_train_summary(result) -> None:
 @app.command()
 def analyze(
     path: Path = typer.Argument(..., help="Run folder, or a progress-measures-paper checkpoint (.pth) to import."),
-    max_checkpoints: Optional[int] = typer.Option(None, "--max-checkpoints", help="Analyse at most this many checkpoints, evenly spaced."),
-    import_to: Optional[Path] = typer.Option(None, "--import-to", help="Run folder for an imported .pth (default FILE.mechgrok/)."),
-    phase_rule: str = typer.Option(_PHASE_RULE, "--phase-rule", help="accuracy, or loss (PAIR's sweep rule on the loss curves)."),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Checkpoints in memory at once (default: what fits in 256 MB)."),
+    max_checkpoints: int | None = typer.Option(
+        None, "--max-checkpoints", help="Analyse at most this many checkpoints, evenly spaced."
+    ),
+    import_to: Path | None = typer.Option(
+        None, "--import-to", help="Run folder for an imported .pth (default FILE.mechgrok/)."
+    ),
+    phase_rule: str = typer.Option(
+        _PHASE_RULE, "--phase-rule", help="accuracy, or loss (PAIR's sweep rule on the loss curves)."
+    ),
+    chunk_size: int | None = typer.Option(
+        None, "--chunk-size", help="Checkpoints in memory at once (default: what fits in 256 MB)."
+    ),
     threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = automatic: 1 for small models)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    their_config: Optional[Path] = typer.Option(None, "--config", help="Zhong et al.'s config_<id>.json (import PATH, their model_<id>.pt, as a clock-and-pizza model) or Chughtai et al.'s cfg.json (PATH their group MLP's model.pt)."),
-    signatures: bool = typer.Option(False, "--signatures", help="Also print the clock/pizza signatures (always with --config)."),
-    llc: bool = typer.Option(False, "--llc", help="Add the local learning coefficient of every analysed checkpoint "
-                             "(SGLD; any --llc-* implies it; bound the cost with --max-checkpoints)."),
-    llc_epsilon: Optional[float] = typer.Option(None, "--llc-epsilon", help=f"LLC: SGLD step size (default {LLCConfig.epsilon:g})."),
-    llc_gamma: Optional[float] = typer.Option(None, "--llc-gamma", help=f"LLC: localisation strength (default {LLCConfig.gamma:g})."),
-    llc_nbeta: Optional[float] = typer.Option(None, "--llc-nbeta", help="LLC: n*beta (default n / log n)."),
-    llc_chains: Optional[int] = typer.Option(None, "--llc-chains", help=f"LLC: chains per checkpoint (default {LLCConfig.chains})."),
-    llc_burnin: Optional[int] = typer.Option(None, "--llc-burnin", help=f"LLC: burn-in steps (default {LLCConfig.burnin})."),
-    llc_draws: Optional[int] = typer.Option(None, "--llc-draws", help=f"LLC: draws per chain (default {LLCConfig.draws})."),
-    llc_batch_size: Optional[int] = typer.Option(None, "--llc-batch-size", help="LLC: minibatch size (default: the full training set)."),
-    llc_seed: Optional[int] = typer.Option(None, "--llc-seed", help=f"LLC: seed of the chains (default {LLCConfig.seed})."),
+    their_config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="Zhong et al.'s config_<id>.json (import PATH, their model_<id>.pt, as a clock-and-pizza model) or Chughtai et al.'s cfg.json (PATH their group MLP's model.pt).",
+    ),
+    signatures: bool = typer.Option(
+        False, "--signatures", help="Also print the clock/pizza signatures (always with --config)."
+    ),
+    llc: bool = typer.Option(
+        False,
+        "--llc",
+        help="Add the local learning coefficient of every analysed checkpoint "
+        "(SGLD; any --llc-* implies it; bound the cost with --max-checkpoints).",
+    ),
+    llc_epsilon: float | None = typer.Option(
+        None, "--llc-epsilon", help=f"LLC: SGLD step size (default {LLCConfig.epsilon:g})."
+    ),
+    llc_gamma: float | None = typer.Option(
+        None, "--llc-gamma", help=f"LLC: localisation strength (default {LLCConfig.gamma:g})."
+    ),
+    llc_nbeta: float | None = typer.Option(None, "--llc-nbeta", help="LLC: n*beta (default n / log n)."),
+    llc_chains: int | None = typer.Option(
+        None, "--llc-chains", help=f"LLC: chains per checkpoint (default {LLCConfig.chains})."
+    ),
+    llc_burnin: int | None = typer.Option(
+        None, "--llc-burnin", help=f"LLC: burn-in steps (default {LLCConfig.burnin})."
+    ),
+    llc_draws: int | None = typer.Option(
+        None, "--llc-draws", help=f"LLC: draws per chain (default {LLCConfig.draws})."
+    ),
+    llc_batch_size: int | None = typer.Option(
+        None, "--llc-batch-size", help="LLC: minibatch size (default: the full training set)."
+    ),
+    llc_seed: int | None = typer.Option(
+        None, "--llc-seed", help=f"LLC: seed of the chains (default {LLCConfig.seed})."
+    ),
 ) -> None:
     """Run every probe that applies to a run; save RUN/analysis/ and print a summary."""
     from .analysis import analyze as run_analyze
 
-    settings = {"epsilon": llc_epsilon, "gamma": llc_gamma, "nbeta": llc_nbeta, "chains": llc_chains, "burnin": llc_burnin,
-                "draws": llc_draws, "batch_size": llc_batch_size, "seed": llc_seed}
+    settings = {
+        "epsilon": llc_epsilon,
+        "gamma": llc_gamma,
+        "nbeta": llc_nbeta,
+        "chains": llc_chains,
+        "burnin": llc_burnin,
+        "draws": llc_draws,
+        "batch_size": llc_batch_size,
+        "seed": llc_seed,
+    }
     settings = {k: v for k, v in settings.items() if v is not None}
     llc_config = LLCConfig(**settings) if llc or settings else None  # validated before any work starts
     source: Path | object = path
@@ -155,8 +201,16 @@ def analyze(
         else:
             source = import_zhong_checkpoint(path, their_config, import_to)
             signatures = True
-    result = run_analyze(source, max_checkpoints=max_checkpoints, import_to=import_to, progress=not quiet,
-                         phase_rule=phase_rule, chunk_size=chunk_size, threads=threads, llc=llc_config)
+    result = run_analyze(
+        source,
+        max_checkpoints=max_checkpoints,
+        import_to=import_to,
+        progress=not quiet,
+        phase_rule=phase_rule,
+        chunk_size=chunk_size,
+        threads=threads,
+        llc=llc_config,
+    )
     _print_analysis(result, result.run_dir / ANALYSIS_FILES["dir"])
     if signatures:
         _print_signatures(result.run_dir)
@@ -199,8 +253,10 @@ def _print_analysis(result, where) -> None:
     console.print(f"{name} -> {where}", markup=False, highlight=False)
     if result.records.get("diverged"):
         console.print(f"  the run diverged: {result.records['diverged']}", markup=False, highlight=False)
-    console.print(f"  phase: {ev.phase} ({ev.rule} rule); memorised at step {format_step(ev.memorised_step)}, "
-                  f"generalised at step {format_step(ev.generalised_step)}")
+    console.print(
+        f"  phase: {ev.phase} ({ev.rule} rule); memorised at step {format_step(ev.memorised_step)}, "
+        f"generalised at step {format_step(ev.generalised_step)}"
+    )
     if result.task == "modular":
         console.print(f"  key frequencies: {result.key_frequencies or 'none'}")
     elif result.task == "group":
@@ -211,26 +267,40 @@ def _print_analysis(result, where) -> None:
             console.print(f"  accuracy on the whole table: {record['table_accuracy']:.4f}")
         console.print(f"  {key_irreps_line(result.records)}", markup=False, highlight=False)
     else:
-        console.print(f"  pruned at step {format_step(ev.extra.get('pruned_step'))}, irrelevant-bit sensitivity ~0 "
-                      f"from step {format_step(ev.extra.get('sensitivity_zero_step'))}")
+        console.print(
+            f"  pruned at step {format_step(ev.extra.get('pruned_step'))}, irrelevant-bit sensitivity ~0 "
+            f"from step {format_step(ev.extra.get('sensitivity_zero_step'))}"
+        )
     console.print(f"  {result.summary}", soft_wrap=True, markup=False, highlight=False)
     if result.records.get("llc"):
         r = result.records["llc"]
         flagged = f"; flagged at steps {r['flagged_steps'][:5]}" if r["flagged_steps"] else ""
-        console.print(f"  local learning coefficient: peak {r['peak']:.3g} at step {format_step(r['peak_step'])}, "
-                      f"last {r['final']:.3g} (n*beta {r['nbeta']:.4g}{flagged})", markup=False, highlight=False)
+        console.print(
+            f"  local learning coefficient: peak {r['peak']:.3g} at step {format_step(r['peak_step'])}, "
+            f"last {r['final']:.3g} (n*beta {r['nbeta']:.4g}{flagged})",
+            markup=False,
+            highlight=False,
+        )
     console.print(f"  {result.records['run']['n_checkpoints']} checkpoints in {result.timings['total']:.1f} s")
 
 
 @app.command()
 def report(
     path: Path = typer.Argument(..., help="Run folder or sweep folder."),
-    out: Optional[Path] = typer.Option(None, "--out", help=f"HTML file to write (default PATH/{REPORT_FILES['run']})."),
-    max_frames: int = typer.Option(DEFAULT_MAX_FRAMES, "--max-frames", help="At most this many slider frames per figure."),
-    no_analyze: bool = typer.Option(False, "--no-analyze", help="Do not run the probes when the run has no stored analysis."),
-    x: Optional[str] = typer.Option(None, "--x", help="Sweep: parameter on the phase map's x axis."),
-    y: Optional[str] = typer.Option(None, "--y", help="Sweep: parameter on the phase map's y axis."),
-    phase_rule: Optional[str] = typer.Option(None, "--phase-rule", help=f"accuracy or loss (PAIR's rule); default: the stored analysis's / {SWEEP_FILES['results']}'s."),
+    out: Path | None = typer.Option(None, "--out", help=f"HTML file to write (default PATH/{REPORT_FILES['run']})."),
+    max_frames: int = typer.Option(
+        DEFAULT_MAX_FRAMES, "--max-frames", help="At most this many slider frames per figure."
+    ),
+    no_analyze: bool = typer.Option(
+        False, "--no-analyze", help="Do not run the probes when the run has no stored analysis."
+    ),
+    x: str | None = typer.Option(None, "--x", help="Sweep: parameter on the phase map's x axis."),
+    y: str | None = typer.Option(None, "--y", help="Sweep: parameter on the phase map's y axis."),
+    phase_rule: str | None = typer.Option(
+        None,
+        "--phase-rule",
+        help=f"accuracy or loss (PAIR's rule); default: the stored analysis's / {SWEEP_FILES['results']}'s.",
+    ),
     threads: int = typer.Option(0, "--threads", help="Intra-op CPU threads (0 = automatic: 1 for small models)."),
 ) -> None:
     """Write one self-contained, offline HTML report for a run or a sweep folder."""
@@ -241,13 +311,16 @@ def report(
     if out is not None and out.is_dir():
         raise StoreError(f"{out}: is a folder; --out takes the HTML file to write (e.g. {out / REPORT_FILES['run']})")
     if out is not None and any(p.exists() and not p.is_dir() for p in out.parents):
-        raise StoreError(f"{out}: cannot write there, {next(p for p in out.parents if p.exists() and not p.is_dir())} is a file")
+        raise StoreError(
+            f"{out}: cannot write there, {next(p for p in out.parents if p.exists() and not p.is_dir())} is a file"
+        )
     if (path / RUN_FILES["config"]).exists():
         if x or y:
             raise ConfigError("--x/--y: only for sweep folders")
         with console.status(f"analysing and drawing {path} ..."):
-            written = write_run_report(path, out, compute=not no_analyze, max_frames=max_frames, phase_rule=phase_rule,
-                                       threads=threads)
+            written = write_run_report(
+                path, out, compute=not no_analyze, max_frames=max_frames, phase_rule=phase_rule, threads=threads
+            )
     else:
         written = write_sweep_report(path, out, x=x, y=y, phase_rule=phase_rule, threads=threads)
     console.print(f"report: {written} ({written.stat().st_size / 1e6:.1f} MB)")
@@ -277,14 +350,21 @@ def demo(
         torch.set_num_threads(1)
     t0 = time.perf_counter()
     try:
-        results = run_demo(out, demo_configs(quick), progress=not quiet, parallel=(os.cpu_count() or 1) >= 2,
-                           log=lambda s: console.print(s, highlight=False, markup=False))
+        results = run_demo(
+            out,
+            demo_configs(quick),
+            progress=not quiet,
+            parallel=(os.cpu_count() or 1) >= 2,
+            log=lambda s: console.print(s, highlight=False, markup=False),
+        )
     finally:
         if saved_env is None:
             os.environ.pop(ENV_VAR, None)
         else:
             os.environ[ENV_VAR] = saved_env
-    console.print(f"\n[bold]mechgrok demo[/bold] finished in {time.perf_counter() - t0:.0f} s; open the reports in a browser:")
+    console.print(
+        f"\n[bold]mechgrok demo[/bold] finished in {time.perf_counter() - t0:.0f} s; open the reports in a browser:"
+    )
     for r in results:
         console.print(f"  {r.report}", highlight=False, markup=False)
     console.print(f"  {out / REPORT_FILES['index']} (all three)", highlight=False, markup=False)
@@ -295,28 +375,54 @@ def demo(
 
 @app.command()
 def sweep(
-    preset: Optional[str] = typer.Argument(None, help="Preset every member starts from (see `mechgrok presets`)."),
-    grid: list[str] = typer.Option([], "--grid", help="Axis key=values: 0.1,1 | log:LOW:HIGH:N | lin:LOW:HIGH:N (repeatable)."),
+    preset: str | None = typer.Argument(None, help="Preset every member starts from (see `mechgrok presets`)."),
+    grid: list[str] = typer.Option(
+        [], "--grid", help="Axis key=values: 0.1,1 | log:LOW:HIGH:N | lin:LOW:HIGH:N (repeatable)."
+    ),
     seeds: int = typer.Option(SweepSpec.seeds, "--seeds", help="Model seeds per grid point."),
     max_members: int = typer.Option(MAX_MEMBERS, "--max-members", help="Refuse grids with more members than this."),
     set_: list[str] = typer.Option([], "--set", help="Override a base config value: section.key=value (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default checkpoints/sweep-PRESET)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the killed sweep in this folder."),
+    out: Path | None = typer.Option(None, "--out", help="Sweep folder (default checkpoints/sweep-PRESET)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the killed sweep in this folder."),
     max_batch: int = typer.Option(_ENGINE.max_batch, "--max-batch", help="Models trained at once."),
-    early_stop: bool = typer.Option(_ENGINE.early_stop, "--early-stop", help="Stop members once clearly generalised (or diverged)."),
-    patience: int = typer.Option(_ENGINE.patience, "--patience", help="Early stop: steps a member must stay generalised."),
-    log_every: int = typer.Option(_ENGINE.log_every, "--log-every", help="Metrics row every N steps (evaluation steps always logged)."),
+    early_stop: bool = typer.Option(
+        _ENGINE.early_stop, "--early-stop", help="Stop members once clearly generalised (or diverged)."
+    ),
+    patience: int = typer.Option(
+        _ENGINE.patience, "--patience", help="Early stop: steps a member must stay generalised."
+    ),
+    log_every: int = typer.Option(
+        _ENGINE.log_every, "--log-every", help="Metrics row every N steps (evaluation steps always logged)."
+    ),
     engine: str = typer.Option(_ENGINE.engine, "--engine", help=f"Batched forward: {_ENGINES}."),
     device: str = typer.Option(_ENGINE.device, "--device", help="torch device (default: the preset's train.device)."),
-    workers: int = typer.Option(0, "--workers", help="CPU threads training chunks side by side (0 = --threads, else one per core)."),
-    threads: int = typer.Option(0, "--threads", help="CPU threads for the sweep: that many chunk workers of one intra-op thread each (0 = one per core)."),
+    workers: int = typer.Option(
+        0, "--workers", help="CPU threads training chunks side by side (0 = --threads, else one per core)."
+    ),
+    threads: int = typer.Option(
+        0,
+        "--threads",
+        help="CPU threads for the sweep: that many chunk workers of one intra-op thread each (0 = one per core).",
+    ),
     backend: str = typer.Option("local", "--backend", help="local, or ray (needs mechgrok[ray])."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: start a local one)."),
-    phase_rule: str = typer.Option(_PHASE_RULE, "--phase-rule", help=f"{SWEEP_FILES['results']} phases: accuracy, or loss (PAIR's sweep rule)."),
-    llc: bool = typer.Option(False, "--llc", help=f"Record each member's final local learning coefficient in {SWEEP_FILES['results']} "
-                             "(default LLCConfig; --llc-chains / --llc-draws imply it)."),
-    llc_chains: Optional[int] = typer.Option(None, "--llc-chains", help=f"LLC: chains per member (default {LLCConfig.chains})."),
-    llc_draws: Optional[int] = typer.Option(None, "--llc-draws", help=f"LLC: draws per chain (default {LLCConfig.draws})."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster to join (default: start a local one)."
+    ),
+    phase_rule: str = typer.Option(
+        _PHASE_RULE, "--phase-rule", help=f"{SWEEP_FILES['results']} phases: accuracy, or loss (PAIR's sweep rule)."
+    ),
+    llc: bool = typer.Option(
+        False,
+        "--llc",
+        help=f"Record each member's final local learning coefficient in {SWEEP_FILES['results']} "
+        "(default LLCConfig; --llc-chains / --llc-draws imply it).",
+    ),
+    llc_chains: int | None = typer.Option(
+        None, "--llc-chains", help=f"LLC: chains per member (default {LLCConfig.chains})."
+    ),
+    llc_draws: int | None = typer.Option(
+        None, "--llc-draws", help=f"LLC: draws per chain (default {LLCConfig.draws})."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a grid of models at once (batched engine) into a sweep folder with a results table."""
@@ -330,8 +436,15 @@ def sweep(
     # intra-op thread (the engine sets that while it runs); with --workers 1, T intra-op threads
     # for the single worker. Neither changes the trajectories (workers are bitwise neutral).
     budget = threads_for(None, threads) if threads or os.environ.get(ENV_VAR, "").strip() else 0
-    eng = EngineConfig(max_batch=max_batch, engine=engine, device=device, log_every=log_every, early_stop=early_stop,
-                       patience=patience, workers=workers or budget)
+    eng = EngineConfig(
+        max_batch=max_batch,
+        engine=engine,
+        device=device,
+        log_every=log_every,
+        early_stop=early_stop,
+        patience=patience,
+        workers=workers or budget,
+    )
     settings = {k: v for k, v in {"chains": llc_chains, "draws": llc_draws}.items() if v is not None}
     llc_config = LLCConfig(**settings) if llc or settings else None
     if resume is not None:
@@ -348,22 +461,45 @@ def sweep(
         console.print(f"sweep: {spec.describe()} -> {folder}", highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
     with intra_op_threads(budget or 1):
-        result = run_sweep(spec, folder, engine=eng, backend=backend, progress=not quiet, ray_address=ray_address,
-                           phase_rule=phase_rule, llc=llc_config)
+        result = run_sweep(
+            spec,
+            folder,
+            engine=eng,
+            backend=backend,
+            progress=not quiet,
+            ray_address=ray_address,
+            phase_rule=phase_rule,
+            llc=llc_config,
+        )
     counts = result.phase_counts(phase_rule)
     n = sum(counts.values())
     phases = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
-    console.print(f"[bold]sweep[/bold] {result.path}: {n:,} of {len(result):,} models finished in "
-                  f"{time.perf_counter() - t0:.1f} s\n  phases: {phases}\n  results: {result.path / SWEEP_FILES['results']}",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"[bold]sweep[/bold] {result.path}: {n:,} of {len(result):,} models finished in "
+        f"{time.perf_counter() - t0:.1f} s\n  phases: {phases}\n  results: {result.path / SWEEP_FILES['results']}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 # -- commands: end --
 
 
 _USER_PATH_ERRNOS = {
-    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS,
-    errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP, errno.EFBIG, errno.ENOTEMPTY, errno.EXDEV,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.EFBIG,
+    errno.ENOTEMPTY,
+    errno.EXDEV,
 }
 
 
@@ -404,6 +540,7 @@ def main(argv: list[str] | None = None) -> None:
         if type(e).__name__ == "Abort":
             raise SystemExit(1) from None
         raise
+
 
 if __name__ == "__main__":
     main()

@@ -86,7 +86,7 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     # typing.get_type_hints re-evaluates every string annotation (this module has
     # ``from __future__ import annotations``): ~70% of building a config, which a sweep does per member
@@ -128,8 +128,11 @@ def check_types(obj: Any) -> None:
                         _fail(owner, f.name, f"expected {len(args)} values, got {value!r}")
                 conv = []
                 for v in value:
-                    c = _as_int(v) if elem is int else (
-                        float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
+                    c = (
+                        _as_int(v)
+                        if elem is int
+                        else (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
+                    )
                     if c is None:
                         kind = "integers" if elem is int else "numbers"
                         _fail(owner, f.name, f"expected {kind}, got {list(value)!r}")
@@ -271,7 +274,9 @@ class TaskConfig:
             object.__setattr__(self, "p", order)
             object.__setattr__(self, "group", self.group.lower())
             if self.format not in ("pairs", "equals"):
-                _fail("task", "format", f"group tasks read 'pairs' (MLP) or 'equals' (transformer), got {self.format!r}")
+                _fail(
+                    "task", "format", f"group tasks read 'pairs' (MLP) or 'equals' (transformer), got {self.format!r}"
+                )
             if self.pairs != "ordered":
                 _fail("task", "pairs", "group tasks use the whole (ordered) table: a * b != b * a in general")
             if not (0.0 < self.train_fraction <= 1.0):
@@ -284,7 +289,9 @@ class TaskConfig:
             if not 2 <= self.p <= MAX_P:
                 _fail("task", "p", f"must be in [2, {MAX_P:,}] (tokens and labels are 0 .. p-1), got {self.p:,}")
             if self.format not in ("pairs", "equals"):
-                _fail("task", "format", f"custom tasks read 'pairs' (MLP) or 'equals' (transformer), got {self.format!r}")
+                _fail(
+                    "task", "format", f"custom tasks read 'pairs' (MLP) or 'equals' (transformer), got {self.format!r}"
+                )
             if not (0.0 < self.train_fraction <= 1.0):
                 _fail("task", "train_fraction", f"must be in (0, 1], got {self.train_fraction}")
         elif self.kind == "modular":
@@ -603,8 +610,7 @@ class RunConfig:
                 raise ConfigError("model.tied_embed: group tasks need an untied unembedding")
             if self.task.format not in _MODEL_FORMATS[kind]:
                 raise ConfigError(
-                    f"task.format: model {kind!r} reads {' or '.join(_MODEL_FORMATS[kind])}, "
-                    f"got {self.task.format!r}"
+                    f"task.format: model {kind!r} reads {' or '.join(_MODEL_FORMATS[kind])}, got {self.task.format!r}"
                 )
             if kind == "cossin_mlp" and self.model.frequency > self.task.p // 2:
                 raise ConfigError(f"model.frequency: must be in [1, {self.task.p // 2}] for p={self.task.p}")
@@ -665,8 +671,13 @@ class RunConfig:
         activations = max(3 * batch, n_test, n_train) * per_example * width
         n_ckpt = tr.n_checkpoints
         disk = n_ckpt * params * width + tr.steps * 160 + 4 * params * width
-        return {"params": params, "memory_bytes": state + data + activations, "checkpoints": n_ckpt,
-                "disk_bytes": disk, "examples": n_train + n_test}
+        return {
+            "params": params,
+            "memory_bytes": state + data + activations,
+            "checkpoints": n_ckpt,
+            "disk_bytes": disk,
+            "examples": n_train + n_test,
+        }
 
     def _check_resources(self) -> None:
         r = self.resources()
@@ -693,7 +704,7 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config: expected a JSON object, got {type(data).__name__}")
         unknown = set(data) - {"name", *SECTIONS}
@@ -715,11 +726,11 @@ class RunConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> "RunConfig":
+    def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(load_json_text(text, "config"))
 
     # -- overrides -----------------------------------------------------------------------------
-    def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+    def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """A copy with ``{"optim.lr": 3e-3, "weight_decay": 0.1, ...}`` applied.
 
         Keys are ``section.field`` or a bare field name when it is unique across sections. String
@@ -767,8 +778,11 @@ def _check_name(name: Any) -> None:
     if len(name) > MAX_NAME:
         raise ConfigError(f"name: at most {MAX_NAME} characters, got {len(name):,}")
     if "/" in name or "\\" in name or name in (".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ConfigError(_one_line(
-            f"name: must be a single folder name (no '/', '\\', control characters, '.' or '..'), got {name!r}"))
+        raise ConfigError(
+            _one_line(
+                f"name: must be a single folder name (no '/', '\\', control characters, '.' or '..'), got {name!r}"
+            )
+        )
 
 
 def resolve_key(key: str) -> tuple[str, str]:
@@ -780,7 +794,9 @@ def resolve_key(key: str) -> tuple[str, str]:
         if section not in SECTIONS:
             raise ConfigError(f"{key}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
         if name not in {f.name for f in fields(SECTIONS[section])}:
-            raise ConfigError(f"{key}: unknown key; {section} has {', '.join(f.name for f in fields(SECTIONS[section]))}")
+            raise ConfigError(
+                f"{key}: unknown key; {section} has {', '.join(f.name for f in fields(SECTIONS[section]))}"
+            )
         return section, name
     owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in fields(cls)}]
     if not owners:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import html
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .config import RunConfig
-from .presets import preset
 from .layout import REPORT_FILES, RUN_FILES
+from .presets import preset
 from .store import Run, StoreError
 
 __all__ = ["DEMO_RUNS", "DemoRun", "demo_configs", "ensure_run", "run_demo", "headline"]
@@ -75,22 +76,32 @@ def headline(analysis: Any) -> str:
     name = rec.get("run", {}).get("name", "run")
     if rec.get("task") == "parity":
         pruned = extra.get("pruned_step")
-        text = (f"{name}: {_at('memorised', ev['memorised_step'])}, "
-                + ("irrelevant-bit weights never pruned" if pruned is None else f"last irrelevant-bit weight pruned at step {pruned:,}")
-                + f", {_at('generalised', ev['generalised_step'])} [{ev['phase']}]")
+        text = (
+            f"{name}: {_at('memorised', ev['memorised_step'])}, "
+            + (
+                "irrelevant-bit weights never pruned"
+                if pruned is None
+                else f"last irrelevant-bit weight pruned at step {pruned:,}"
+            )
+            + f", {_at('generalised', ev['generalised_step'])} [{ev['phase']}]"
+        )
         notes = []
         if extra.get("sensitivity_zero_step") is not None:
             notes.append(f"irrelevant-bit flip sensitivity ≈ 0 from step {extra['sensitivity_zero_step']:,}")
         if extra.get("prune_now_step") is not None:
-            notes.append(f"zeroing the irrelevant-bit weights already generalises from step {extra['prune_now_step']:,}")
+            notes.append(
+                f"zeroing the irrelevant-bit weights already generalises from step {extra['prune_now_step']:,}"
+            )
         return text + (f"; {'; '.join(notes)}" if notes else "")
     text = f"{name}: {_at('memorised', ev['memorised_step'])}, {_at('generalised', ev['generalised_step'])} [{ev['phase']}]"
     keys = rec.get("key_frequencies") or []
     text += f"; key frequencies {keys}" if keys else "; no key frequencies"
     t = analysis.tensors
     if "circles/phase_spread" in t:
-        text += (f"; neuron circle: phase spread {float(t['circles/phase_spread'][-1]):.2f} (1 = even), "
-                 f"norm CV {float(t['circles/norm_cv'][-1]):.2f}")
+        text += (
+            f"; neuron circle: phase spread {float(t['circles/phase_spread'][-1]):.2f} (1 = even), "
+            f"norm CV {float(t['circles/norm_cv'][-1]):.2f}"
+        )
     elif "fourier/sparsity" in t:
         text += f"; Fourier sparsity {float(t['fourier/sparsity'][0]):.2f} → {float(t['fourier/sparsity'][-1]):.2f}"
     return text
@@ -102,8 +113,9 @@ def _prepare(config: RunConfig, run_dir: Path) -> tuple[str, Run | None]:
         return "train", None
     run = Run.open(run_dir)
     if run.config != config:
-        raise StoreError(f"{run_dir}: holds a different run than {config.name!r}; "
-                         "move it away or choose another output folder")
+        raise StoreError(
+            f"{run_dir}: holds a different run than {config.name!r}; move it away or choose another output folder"
+        )
     if run.summary() is not None and run.steps and run.steps[-1] == config.train.steps:
         return "reuse", run
     return "resume", run
@@ -133,12 +145,16 @@ def ensure_run(
             log(f"{config.name}: already trained in {run_dir}, reusing it")
         return run
     if log:
-        log(f"{config.name}: {'resuming' if action == 'resume' else 'training'} {config.train.steps:,} steps -> {run_dir}")
+        log(
+            f"{config.name}: {'resuming' if action == 'resume' else 'training'} {config.train.steps:,} steps -> {run_dir}"
+        )
     result = train(config, run_dir, resume=action == "resume", progress=progress)
     if log:
         s = result.summary
-        log(f"      {s['steps']:,} steps in {s['seconds']:.0f} s; final train acc {s['final_train_acc']:.3f}, "
-            f"test acc {s['final_test_acc']:.3f}")
+        log(
+            f"      {s['steps']:,} steps in {s['seconds']:.0f} s; final train acc {s['final_train_acc']:.3f}, "
+            f"test acc {s['final_test_acc']:.3f}"
+        )
     return result.run
 
 
@@ -213,7 +229,9 @@ def run_demo(
                 continue
             prefix = f"[{i}/{len(configs)}] "
             t = time.perf_counter()
-            ensure_run(root / cfg.name, cfg, progress=progress, log=lambda m: log(m if m.startswith(" ") else prefix + m))
+            ensure_run(
+                root / cfg.name, cfg, progress=progress, log=lambda m: log(m if m.startswith(" ") else prefix + m)
+            )
             train_seconds[cfg.name] = time.perf_counter() - t
         if future is not None:
             lines, seconds = future.result()
@@ -254,7 +272,7 @@ def write_index(path: Path, results: Sequence[DemoRun]) -> Path:
         for r in results
     )
     text = (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>mechgrok demo</title>"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>mechgrok demo</title>'
         "<style>body{font-family:sans-serif;max-width:900px;margin:40px auto;line-height:1.5}</style></head>"
         f"<body><h1>mechgrok demo</h1><ul>{items}</ul></body></html>\n"
     )

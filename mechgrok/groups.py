@@ -130,8 +130,9 @@ def finite_group(spec: str) -> FiniteGroup:
         elems = [(j, e) for e in (0, 1) for j in range(n)]
         index = {g: i for i, g in enumerate(elems)}
         # r^j s^e r^k s^f = r^(j + (-1)^e k) s^(e + f)
-        table = torch.tensor([[index[((j + (k if e == 0 else -k)) % n, (e + f) % 2)] for (k, f) in elems]
-                              for (j, e) in elems])
+        table = torch.tensor(
+            [[index[((j + (k if e == 0 else -k)) % n, (e + f) % 2)] for (k, f) in elems] for (j, e) in elems]
+        )
         return FiniteGroup(spec, f"D{n}", tuple(elems), table)
     perms = list(itertools.permutations(range(n)))
     if kind == "a":
@@ -253,8 +254,14 @@ def _irreps(spec: str) -> tuple[Irrep, ...]:
                 out.append(Irrep(f"freq {k}", 1, torch.cos(w)[:, None, None]))
             else:
                 c, s = torch.cos(w), torch.sin(w)
-                out.append(Irrep(f"freq {k}", 2, torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2),
-                                 real_type=False))
+                out.append(
+                    Irrep(
+                        f"freq {k}",
+                        2,
+                        torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2),
+                        real_type=False,
+                    )
+                )
         return tuple(out)
     if kind == "d":
         jj = torch.tensor([g[0] for g in group.elements], dtype=torch.float64)

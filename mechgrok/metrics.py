@@ -10,7 +10,8 @@ gradient (faster than autograd through these functions); ``tests/test_metrics.py
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,16 @@ import torch.nn.functional as F
 from .store import METRICS_FLUSH_ROWS, metrics_line
 
 __all__ = [
-    "METRIC_KEYS", "LOSS_DTYPES", "loss_divisor", "stablemax_s", "log_probs", "example_nll", "loss_and_accuracy", "batched_loss_and_accuracy", "metrics_row", "MetricsBuffer",
+    "METRIC_KEYS",
+    "LOSS_DTYPES",
+    "loss_divisor",
+    "stablemax_s",
+    "log_probs",
+    "example_nll",
+    "loss_and_accuracy",
+    "batched_loss_and_accuracy",
+    "metrics_row",
+    "MetricsBuffer",
 ]
 
 METRIC_KEYS = ("step", "train_loss", "train_acc", "test_loss", "test_acc", "weight_norm", "lr", "weight_decay", "l1")
@@ -56,7 +66,9 @@ def log_probs(logits: torch.Tensor, loss: str = "cross_entropy", dtype: str = "f
     return z.log_softmax(-1)
 
 
-def example_nll(logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy", dtype: str = "float64") -> torch.Tensor:
+def example_nll(
+    logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy", dtype: str = "float64"
+) -> torch.Tensor:
     """Per-example negative log-likelihood ``[...]`` of ``logits [..., C]`` (C >= 2) against ``y``,
     in ``dtype``; its gradient is exactly the one the run trains with (0 for a collapsed sample)."""
     return -log_probs(logits, loss, dtype).gather(-1, y.expand(logits.shape[:-1])[..., None])[..., 0]

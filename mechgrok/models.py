@@ -119,7 +119,10 @@ class _Block(nn.Module):
 # dicts are newer or rarer; ``getattr`` keeps an older torch (no such attribute) working.
 _MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks",
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
 )
 
 
@@ -138,7 +141,8 @@ def is_hooked(*points: nn.Module) -> bool:
 
 def _has_backward_hooks(point: nn.Module) -> bool:
     return bool(
-        getattr(point, "_backward_hooks", None) or getattr(point, "_backward_pre_hooks", None)
+        getattr(point, "_backward_hooks", None)
+        or getattr(point, "_backward_pre_hooks", None)
         or getattr(_torch_module, "_global_backward_hooks", None)
         or getattr(_torch_module, "_global_backward_pre_hooks", None)
     )
@@ -238,7 +242,9 @@ class CosSinMLP(HookedRootModule):
     logits[c] = (W_out^T ReLU(W_E[a] W_in + W_E[b] W_in)) . W_E[c]
     """
 
-    def __init__(self, cfg: HookedConfig, frequency: int, bias: bool, init_scale: float = 1.0, embed_norm: str = "rows"):
+    def __init__(
+        self, cfg: HookedConfig, frequency: int, bias: bool, init_scale: float = 1.0, embed_norm: str = "rows"
+    ):
         super().__init__()
         self.cfg = cfg
         self.frequency = frequency
@@ -481,7 +487,12 @@ def hooked_config(model: ModelConfig, task: TaskConfig) -> HookedConfig:
         n_ctx = 3 if task.format == "equals" else 6
     d_model = 2 if model.kind == "cossin_mlp" else model.d_model
     return HookedConfig(
-        model.kind, d_vocab, p, d_model, model.d_mlp, n_ctx,
+        model.kind,
+        d_vocab,
+        p,
+        d_model,
+        model.d_mlp,
+        n_ctx,
         n_heads=model.n_heads if model.kind == "transformer" else 0,
         d_head=model.d_head if model.kind == "transformer" else 0,
         act_fn=model.act_fn,

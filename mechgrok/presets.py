@@ -6,7 +6,8 @@ are ones measured here to grok on a 2-core CPU (noted per preset).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .config import ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
 
@@ -47,12 +48,21 @@ def _modadd_mlp24() -> RunConfig:
     # in float32 there (haiku's parameter default), 50,001 updates there (RESULTS.md).
     return RunConfig(
         name="modadd-mlp24",
-        task=TaskConfig(kind="modular", p=67, op="add", pairs="unordered", format="pairs", train_fraction=0.4,
-                        split="numpy", seed=165),
+        task=TaskConfig(
+            kind="modular",
+            p=67,
+            op="add",
+            pairs="unordered",
+            format="pairs",
+            train_fraction=0.4,
+            split="numpy",
+            seed=165,
+        ),
         model=ModelConfig(kind="mlp", d_model=500, d_mlp=24, tied_embed=True, bias=False, init="pair", dtype="float64"),
         optim=OptimConfig(lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0, loss_reduction="mean_classes"),
-        train=TrainConfig(steps=50_000, seed=165, checkpoint_every=250, log_checkpoints=40, resume_every=2500,
-                          eval_every=10),
+        train=TrainConfig(
+            steps=50_000, seed=165, checkpoint_every=250, log_checkpoints=40, resume_every=2500, eval_every=10
+        ),
     )
 
 
@@ -62,13 +72,23 @@ def _modadd_cossin5() -> RunConfig:
     # initialisers, loss over batch and classes, float64, optax.adamw(1e-2, wd 1e-3).
     return RunConfig(
         name="modadd-cossin5",
-        task=TaskConfig(kind="modular", p=67, op="add", pairs="unordered", format="pairs", train_fraction=0.3,
-                        split="numpy", seed=86),
-        model=ModelConfig(kind="cossin_mlp", d_mlp=5, frequency=1, bias=False, init="pair", dtype="float64",
-                          embed_norm="columns"),
+        task=TaskConfig(
+            kind="modular",
+            p=67,
+            op="add",
+            pairs="unordered",
+            format="pairs",
+            train_fraction=0.3,
+            split="numpy",
+            seed=86,
+        ),
+        model=ModelConfig(
+            kind="cossin_mlp", d_mlp=5, frequency=1, bias=False, init="pair", dtype="float64", embed_norm="columns"
+        ),
         optim=OptimConfig(lr=1e-2, betas=(0.9, 0.98), weight_decay=1e-3, loss_reduction="mean_classes"),
-        train=TrainConfig(steps=15_000, seed=86, checkpoint_every=100, log_checkpoints=40, resume_every=2500,
-                          eval_every=5),
+        train=TrainConfig(
+            steps=15_000, seed=86, checkpoint_every=100, log_checkpoints=40, resume_every=2500, eval_every=5
+        ),
     )
 
 
@@ -132,10 +152,19 @@ def _recurrent(cell: str, variant: str = "") -> RunConfig:
     }[variant]
     return RunConfig(
         name=f"{cell}-mod91{variant}",
-        task=TaskConfig(kind="modular", p=91, op="add", pairs="ordered", format="sequence", train_fraction=c["train_fraction"]),
+        task=TaskConfig(
+            kind="modular", p=91, op="add", pairs="ordered", format="sequence", train_fraction=c["train_fraction"]
+        ),
         model=ModelConfig(kind=cell, d_model=c["d_model"]),
-        optim=OptimConfig(lr=3e-3, betas=(0.9, 0.98), weight_decay=1.0, wd_schedule=schedule, batch_size=512,
-                          warmup_steps=100, grad_clip=1.0),
+        optim=OptimConfig(
+            lr=3e-3,
+            betas=(0.9, 0.98),
+            weight_decay=1.0,
+            wd_schedule=schedule,
+            batch_size=512,
+            warmup_steps=100,
+            grad_clip=1.0,
+        ),
         train=TrainConfig(steps=c["steps"], checkpoint_every=100, log_checkpoints=30, resume_every=1000, eval_every=50),
     )
 
@@ -174,20 +203,27 @@ PRESETS = {
     "modadd-transformer": (_modadd_transformer, "Nanda et al.: 1-layer transformer, (a+b) mod 113"),
     "modadd-pizza": (_modadd_pizza, "Zhong et al.: clock or pizza, 1-layer transformer on `a b`, p=59, attention rate"),
 }
-for _g, _desc in (("s4", "S_4 (order 24), 60% train"), ("d30", "D_30 (order 60), 40% train"),
-                  ("s5", "S_5 (order 120), Chughtai et al.'s settings, a long run")):
+for _g, _desc in (
+    ("s4", "S_4 (order 24), 60% train"),
+    ("d30", "D_30 (order 60), 40% train"),
+    ("s5", "S_5 (order 120), Chughtai et al.'s settings, a long run"),
+):
     PRESETS[f"group-{_g}-mlp"] = (lambda g=_g: _group_mlp(g), f"Chughtai et al.: group MLP on {_desc}")
 for _cell in ("rnn", "lstm"):
     _c = _RECURRENT[_cell]
     PRESETS[f"{_cell}-mod91"] = (lambda c=_cell: _recurrent(c), f"{_cell.upper()} on <sos> x + y mod =, p=91, wd 1")
     PRESETS[f"{_cell}-mod91-nowd"] = (
-        lambda c=_cell: _recurrent(c, "-nowd"), f"{_cell.upper()} mod 91 without weight decay")
+        lambda c=_cell: _recurrent(c, "-nowd"),
+        f"{_cell.upper()} mod 91 without weight decay",
+    )
     PRESETS[f"{_cell}-mod91-wd-late"] = (
         lambda c=_cell: _recurrent(c, "-wd-late"),
-        f"{_cell.upper()} mod 91, weight decay 0.02 switched on at step {_c['wd_on']:,}")
+        f"{_cell.upper()} mod 91, weight decay 0.02 switched on at step {_c['wd_on']:,}",
+    )
     PRESETS[f"{_cell}-mod91-wd-early-off"] = (
         lambda c=_cell: _recurrent(c, "-wd-early-off"),
-        f"{_cell.upper()} mod 91, weight decay switched off at step {_c['wd_off']:,}")
+        f"{_cell.upper()} mod 91, weight decay switched off at step {_c['wd_off']:,}",
+    )
 
 
 def preset_names() -> list[str]:
@@ -201,7 +237,9 @@ def preset(name: str, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     string form, as ``RunConfig.with_overrides`` takes it: ``preset("parity", {"optim.weight_decay": 0.3})``.
     """
     if overrides is not None and not isinstance(overrides, Mapping):
-        raise ConfigError(f"preset: overrides must be a mapping of 'section.key' to value, got {type(overrides).__name__}")
+        raise ConfigError(
+            f"preset: overrides must be a mapping of 'section.key' to value, got {type(overrides).__name__}"
+        )
     if name not in PRESETS:
         raise ConfigError(f"preset: unknown preset {name!r}; available: {', '.join(PRESETS)}")
     cfg = PRESETS[name][0]()

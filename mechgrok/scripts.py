@@ -15,8 +15,8 @@ the script with a one-line ``error: ...`` like the ``mechgrok`` command, never a
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -44,17 +44,33 @@ def parse_sets(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, *, run_dir: str, preset_name: str,
-                      max_checkpoints: int | None = DEFAULT_MAX_CHECKPOINTS, path_help: str | None = None) -> None:
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    run_dir: str,
+    preset_name: str,
+    max_checkpoints: int | None = DEFAULT_MAX_CHECKPOINTS,
+    path_help: str | None = None,
+) -> None:
     """The options every single-run script shares: ``run_dir`` (positional, optional), ``--preset``,
     ``--set`` (repeatable) and ``--max-checkpoints`` (default ``max_checkpoints``; None = all)."""
-    parser.add_argument("run_dir", nargs="?", default=run_dir,
-                        help=path_help or "run folder (trained from --preset if it holds no run)")
+    parser.add_argument(
+        "run_dir", nargs="?", default=run_dir, help=path_help or "run folder (trained from --preset if it holds no run)"
+    )
     parser.add_argument("--preset", default=preset_name, help="preset to train when the folder holds no run")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for training, e.g. train.steps=300 (repeatable)")
-    parser.add_argument("--max-checkpoints", type=int, default=max_checkpoints,
-                        help="analyse at most this many checkpoints, evenly spaced")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for training, e.g. train.steps=300 (repeatable)",
+    )
+    parser.add_argument(
+        "--max-checkpoints",
+        type=int,
+        default=max_checkpoints,
+        help="analyse at most this many checkpoints, evenly spaced",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -70,9 +86,16 @@ def open_or_train(run_dir: str | Path, config: RunConfig, *, log: Callable[[str]
     return ensure_run(run_dir, None if have_run else config, log=log)
 
 
-def script_run(description: str, *, run_dir: str, preset: str, max_checkpoints: int | None = DEFAULT_MAX_CHECKPOINTS,
-               argv: Sequence[str] | None = None, threads: int = 1, path_help: str | None = None,
-               ) -> tuple[Run, argparse.Namespace]:
+def script_run(
+    description: str,
+    *,
+    run_dir: str,
+    preset: str,
+    max_checkpoints: int | None = DEFAULT_MAX_CHECKPOINTS,
+    argv: Sequence[str] | None = None,
+    threads: int = 1,
+    path_help: str | None = None,
+) -> tuple[Run, argparse.Namespace]:
     """Parse a single-run script's command line and open (or train) its run.
 
     ``threads``: intra-op threads for the script (1: these models are tiny and extra threads only

@@ -183,7 +183,9 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def atomic_save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """safetensors file written atomically (contiguous CPU copies of the tensors)."""
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, save(data, metadata=metadata))
@@ -191,7 +193,10 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta
 
 # record key -> distribution name on the package index (what ``pip install`` takes)
 _VERSIONED_DISTRIBUTIONS = {
-    "torch": "torch", "transformer_lens": "transformer-lens", "numpy": "numpy", "einops": "einops",
+    "torch": "torch",
+    "transformer_lens": "transformer-lens",
+    "numpy": "numpy",
+    "einops": "einops",
     "safetensors": "safetensors",
 }
 
@@ -240,7 +245,7 @@ class RunLock:
         self.path = run_dir / FILES["lock"]
         self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -262,7 +267,7 @@ class RunLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
@@ -293,12 +298,16 @@ def _live_model(config: RunConfig, state: dict[str, torch.Tensor], source: str =
 def _check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
     if set(expected) != set(state):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise CheckpointError(f"{source}: parameters do not match the run's {FILES['config']} "
-                              f"(missing {missing[:3]}, unexpected {extra[:3]})")
+        raise CheckpointError(
+            f"{source}: parameters do not match the run's {FILES['config']} "
+            f"(missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{source}: {k} has shape {tuple(state[k].shape)} but the run's "
-                                  f"{FILES['config']} gives {tuple(v.shape)}")
+            raise CheckpointError(
+                f"{source}: {k} has shape {tuple(state[k].shape)} but the run's "
+                f"{FILES['config']} gives {tuple(v.shape)}"
+            )
 
 
 @dataclass
@@ -328,7 +337,7 @@ class Trajectory:
         """Row ``i`` as a live hooked model (a fresh module; the trajectory is not shared)."""
         return _live_model(self.config, {k: v.clone() for k, v in self.state_dict(i).items()})
 
-    def subset(self, rows: list[int] | torch.Tensor) -> "Trajectory":
+    def subset(self, rows: list[int] | torch.Tensor) -> Trajectory:
         rows = torch.as_tensor(rows, dtype=torch.long)
         return Trajectory(self.steps[rows], {k: v[rows] for k, v in self.params.items()}, self.config)
 
@@ -351,7 +360,7 @@ class Run:
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, config: RunConfig, *, keep_lock: bool = False) -> "Run":
+    def create(cls, path: str | Path, config: RunConfig, *, keep_lock: bool = False) -> Run:
         """Create (or reuse an empty) run folder and write its config.
 
         The folder's lock is taken *before* checking for and writing ``config.json``: two trainers
@@ -390,7 +399,7 @@ class Run:
             remove_temporary(self.path / FILES["checkpoints"])
 
     @classmethod
-    def open(cls, path: str | Path) -> "Run":
+    def open(cls, path: str | Path) -> Run:
         path = Path(path)
         cfg_file = path / FILES["config"]
         if not path.is_dir():
@@ -429,10 +438,16 @@ class Run:
             raise StoreError(f"{index}: cannot read the checkpoint index ({e.strerror or e})") from None
         steps = record.get("steps") if isinstance(record, dict) else None
         sums = record.get("sha256", {}) if isinstance(record, dict) else None
-        if (not isinstance(steps, list) or not all(type(s) is int and s >= 0 for s in steps)
-                or not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values())):
-            raise StoreError(f"{index}: malformed checkpoint index (expected {{\"steps\": [non-negative ints], "
-                             f"\"sha256\": {{step: hex}}}})")
+        if (
+            not isinstance(steps, list)
+            or not all(type(s) is int and s >= 0 for s in steps)
+            or not isinstance(sums, dict)
+            or not all(isinstance(v, str) for v in sums.values())
+        ):
+            raise StoreError(
+                f'{index}: malformed checkpoint index (expected {{"steps": [non-negative ints], '
+                f'"sha256": {{step: hex}}}})'
+            )
         return {s: sums.get(str(s)) for s in sorted(set(steps))}
 
     def _rebuild_index(self, warn: bool) -> dict[int, str]:
@@ -454,8 +469,10 @@ class Run:
                 continue  # damaged: not listed (an indexed file is always whole)
             found[int(stem)] = sha256_hex(data)
         if found and warn:
-            warnings.warn(f"{self.path / FILES['index']}: missing; rebuilt from {len(found)} readable checkpoint files",
-                          stacklevel=3)
+            warnings.warn(
+                f"{self.path / FILES['index']}: missing; rebuilt from {len(found)} readable checkpoint files",
+                stacklevel=3,
+            )
         self._rebuilt = (key, found)
         return found
 
@@ -550,7 +567,9 @@ class Run:
             states.append(state)
             good.append(step)
         if not states:
-            raise StoreError(f"{self.path}: no readable checkpoints" + (f" (last problem: {last_error})" if last_error else ""))
+            raise StoreError(
+                f"{self.path}: no readable checkpoints" + (f" (last problem: {last_error})" if last_error else "")
+            )
         params = {k: torch.stack([s[k] for s in states]) for k in states[0]}
         return Trajectory(torch.tensor(good, dtype=torch.int64), params, self.config)
 
@@ -594,7 +613,9 @@ class Run:
             for k in r:
                 if k not in keys:
                     keys.append(k)
-        return {k: np.array([r.get(k, np.nan) for r in rows], dtype=np.float64 if k != "step" else np.int64) for k in keys}
+        return {
+            k: np.array([r.get(k, np.nan) for r in rows], dtype=np.float64 if k != "step" else np.int64) for k in keys
+        }
 
     def append_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Append rows to ``metrics.jsonl`` (strict JSON: non-finite values as ``null``)."""
@@ -644,8 +665,10 @@ class Run:
             else:  # a folder written before the metadata moved into resume.safetensors
                 meta_path = self.path / FILES["resume_meta"]
                 if not meta_path.exists():
-                    raise StoreError(f"{path}: resume state without its metadata (no {_RESUME_KEY!r} "
-                                     f"entry and no {FILES['resume_meta']})")
+                    raise StoreError(
+                        f"{path}: resume state without its metadata (no {_RESUME_KEY!r} "
+                        f"entry and no {FILES['resume_meta']})"
+                    )
                 meta = json.loads(meta_path.read_text())
             loaded = load(data) if tensors else {}
         except StoreError:
@@ -667,12 +690,12 @@ class Run:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """The summary as strict JSON (a diverged run's NaN/inf values become ``null``)."""
-        atomic_write_bytes(self.path / FILES["summary"],
-                           (json.dumps(strict_json(summary), indent=2, allow_nan=False) + "\n").encode())
+        atomic_write_bytes(
+            self.path / FILES["summary"], (json.dumps(strict_json(summary), indent=2, allow_nan=False) + "\n").encode()
+        )
 
     def lock(self) -> RunLock:
         return RunLock(self.path)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, preset={self.config.name!r}, checkpoints={len(self.steps)})"
-

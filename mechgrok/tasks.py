@@ -84,7 +84,7 @@ def encode_pairs(a: torch.Tensor, b: torch.Tensor, task: TaskConfig) -> torch.Te
     n = a.shape[0]
     if task.format == "equals":
         return torch.stack([a, b, torch.full((n,), vocab.token("="))], dim=-1)
-    sym = lambda s: torch.full((n,), vocab.token(s))  # noqa: E731
+    sym = lambda s: torch.full((n,), vocab.token(s))
     return torch.stack([sym("<sos>"), a, sym(_OP_SYMBOL[task.op]), b, sym("mod"), sym("=")], dim=-1)
 
 
@@ -108,8 +108,10 @@ class Dataset:
     def relevant_bits(self) -> tuple[int, ...]:
         return self.task.relevant_bits
 
-    def to(self, device: str | torch.device) -> "Dataset":
-        moved = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y", "train_ab", "test_ab")}
+    def to(self, device: str | torch.device) -> Dataset:
+        moved = {
+            k: getattr(self, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y", "train_ab", "test_ab")
+        }
         return Dataset(task=self.task, **moved)
 
     def all_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -189,7 +191,11 @@ def load_factory(spec: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # the user's module may fail in any way while importing
-        raise ConfigError(f"task.factory: cannot import {module_name!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"[:300]) from None
+        raise ConfigError(
+            f"task.factory: cannot import {module_name!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"[
+                :300
+            ]
+        ) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"task.factory: {module_name!r} has no function {attr!r}")
@@ -215,8 +221,10 @@ def _custom_dataset(task: TaskConfig) -> Dataset:
         if x.dtype != torch.int64 or y.dtype != torch.int64:
             raise ConfigError(f"{where}: {split}_x and {split}_y must be int64 tokens / labels")
         if x.ndim != 2 or x.shape[1] != n_ctx or y.shape != (x.shape[0],):
-            raise ConfigError(f"{where}: {split}_x must be [n, {n_ctx}] ({task.format}) with {split}_y [n], "
-                              f"got {list(x.shape)} and {list(y.shape)}")
+            raise ConfigError(
+                f"{where}: {split}_x must be [n, {n_ctx}] ({task.format}) with {split}_y [n], "
+                f"got {list(x.shape)} and {list(y.shape)}"
+            )
         for name, t in ((f"{split}_x", x), (f"{split}_y", y)):
             if t.numel() and (int(t.min()) < 0 or int(t.max()) >= task.p):
                 raise ConfigError(f"{where}: {name} holds values outside [0, {task.p - 1}] (task.p = {task.p})")

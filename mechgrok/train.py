@@ -12,7 +12,6 @@ uninterrupted run would have done, so the final weights are bitwise equal on CPU
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,14 +24,22 @@ import torch
 from ._threads import intra_op_threads, threads_for
 from ._util import first_step
 from .config import ConfigError, RunConfig
-from .models import build_model
 from .metrics import MetricsBuffer, loss_and_accuracy, metrics_row
+from .models import build_model
 from .store import FILES, Run, StoreError, _check_fits
 from .tasks import Dataset, make_dataset
 
 __all__ = [
-    "TrainResult", "train", "resume", "loss_and_accuracy", "weight_norm", "grokfast_update", "grokfast_ma_update",
-    "orthograd_", "summarize_metrics", "resume_tensors",
+    "TrainResult",
+    "train",
+    "resume",
+    "loss_and_accuracy",
+    "weight_norm",
+    "grokfast_update",
+    "grokfast_ma_update",
+    "orthograd_",
+    "summarize_metrics",
+    "resume_tensors",
 ]
 
 
@@ -41,7 +48,9 @@ def weight_norm(params: list[torch.Tensor]) -> float:
     return math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
 
 
-def grokfast_update(grads: list[torch.Tensor], ema: list[torch.Tensor] | None, alpha: float, lamb: float) -> list[torch.Tensor]:
+def grokfast_update(
+    grads: list[torch.Tensor], ema: list[torch.Tensor] | None, alpha: float, lamb: float
+) -> list[torch.Tensor]:
     """Grokfast-EMA (Lee et al. 2024): ema <- alpha ema + (1 - alpha) g;  g <- g + lamb ema.
 
     Edits ``grads`` in place and returns the new EMA (initialised with the first gradient, as in
@@ -57,8 +66,9 @@ def grokfast_update(grads: list[torch.Tensor], ema: list[torch.Tensor] | None, a
     return ema
 
 
-def grokfast_ma_update(grads: list[torch.Tensor], window: list[torch.Tensor] | None, filled: int, size: int,
-                       lamb: float) -> tuple[list[torch.Tensor], int]:
+def grokfast_ma_update(
+    grads: list[torch.Tensor], window: list[torch.Tensor] | None, filled: int, size: int, lamb: float
+) -> tuple[list[torch.Tensor], int]:
     """Grokfast-MA (Lee et al. 2024, ``gradfilter_ma`` with warmup): keep the last ``size``
     gradients; once ``size`` are kept, g <- g + lamb * mean(kept).
 
@@ -139,7 +149,9 @@ def resume_tensors(model, opt, ema, gen, ma=None) -> tuple[dict[str, torch.Tenso
     return tensors, meta
 
 
-def _load_resume(run: Run, model, opt, gen) -> tuple[int, list[torch.Tensor] | None, tuple[list[torch.Tensor] | None, int]]:
+def _load_resume(
+    run: Run, model, opt, gen
+) -> tuple[int, list[torch.Tensor] | None, tuple[list[torch.Tensor] | None, int]]:
     step, tensors, meta = run.read_resume()
     where = run.path / FILES["resume"]
     _check_fits(model.state_dict(), {k[6:]: v for k, v in tensors.items() if k.startswith("param.")}, str(where))
@@ -235,8 +247,15 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, data: Dataset, model: torch.nn.Module,
-           device: torch.device) -> TrainResult:
+def _train(
+    config: RunConfig,
+    run: Run | None,
+    resume: bool,
+    progress: bool,
+    data: Dataset,
+    model: torch.nn.Module,
+    device: torch.device,
+) -> TrainResult:
     tc, oc = config.train, config.optim
     params = [p for p in model.parameters()]
     opt = torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay)
@@ -326,7 +345,9 @@ def _train(config: RunConfig, run: Run | None, resume: bool, progress: bool, dat
     history = writer.history
     metrics = run.metrics() if run is not None else history
     summary = summarize_metrics(metrics, tc.steps)
-    summary.update(seconds=elapsed, steps_per_second=(tc.steps - start) / max(elapsed, 1e-9), resumed_from=start or None)
+    summary.update(
+        seconds=elapsed, steps_per_second=(tc.steps - start) / max(elapsed, 1e-9), resumed_from=start or None
+    )
     # the same events the sweep engine stores: a sweep member finished (or resumed) by this
     # trainer keeps its phase in results.csv
     from .probes.events import detect_events, loss_scale_of

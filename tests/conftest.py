@@ -42,8 +42,9 @@ def tiny_parity() -> RunConfig:
         task=TaskConfig(kind="parity", n_bits=8, relevant_bits=(1, 5), n_train=60, n_test=100, seed=3),
         model=ModelConfig(kind="parity_mlp", d_mlp=16, bias=True, n_out=2),
         optim=OptimConfig(lr=1e-2, weight_decay=0.1),
-        train=TrainConfig(steps=120, checkpoint_every=20, log_checkpoints=5, resume_every=30, eval_every=1,
-                          device=TEST_DEVICE),
+        train=TrainConfig(
+            steps=120, checkpoint_every=20, log_checkpoints=5, resume_every=30, eval_every=1, device=TEST_DEVICE
+        ),
     )
 
 

@@ -35,8 +35,22 @@ def test_top_level_is_the_users_api():
         for name in names:
             assert name not in mg.__all__ and not hasattr(mg, name), name
             assert callable(getattr(mod, name)), (module, name)  # still importable where it lives
-    for name in ("train", "resume", "preset", "Run", "analyze", "detect_events", "parity_events", "modular_events",
-                 "ParityEvents", "ModularEvents", "bit_dependence", "neuron_circles", "run_sweep", "report"):
+    for name in (
+        "train",
+        "resume",
+        "preset",
+        "Run",
+        "analyze",
+        "detect_events",
+        "parity_events",
+        "modular_events",
+        "ParityEvents",
+        "ModularEvents",
+        "bit_dependence",
+        "neuron_circles",
+        "run_sweep",
+        "report",
+    ):
         assert name in mg.__all__, name
 
 
@@ -44,13 +58,24 @@ def test_figure_builders_are_named_figure_and_never_shadow_a_probe():
     import plotly.graph_objects as go
 
     builders = [n for n in mechgrok.report.__all__ if n.endswith("_figure")]
-    assert len(builders) == 17  # + irrep_spectrum_figure (groups), llc_figure, llc_traces_figure, llc_calibration_figure, stability_figure
+    assert (
+        len(builders) == 17
+    )  # + irrep_spectrum_figure (groups), llc_figure, llc_traces_figure, llc_calibration_figure, stability_figure
     for probe in ("bit_dependence", "prune_now_accuracy", "progress_measures", "neuron_circles"):
         assert not hasattr(mechgrok.report, probe), probe  # mg.report.X used to be a figure, mg.X a tensor
         assert f"{probe}_figure" in builders
-    assert isinstance(mechgrok.report.training_curves_figure({"step": [0, 1], "train_loss": [1.0, 0.5],
-                                                               "train_acc": [0.5, 1.0], "test_loss": [1.0, 0.9],
-                                                               "test_acc": [0.5, 0.6]}), go.Figure)
+    assert isinstance(
+        mechgrok.report.training_curves_figure(
+            {
+                "step": [0, 1],
+                "train_loss": [1.0, 0.5],
+                "train_acc": [0.5, 1.0],
+                "test_loss": [1.0, 0.9],
+                "test_acc": [0.5, 0.6],
+            }
+        ),
+        go.Figure,
+    )
 
 
 def test_preset_takes_an_overrides_mapping():
@@ -109,9 +134,16 @@ def test_event_records_are_dataclasses(tmp_path, tiny_parity):
     assert ev.prune_lag == (None if ev.pruned_step is None else 40 - ev.pruned_step)
     assert json.loads(json.dumps(ev.to_dict())) == dataclasses.asdict(ev)
     steps = torch.tensor([0, 10, 20])
-    mod = mg.modular_events(steps, {"restricted_loss": torch.tensor([4.0, 1.0, 0.1], dtype=torch.float64),
-                                    "excluded_loss": torch.tensor([4.0, 2.0, 3.0], dtype=torch.float64),
-                                    "train_loss": torch.tensor([4.0, 0.1, 0.01], dtype=torch.float64)}, None, [3])
+    mod = mg.modular_events(
+        steps,
+        {
+            "restricted_loss": torch.tensor([4.0, 1.0, 0.1], dtype=torch.float64),
+            "excluded_loss": torch.tensor([4.0, 2.0, 3.0], dtype=torch.float64),
+            "train_loss": torch.tensor([4.0, 0.1, 0.01], dtype=torch.float64),
+        },
+        None,
+        [3],
+    )
     assert isinstance(mod, mg.ModularEvents) and mod.key_frequencies == [3]
     assert mod.excluded_rise_step == 10 and mod.restricted_drop_step == 20  # 2.0 >= 10 x 0.1; 0.1 <= sqrt(0.4)
     assert isinstance(mg.detect_events(run.metrics()), mg.GrokEvents)
@@ -158,8 +190,19 @@ def test_cli_defaults_come_from_the_config_classes():
 def test_scripts_helper_opens_or_trains(tmp_path, capsys):
     from mechgrok.scripts import parse_sets, script_run
 
-    argv = [str(tmp_path / "r"), "--set", "task.n_bits=6", "--set", "task.n_train=20", "--set", "task.n_test=20",
-            "--set", "train.steps=20", "--set", "model.d_mlp=8"]
+    argv = [
+        str(tmp_path / "r"),
+        "--set",
+        "task.n_bits=6",
+        "--set",
+        "task.n_train=20",
+        "--set",
+        "task.n_test=20",
+        "--set",
+        "train.steps=20",
+        "--set",
+        "model.d_mlp=8",
+    ]
     run, args = script_run("test", run_dir="unused", preset="parity", argv=argv)
     assert run.config.train.steps == 20 and args.max_checkpoints == 200 and "training" in capsys.readouterr().out
     again, _ = script_run("test", run_dir="unused", preset="parity", argv=[str(tmp_path / "r")])

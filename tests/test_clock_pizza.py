@@ -53,18 +53,39 @@ def _their_state(p, d=16, heads=2, n_ctx=2, vocab=None, seed=0):
     e = d // heads
     r = lambda *shape: torch.randn(*shape, generator=g) / math.sqrt(d)
     return {
-        "embed.W_E": r(d, vocab), "pos_embed.W_pos": r(n_ctx, d), "unembed.W_U": r(d, vocab),
-        "blocks.0.attn.W_K": r(heads, e, d), "blocks.0.attn.W_Q": r(heads, e, d), "blocks.0.attn.W_V": r(heads, e, d),
-        "blocks.0.attn.W_O": r(d, heads * e), "blocks.0.attn.mask": torch.tril(torch.ones(n_ctx, n_ctx)),
-        "blocks.0.mlp.W_in": r(4 * d, d), "blocks.0.mlp.b_in": r(4 * d), "blocks.0.mlp.W_out": r(d, 4 * d),
+        "embed.W_E": r(d, vocab),
+        "pos_embed.W_pos": r(n_ctx, d),
+        "unembed.W_U": r(d, vocab),
+        "blocks.0.attn.W_K": r(heads, e, d),
+        "blocks.0.attn.W_Q": r(heads, e, d),
+        "blocks.0.attn.W_V": r(heads, e, d),
+        "blocks.0.attn.W_O": r(d, heads * e),
+        "blocks.0.attn.mask": torch.tril(torch.ones(n_ctx, n_ctx)),
+        "blocks.0.mlp.W_in": r(4 * d, d),
+        "blocks.0.mlp.b_in": r(4 * d),
+        "blocks.0.mlp.W_out": r(d, 4 * d),
         "blocks.0.mlp.b_out": r(d),
     }
 
 
 def _write_theirs(tmp_path, state, **cfg):
-    base = {"name": "modadd_7", "funcs": "lambda x: (x[0]+x[1])%7", "C": 7, "n_heads": 2, "d_model": 16,
-            "n_layers": 1, "act_fn": "ReLU", "epoch": 300, "lr": 0.001, "weight_decay": 2.0, "frac": 0.8,
-            "attn_coeff": 0.3, "diff_vocab": 0, "eqn_sign": 0, "func": None}
+    base = {
+        "name": "modadd_7",
+        "funcs": "lambda x: (x[0]+x[1])%7",
+        "C": 7,
+        "n_heads": 2,
+        "d_model": 16,
+        "n_layers": 1,
+        "act_fn": "ReLU",
+        "epoch": 300,
+        "lr": 0.001,
+        "weight_decay": 2.0,
+        "frac": 0.8,
+        "attn_coeff": 0.3,
+        "diff_vocab": 0,
+        "eqn_sign": 0,
+        "func": None,
+    }
     base.update(cfg)
     model_file, config_file = tmp_path / "model_abc.pt", tmp_path / "config_abc.json"
     torch.save(state, model_file)
@@ -105,13 +126,16 @@ def test_imported_gelu_model_is_their_model(tmp_path):
     run = import_zhong_checkpoint(model_file, config_file)
     assert run.config.model.act_fn == "gelu"
     x = grid_inputs(run.config)
-    torch.testing.assert_close(run.model(run.steps[-1]).double()(x), _theirs(state, x, 0.5, "GeLU")[:, :7],
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        run.model(run.steps[-1]).double()(x), _theirs(state, x, 0.5, "GeLU")[:, :7], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_zero_attention_rate_ignores_queries_and_keys():
-    cfg = RunConfig(task=TaskConfig(p=7, format="pairs"),
-                    model=ModelConfig(kind="transformer", d_model=8, n_heads=2, d_head=4, d_mlp=16, attn_rate=0.0))
+    cfg = RunConfig(
+        task=TaskConfig(p=7, format="pairs"),
+        model=ModelConfig(kind="transformer", d_model=8, n_heads=2, d_head=4, d_mlp=16, attn_rate=0.0),
+    )
     m = build_model(cfg.model, cfg.task, seed=0)
     x = grid_inputs(cfg)
     before = m(x)
@@ -138,9 +162,19 @@ def test_batched_engine_trains_attention_rate_like_the_trainer():
     from mechgrok import train
     from mechgrok.sweep import train_batch
 
-    base = preset("modadd-pizza").with_overrides({
-        "task.p": 7, "model.d_model": 8, "model.d_mlp": 16, "model.n_heads": 2, "model.d_head": 4,
-        "model.attn_rate": 0.3, "model.act_fn": "gelu", "train.steps": 15, "train.eval_every": 5})
+    base = preset("modadd-pizza").with_overrides(
+        {
+            "task.p": 7,
+            "model.d_model": 8,
+            "model.d_mlp": 16,
+            "model.n_heads": 2,
+            "model.d_head": 4,
+            "model.attn_rate": 0.3,
+            "model.act_fn": "gelu",
+            "train.steps": 15,
+            "train.eval_every": 5,
+        }
+    )
     configs = [base.with_overrides({"train.seed": s}) for s in (0, 1)]
     for cfg, res in zip(configs, train_batch(configs, progress=False)):
         single = train(cfg, progress=False)
@@ -190,8 +224,10 @@ def _jacobian_symmetricity(model, x, abc):
 
 
 def test_gradient_symmetricity_against_per_triple_jacobians():
-    cfg = RunConfig(task=TaskConfig(p=7, format="pairs"),
-                    model=ModelConfig(kind="transformer", d_model=8, n_heads=2, d_head=4, d_mlp=16, attn_rate=0.6))
+    cfg = RunConfig(
+        task=TaskConfig(p=7, format="pairs"),
+        model=ModelConfig(kind="transformer", d_model=8, n_heads=2, d_head=4, d_mlp=16, attn_rate=0.6),
+    )
     m = build_model(cfg.model, cfg.task, seed=1).double()
     got = gradient_symmetricity(m, n_samples=20, seed=3)
     abc = torch.randint(0, 7, (20, 3), generator=torch.Generator().manual_seed(3))
@@ -232,8 +268,10 @@ def test_classification_rule():
 
 
 def test_signatures_over_a_trajectory_match_single_checkpoints():
-    cfg = RunConfig(task=TaskConfig(p=7, format="pairs"),
-                    model=ModelConfig(kind="transformer", d_model=8, n_heads=2, d_head=4, d_mlp=16, attn_rate=0.5))
+    cfg = RunConfig(
+        task=TaskConfig(p=7, format="pairs"),
+        model=ModelConfig(kind="transformer", d_model=8, n_heads=2, d_head=4, d_mlp=16, attn_rate=0.5),
+    )
     models = [build_model(cfg.model, cfg.task, seed=s) for s in (0, 1)]
     params = {k: torch.stack([m.state_dict()[k] for m in models]) for k in models[0].state_dict()}
     traj = Trajectory(steps=torch.tensor([0, 10]), params=params, config=cfg)
@@ -258,13 +296,16 @@ def test_cli_analyze_their_file(tmp_path):
     assert run.path == model_file.parent / "model_abc.mechgrok"
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"act_fn": "Tanh"}, "act_fn"),
-    ({"n_layers": 2}, "n_layers"),
-    ({"diff_vocab": 1}, "diff_vocab"),
-    ({"funcs": "lambda x: (x[0]*x[1])%7"}, "funcs"),
-    ({"C": 9, "funcs": "lambda x: (x[0]+x[1])%9"}, "C=9"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"act_fn": "Tanh"}, "act_fn"),
+        ({"n_layers": 2}, "n_layers"),
+        ({"diff_vocab": 1}, "diff_vocab"),
+        ({"funcs": "lambda x: (x[0]*x[1])%7"}, "funcs"),
+        ({"C": 9, "funcs": "lambda x: (x[0]+x[1])%9"}, "C=9"),
+    ],
+)
 def test_importer_refuses_what_it_cannot_read(tmp_path, capsys, change, message):
     model_file, config_file = _write_theirs(tmp_path, _their_state(7), **change)
     with pytest.raises(StoreError, match=message):
@@ -301,12 +342,40 @@ def test_clock_pizza_script_on_a_sweep(tmp_path, capsys):
     import runpy
     import sys
 
-    main(["sweep", "modadd-pizza", "--grid", "model.attn_rate=0,1", "--seeds", "2", "--set", "task.p=7",
-          "--set", "model.d_model=8", "--set", "model.d_mlp=16", "--set", "model.n_heads=2", "--set", "model.d_head=4",
-          "--set", "train.steps=20", "--set", "train.checkpoint_every=10", "--threads", "1", "--quiet",
-          "--out", str(tmp_path / "sw")])
+    main(
+        [
+            "sweep",
+            "modadd-pizza",
+            "--grid",
+            "model.attn_rate=0,1",
+            "--seeds",
+            "2",
+            "--set",
+            "task.p=7",
+            "--set",
+            "model.d_model=8",
+            "--set",
+            "model.d_mlp=16",
+            "--set",
+            "model.n_heads=2",
+            "--set",
+            "model.d_head=4",
+            "--set",
+            "train.steps=20",
+            "--set",
+            "train.checkpoint_every=10",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "sw"),
+        ]
+    )
     script = Path(__file__).resolve().parent.parent / "analyses" / "clock_pizza.py"
-    old, sys.argv = sys.argv, [str(script), str(tmp_path / "sw"), "--samples", "10", "--json", str(tmp_path / "rows.json")]
+    old, sys.argv = (
+        sys.argv,
+        [str(script), str(tmp_path / "sw"), "--samples", "10", "--json", str(tmp_path / "rows.json")],
+    )
     try:
         runpy.run_path(str(script), run_name="__main__")
     finally:

@@ -43,7 +43,9 @@ def test_invalid_values_name_the_field(section, kwargs, needle):
 
 def test_overrides_copy_and_coerce():
     cfg = preset("parity")
-    new = cfg.with_overrides({"optim.lr": "3e-3", "weight_decay": "0.5", "task.relevant_bits": "0,4,9", "train.steps": "1e3"})
+    new = cfg.with_overrides(
+        {"optim.lr": "3e-3", "weight_decay": "0.5", "task.relevant_bits": "0,4,9", "train.steps": "1e3"}
+    )
     assert new.optim.lr == 3e-3 and new.optim.weight_decay == 0.5
     assert new.task.relevant_bits == (0, 4, 9) and new.train.steps == 1000
     assert cfg.optim.lr == 1e-2  # the caller's config is untouched

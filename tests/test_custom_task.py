@@ -69,9 +69,12 @@ def test_bad_factories_get_one_line_errors(factory):
     for bad in ("", "nocolon", "a.b:", "1x:make", "a:b:c"):
         with pytest.raises(ConfigError, match=r"^task\.factory: "):
             TaskConfig(kind="custom", factory=bad)
-    cases = [("mg_no_such_module:make", "cannot import"), ("mg_user_tasks:nope", "has no function 'nope'"),
-             ("mg_user_tasks:bad_labels", r"train_y holds values outside \[0, 6\]"),
-             ("mg_user_tasks:not_a_dataset", "returned int")]
+    cases = [
+        ("mg_no_such_module:make", "cannot import"),
+        ("mg_user_tasks:nope", "has no function 'nope'"),
+        ("mg_user_tasks:bad_labels", r"train_y holds values outside \[0, 6\]"),
+        ("mg_user_tasks:not_a_dataset", "returned int"),
+    ]
     for spec, match in cases:
         with pytest.raises(ConfigError, match=match) as info:
             make_dataset(_config(spec).task)
@@ -105,8 +108,22 @@ def test_custom_task_script(tmp_path, capsys, monkeypatch):
 
     script = Path(__file__).resolve().parent.parent / "analyses" / "custom_task.py"
     monkeypatch.syspath_prepend(str(script.parent))
-    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "run"), "--set", "task.p=7", "--set", "train.steps=60",
-                                      "--set", "train.checkpoint_every=20", "--set", "train.log_checkpoints=3"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            str(script),
+            str(tmp_path / "run"),
+            "--set",
+            "task.p=7",
+            "--set",
+            "train.steps=60",
+            "--set",
+            "train.checkpoint_every=20",
+            "--set",
+            "train.log_checkpoints=3",
+        ],
+    )
     runpy.run_path(str(script), run_name="__main__")
     out = capsys.readouterr().out
     assert "custom task custom_task:make" in out and (tmp_path / "run" / "report.html").exists()

@@ -5,9 +5,7 @@ loss curves only, every parity bit relevant, diverged runs, hostile run names.""
 from __future__ import annotations
 
 import json
-import math
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -37,7 +35,7 @@ def _parity(steps: int, **task) -> RunConfig:
 def _report_phase(path) -> str:
     text = path.read_text()
     start = text.index('class="phase"')
-    return text[text.index(">", start) + 1: text.index("<", start)]
+    return text[text.index(">", start) + 1 : text.index("<", start)]
 
 
 # -- stale analyses ---------------------------------------------------------------------------------
@@ -196,13 +194,19 @@ def test_chunked_analysis_equals_unchunked_and_holds_one_chunk(which, tiny_modad
 
 
 def _their_state(p: int = 7, d: int = 12, heads: int = 2, d_head: int = 4, m: int = 16) -> dict[str, torch.Tensor]:
-    r = lambda *s: torch.randn(*s) * 0.5  # noqa: E731
+    r = lambda *s: torch.randn(*s) * 0.5
     return {
-        "embed.W_E": r(d, p + 1), "pos_embed.W_pos": r(3, d),
-        "blocks.0.attn.W_K": r(heads, d_head, d), "blocks.0.attn.W_Q": r(heads, d_head, d),
-        "blocks.0.attn.W_V": r(heads, d_head, d), "blocks.0.attn.W_O": r(d, d_head * heads),
+        "embed.W_E": r(d, p + 1),
+        "pos_embed.W_pos": r(3, d),
+        "blocks.0.attn.W_K": r(heads, d_head, d),
+        "blocks.0.attn.W_Q": r(heads, d_head, d),
+        "blocks.0.attn.W_V": r(heads, d_head, d),
+        "blocks.0.attn.W_O": r(d, d_head * heads),
         "blocks.0.attn.mask": torch.tril(torch.ones(3, 3)),
-        "blocks.0.mlp.W_in": r(m, d), "blocks.0.mlp.b_in": r(m), "blocks.0.mlp.W_out": r(d, m), "blocks.0.mlp.b_out": r(d),
+        "blocks.0.mlp.W_in": r(m, d),
+        "blocks.0.mlp.b_in": r(m),
+        "blocks.0.mlp.W_out": r(d, m),
+        "blocks.0.mlp.b_out": r(d),
         "unembed.W_U": r(d, p + 1),
     }
 
@@ -214,11 +218,30 @@ def test_imported_final_checkpoint_with_loss_curves(tmp_path):
     epochs = 400
     e = np.arange(epochs)
     path = tmp_path / "pub.pth"
-    cfg = {"p": 7, "frac_train": 0.4, "seed": 3, "num_epochs": epochs, "d_model": 12, "num_heads": 2, "d_head": 4,
-           "d_mlp": 16, "n_ctx": 3, "d_vocab": 8, "act_type": "ReLU", "use_ln": False}
-    torch.save({"model": _their_state(), "config": cfg, "epoch": epochs,
-                "train_losses": np.where(e >= 50, 1e-4, 2.0).tolist(), "test_losses": np.where(e >= 300, 1e-4, 3.0).tolist()},
-               path)
+    cfg = {
+        "p": 7,
+        "frac_train": 0.4,
+        "seed": 3,
+        "num_epochs": epochs,
+        "d_model": 12,
+        "num_heads": 2,
+        "d_head": 4,
+        "d_mlp": 16,
+        "n_ctx": 3,
+        "d_vocab": 8,
+        "act_type": "ReLU",
+        "use_ln": False,
+    }
+    torch.save(
+        {
+            "model": _their_state(),
+            "config": cfg,
+            "epoch": epochs,
+            "train_losses": np.where(e >= 50, 1e-4, 2.0).tolist(),
+            "test_losses": np.where(e >= 300, 1e-4, 3.0).tolist(),
+        },
+        path,
+    )
     a = analyze(path)
     ev = a.events
     assert (ev.memorised_step, ev.generalised_step, ev.phase) == (50, 300, "grokking")

@@ -18,8 +18,8 @@ import torch
 from mechgrok import RunConfig, StoreError, TrainConfig
 from mechgrok.cli import main
 from mechgrok.config import ConfigError
-from mechgrok.presets import PRESETS, preset
 from mechgrok.importers import IMPORT_FILES, import_nanda_checkpoint
+from mechgrok.presets import PRESETS, preset
 from mechgrok.store import FILES
 from mechgrok.sweep import SweepSpec
 from mechgrok.sweep.spec import parse_axis
@@ -140,8 +140,9 @@ def test_checkpoint_steps_and_count_match_reference():
 
     rng = random.Random(0)
     for _ in range(300):
-        tc = TrainConfig(steps=rng.randint(1, 2000), checkpoint_every=rng.randint(1, 300),
-                         log_checkpoints=rng.randint(0, 50))
+        tc = TrainConfig(
+            steps=rng.randint(1, 2000), checkpoint_every=rng.randint(1, 300), log_checkpoints=rng.randint(0, 50)
+        )
         ref = _reference_checkpoint_steps(tc)
         assert tc.checkpoint_steps() == ref
         assert tc.n_checkpoints == len(ref)
@@ -161,8 +162,20 @@ def test_checkpoint_steps_and_count_match_reference():
 def test_sweep_validates_every_member_before_writing(capsys, tmp_path):
     out = tmp_path / "sweep"
     # member 0 (p=7, frequency=1) is valid; member 1 (p=7, frequency=5) is not
-    line = one_line_error(capsys, "sweep", "modadd-cossin5", "--grid", "task.p=7,67", "--grid", "model.frequency=1,5",
-                          "--set", "train.steps=5", "--out", out, "--quiet")
+    line = one_line_error(
+        capsys,
+        "sweep",
+        "modadd-cossin5",
+        "--grid",
+        "task.p=7,67",
+        "--grid",
+        "model.frequency=1,5",
+        "--set",
+        "train.steps=5",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert line.startswith("error: sweep member 1 (p=7, frequency=5): model.frequency")
     assert not out.exists()
 
@@ -170,8 +183,18 @@ def test_sweep_validates_every_member_before_writing(capsys, tmp_path):
 def test_sweep_member_count_and_disk_limits(capsys, tmp_path):
     out = tmp_path / "sweep"
     t0 = time.perf_counter()
-    line = one_line_error(capsys, "sweep", "parity", "--grid", "weight_decay=log:0.001:1:1000",
-                          "--grid", "lr=log:0.001:0.1:1000", "--out", out, "--quiet")
+    line = one_line_error(
+        capsys,
+        "sweep",
+        "parity",
+        "--grid",
+        "weight_decay=log:0.001:1:1000",
+        "--grid",
+        "lr=log:0.001:0.1:1000",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert "1,000,000 members" in line and "--max-members" in line
     line = one_line_error(capsys, "sweep", "parity", "--grid", "weight_decay=log:0.001:1:1000000", "--out", out)
     assert "1,000,000 values" in line
@@ -387,7 +410,7 @@ P, D_MODEL, N_HEADS, D_HEAD, D_MLP = 5, 8, 2, 4, 8
 
 
 def their_state(p: int = P) -> dict[str, torch.Tensor]:
-    r = lambda *s: torch.randn(*s) * 0.5  # noqa: E731
+    r = lambda *s: torch.randn(*s) * 0.5
     return {
         "embed.W_E": r(D_MODEL, p + 1),
         "pos_embed.W_pos": r(3, D_MODEL),

@@ -14,8 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mechgrok import CheckpointError, ConfigError, Run, StoreError, train
-from mechgrok import store
+from mechgrok import CheckpointError, ConfigError, Run, StoreError, store, train
 from mechgrok.store import FILES, metrics_line
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -76,10 +75,17 @@ def no_fsync(monkeypatch):
 @pytest.fixture
 def crash_cfg(tiny_modadd):
     # minibatches + Grokfast: the resume state must carry the generator and the EMA exactly
-    return tiny_modadd.with_overrides({
-        "train.steps": 40, "train.checkpoint_every": 10, "train.log_checkpoints": 2, "train.resume_every": 15,
-        "train.eval_every": 5, "optim.batch_size": 8, "optim.grokfast_lambda": 1.0,
-    })
+    return tiny_modadd.with_overrides(
+        {
+            "train.steps": 40,
+            "train.checkpoint_every": 10,
+            "train.log_checkpoints": 2,
+            "train.resume_every": 15,
+            "train.eval_every": 5,
+            "optim.batch_size": 8,
+            "optim.grokfast_lambda": 1.0,
+        }
+    )
 
 
 def _final_state(path):
@@ -90,8 +96,16 @@ def _final_state(path):
     summary = {k: v for k, v in run.summary().items() if k not in ("seconds", "steps_per_second", "resumed_from")}
     lines = [metrics_line(r) for r in run.metrics_rows()]
     leftovers = sorted(p.name for p in [*path.glob(".*.tmp"), *(path / FILES["checkpoints"]).glob(".*.tmp")])
-    return {"steps": run.steps, "ckpts": ckpts, "resume": (step, resume), "meta": meta, "summary": summary,
-            "metrics": lines, "tmp": leftovers, "legacy_meta": (path / FILES["resume_meta"]).exists()}
+    return {
+        "steps": run.steps,
+        "ckpts": ckpts,
+        "resume": (step, resume),
+        "meta": meta,
+        "summary": summary,
+        "metrics": lines,
+        "tmp": leftovers,
+        "legacy_meta": (path / FILES["resume_meta"]).exists(),
+    }
 
 
 def _assert_same(a, b, where):
@@ -185,10 +199,16 @@ def test_resume_state_is_one_file_with_its_step(tiny_modadd, tmp_path):
 def test_random_kills_then_resume_bitwise(tiny_modadd, tmp_path):
     """>= 20 kill -9 of a real `mechgrok train` (forked from one warm process so that each start
     costs no import time), each followed by a resume, then bitwise-equal final weights."""
-    cfg = tiny_modadd.with_overrides({
-        "train.steps": 80, "train.checkpoint_every": 9, "train.resume_every": 4, "optim.batch_size": 8,
-        "optim.grokfast_lambda": 1.0, "train.eval_every": 4,
-    })
+    cfg = tiny_modadd.with_overrides(
+        {
+            "train.steps": 80,
+            "train.checkpoint_every": 9,
+            "train.resume_every": 4,
+            "optim.batch_size": 8,
+            "optim.grokfast_lambda": 1.0,
+            "train.eval_every": 4,
+        }
+    )
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(cfg.to_json())
     script = textwrap.dedent(f"""
@@ -197,7 +217,7 @@ def test_random_kills_then_resume_bitwise(tiny_modadd, tmp_path):
         torch.set_num_threads(1)
         from mechgrok.cli import main
         from mechgrok.store import FILES
-        out, cfg = {str(tmp_path / 'killed')!r}, {str(cfg_file)!r}
+        out, cfg = {str(tmp_path / "killed")!r}, {str(cfg_file)!r}
         args = lambda: (["train", "--resume", out] if os.path.exists(os.path.join(out, FILES["config"]))
                         else ["train", "--config", cfg, "--out", out]) + ["--quiet"]
 
@@ -288,8 +308,16 @@ def test_two_trainers_started_at_once_on_a_new_folder(tiny_modadd, tmp_path):
         f = tmp_path / f"cfg{seed}.json"
         f.write_text(tiny_modadd.with_overrides({"train.seed": seed, "train.steps": 200}).to_json())
         files.append(f)
-    procs = [subprocess.Popen([sys.executable, "-m", "mechgrok.cli", "train", "--config", str(f), "--out", str(out), "--quiet"],
-                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for f in files]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mechgrok.cli", "train", "--config", str(f), "--out", str(out), "--quiet"],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for f in files
+    ]
     results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
@@ -360,6 +388,7 @@ def test_resume_without_resume_state_restarts_from_zero(tiny_modadd, tmp_path, m
     out = tmp_path / "r"
     # killed after the config, a few checkpoints and metrics rows, before the first resume state
     with monkeypatch.context() as mp:
+
         def crash(*a, **k):
             raise _Crash
 
@@ -488,15 +517,27 @@ def test_lost_index_is_rebuilt_from_readable_files(tiny_modadd, tmp_path):
 def test_temporary_files_are_removed_when_resumed(tiny_modadd, tmp_path):
     train(tiny_modadd.with_overrides({"train.steps": 30}), tmp_path / "r", progress=False)
     run = Run.open(tmp_path / "r")
-    leftovers = [run.path / ".metrics.jsonl.abc123.tmp", run.path / FILES["checkpoints"] / ".step_00000030.safetensors.x.tmp"]
+    leftovers = [
+        run.path / ".metrics.jsonl.abc123.tmp",
+        run.path / FILES["checkpoints"] / ".step_00000030.safetensors.x.tmp",
+    ]
     for p in leftovers:
         p.write_bytes(b"partial")
     train(None, run.path, resume=True, progress=False)
     assert not any(p.exists() for p in leftovers)
 
 
-@pytest.mark.parametrize("index", ['[1, 2]', '{"steps": "abc"}', '{"steps": [1.5]}', '{"steps": [-3]}',
-                                   '{"steps": [0], "sha256": [1]}', '{"steps": ['])
+@pytest.mark.parametrize(
+    "index",
+    [
+        "[1, 2]",
+        '{"steps": "abc"}',
+        '{"steps": [1.5]}',
+        '{"steps": [-3]}',
+        '{"steps": [0], "sha256": [1]}',
+        '{"steps": [',
+    ],
+)
 def test_crafted_index_is_one_line_error(tiny_modadd, tmp_path, capsys, index):
     from mechgrok.cli import main
 
@@ -521,7 +562,9 @@ def test_crafted_resume_state_and_config_are_one_line_errors(tiny_modadd, tmp_pa
     # resume metadata without a step: in resume.safetensors, and in a legacy resume.json
     for i, (name, needle) in enumerate([("resume.safetensors", "step"), ("resume.json", "step")]):
         if i == 0:
-            save_file(tensors, str(out / FILES["resume"]), metadata={"mechgrok_resume": json.dumps({"param_groups": []})})
+            save_file(
+                tensors, str(out / FILES["resume"]), metadata={"mechgrok_resume": json.dumps({"param_groups": []})}
+            )
             (out / FILES["resume_meta"]).unlink(missing_ok=True)
         else:
             save_file(tensors, str(out / FILES["resume"]))
@@ -570,7 +613,11 @@ def _sweep_state(path):
     text = (path / SWEEP_FILES["results"]).read_text().splitlines()
     seconds = text[0].split(",").index("seconds")
     results = [",".join(c for j, c in enumerate(line.split(",")) if j != seconds) for line in text]
-    state = sorted(p.name for p in (path / SWEEP_FILES["state"]).glob("*")) if (path / SWEEP_FILES["state"]).exists() else []
+    state = (
+        sorted(p.name for p in (path / SWEEP_FILES["state"]).glob("*"))
+        if (path / SWEEP_FILES["state"]).exists()
+        else []
+    )
     return members, results, state, sorted(p.name for p in path.glob(".*.tmp"))
 
 
@@ -579,8 +626,15 @@ def test_sweep_crash_at_every_write_boundary_resumes_bitwise(tiny_parity, tmp_pa
     states are taken over) and the results table."""
     from mechgrok.sweep import EngineConfig, SweepSpec, run_sweep
 
-    base = tiny_parity.with_overrides({"train.steps": 16, "train.checkpoint_every": 8, "train.log_checkpoints": 0,
-                                       "train.resume_every": 5, "optim.batch_size": 16})
+    base = tiny_parity.with_overrides(
+        {
+            "train.steps": 16,
+            "train.checkpoint_every": 8,
+            "train.log_checkpoints": 0,
+            "train.resume_every": 5,
+            "optim.batch_size": 16,
+        }
+    )
     spec = SweepSpec(base, grid=(("optim.lr", (1e-2, 3e-2)),))
     engine = EngineConfig(max_batch=1, writers=1, workers=1, log_every=3)
     run_sweep(spec, tmp_path / "ref", engine=engine, progress=False)

@@ -90,11 +90,18 @@ def test_symmetric_group_irreps_come_from_partitions():
         assert [r.dim for r in g.irreps()] == [math.factorial(n) // _hook_lengths(lam) for lam in lams]
     assert [r.dim for r in finite_group("s5").irreps()] == [1, 4, 5, 6, 5, 4, 1]
     assert [(r.name, r.dim) for r in finite_group("a5").irreps()] == [
-        ("(5)", 1), ("(4,1)", 4), ("(3,2)", 5), ("(3,1,1)+", 3), ("(3,1,1)-", 3)]
+        ("(5)", 1),
+        ("(4,1)", 4),
+        ("(3,2)", 5),
+        ("(3,1,1)+", 3),
+        ("(3,1,1)-", 3),
+    ]
     assert [(r.dim, r.real_type) for r in finite_group("a4").irreps()] == [(1, True), (3, True), (2, False)]
     sign = finite_group("s4").irreps()[-1].character
-    parity = torch.tensor([sum(p[i] > p[j] for i in range(4) for j in range(i + 1, 4)) % 2
-                           for p in finite_group("s4").elements], dtype=torch.float64)
+    parity = torch.tensor(
+        [sum(p[i] > p[j] for i in range(4) for j in range(i + 1, 4)) % 2 for p in finite_group("s4").elements],
+        dtype=torch.float64,
+    )
     assert torch.equal(sign, (-1.0) ** parity)
 
 
@@ -136,17 +143,29 @@ def test_group_probe_on_cp_equals_fourier_probe(p):
     freqs = [2, 3] if p != 8 else [1, 3]
     model = planted_modadd_mlp(p, freqs, task=task)
     traj = as_trajectory(model, task)
-    noisy = type(traj)(torch.arange(3), {k: torch.stack([v[0], v[0] + 0.05 * torch.randn_like(v[0]),
-                                                             torch.randn_like(v[0])]) for k, v in traj.params.items()},
-                       traj.config)
+    noisy = type(traj)(
+        torch.arange(3),
+        {
+            k: torch.stack([v[0], v[0] + 0.05 * torch.randn_like(v[0]), torch.randn_like(v[0])])
+            for k, v in traj.params.items()
+        },
+        traj.config,
+    )
     for tr in (traj, noisy):
         f = modular_sweep(tr, data, ("fourier", "logits", "progress"))
         g = irrep_sweep(tr, data)
-        pairs = [("embed_freq_norms", "embed_irrep_norms"), ("logit_freq_norms", "logit_irrep_norms"),
-                 ("logit_freq_frac", "logit_irrep_frac"), ("restricted_loss", "restricted_loss"),
-                 ("excluded_loss", "excluded_loss"), ("neuron_frac_explained", "neuron_frac_explained"),
-                 ("sparsity", "sparsity"), ("sparsity_logits", "sparsity_logits"), ("train_loss", "train_loss"),
-                 ("test_acc", "test_acc")]
+        pairs = [
+            ("embed_freq_norms", "embed_irrep_norms"),
+            ("logit_freq_norms", "logit_irrep_norms"),
+            ("logit_freq_frac", "logit_irrep_frac"),
+            ("restricted_loss", "restricted_loss"),
+            ("excluded_loss", "excluded_loss"),
+            ("neuron_frac_explained", "neuron_frac_explained"),
+            ("sparsity", "sparsity"),
+            ("sparsity_logits", "sparsity_logits"),
+            ("train_loss", "train_loss"),
+            ("test_acc", "test_acc"),
+        ]
         for fk, gk in pairs:
             assert torch.allclose(f[fk].double(), g[gk].double(), rtol=1e-9, atol=1e-12), fk
         assert torch.equal(f["key_freq_mask"], g["key_irrep_mask"])
@@ -155,8 +174,17 @@ def test_group_probe_on_cp_equals_fourier_probe(p):
     assert key_irreps(traj) == [f"freq {k}" for k in freqs]
 
 
-@pytest.mark.parametrize("spec, planted", [("s4", ["(3,1)"]), ("s4", ["(2,2)", "(2,1,1)"]), ("d5", ["rot 2"]),
-                                           ("d6", ["rot 1", "sign"]), ("a5", ["(3,1,1)+"]), ("s3", ["(2,1)"])])
+@pytest.mark.parametrize(
+    "spec, planted",
+    [
+        ("s4", ["(3,1)"]),
+        ("s4", ["(2,2)", "(2,1,1)"]),
+        ("d5", ["rot 2"]),
+        ("d6", ["rot 1", "sign"]),
+        ("a5", ["(3,1,1)+"]),
+        ("s3", ["(2,1)"]),
+    ],
+)
 def test_planted_group_models_are_recovered_exactly(spec, planted):
     model = planted_group_mlp(spec, planted)
     task = TaskConfig(kind="group", group=spec, format="pairs", train_fraction=0.5)
@@ -214,9 +242,13 @@ def test_group_run_analysis_and_report(tmp_path):
     assert res.task == "group" and res.records["group"]["order"] == 8
     assert res["irreps/logit_irrep_norms"].shape == (len(res.steps), 4)
     assert "key irreps:" in res.summary.lower() and "group D4" in res.summary
-    fig = irrep_spectrum_figure(res.steps, {"logits": res["irreps/logit_irrep_norms"]},
-                                [r["name"] for r in res.records["group"]["irreps"]], ["rot 1"],
-                                events={"memorised_step": 20, "generalised_step": 40})
+    fig = irrep_spectrum_figure(
+        res.steps,
+        {"logits": res["irreps/logit_irrep_norms"]},
+        [r["name"] for r in res.records["group"]["irreps"]],
+        ["rot 1"],
+        events={"memorised_step": 20, "generalised_step": 40},
+    )
     assert len(fig.data) == 1 and "★rot 1" in fig.layout.yaxis.ticktext
     assert len(fig.layout.shapes) == 2  # the two event lines
     out = write_run_report(tmp_path / "run", tmp_path / "report.html")
@@ -231,8 +263,14 @@ def test_group_presets_and_public_api():
         assert cfg.task.kind == "group" and cfg.task.group == spec and cfg.task.p == order
         assert cfg.model.kind == "mlp" and not cfg.model.tied_embed
         assert RunConfig.from_json(cfg.to_json()) == cfg
-    for name in ("finite_group", "FiniteGroup", "key_irreps", "irreps_over_training", "irrep_progress_measures",
-                 "import_chughtai_checkpoint"):
+    for name in (
+        "finite_group",
+        "FiniteGroup",
+        "key_irreps",
+        "irreps_over_training",
+        "irrep_progress_measures",
+        "import_chughtai_checkpoint",
+    ):
         assert name in mg.__all__, name
 
 
@@ -241,9 +279,13 @@ def test_batched_engine_trains_group_tasks_like_the_trainer():
     from mechgrok.sweep import train_batch
     from mechgrok.train import train
 
-    cfg = RunConfig(name="tb", task=TaskConfig(kind="group", group="s3", format="pairs", train_fraction=0.6),
-                    model=ModelConfig(kind="mlp", d_model=16, d_mlp=16), optim=OptimConfig(lr=1e-2, weight_decay=0.1),
-                    train=TrainConfig(steps=30, checkpoint_every=10, log_checkpoints=0, resume_every=30))
+    cfg = RunConfig(
+        name="tb",
+        task=TaskConfig(kind="group", group="s3", format="pairs", train_fraction=0.6),
+        model=ModelConfig(kind="mlp", d_model=16, d_mlp=16),
+        optim=OptimConfig(lr=1e-2, weight_decay=0.1),
+        train=TrainConfig(steps=30, checkpoint_every=10, log_checkpoints=0, resume_every=30),
+    )
     cfgs = [cfg.with_overrides({"train.seed": s}) for s in (0, 1)]
     for batched, ref in zip(train_batch(cfgs, progress=False), [train(c, progress=False) for c in cfgs]):
         a, b = batched.model.state_dict(), ref.model.state_dict()
@@ -259,8 +301,24 @@ def test_group_irreps_seeds_script(tmp_path, capsys, monkeypatch):
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "analyses" / "group_irreps_seeds.py"
-    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "seeds"), "--preset", "group-s4-mlp", "--seeds", "2",
-                                      "--set", "train.steps=100", "--set", "model.d_model=32", "--set", "model.d_mlp=32"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            str(script),
+            str(tmp_path / "seeds"),
+            "--preset",
+            "group-s4-mlp",
+            "--seeds",
+            "2",
+            "--set",
+            "train.steps=100",
+            "--set",
+            "model.d_model=32",
+            "--set",
+            "model.d_mlp=32",
+        ],
+    )
     runpy.run_path(str(script), run_name="__main__")
     out = capsys.readouterr().out
     assert out.count("key irreps:") == 2 and "how often each irrep is key" in out
@@ -272,12 +330,34 @@ def test_key_irrep_cut_ignores_gaps_between_negligible_irreps():
     1e-2 of them; a ratio between two negligible energies (1e-3 / 1e-6) must not be the cut."""
     from mechgrok.probes.irreps import key_irrep_mask
 
-    share = torch.tensor([0.171, 0.142, 0.131, 0.112, 0.109, 0.093, 0.067, 0.041, 0.007, 0.002, 0.002, 0.001,
-                          1e-6, 1e-6, 1e-6, 1e-6, 1e-6], dtype=torch.float64)
+    share = torch.tensor(
+        [
+            0.171,
+            0.142,
+            0.131,
+            0.112,
+            0.109,
+            0.093,
+            0.067,
+            0.041,
+            0.007,
+            0.002,
+            0.002,
+            0.001,
+            1e-6,
+            1e-6,
+            1e-6,
+            1e-6,
+            1e-6,
+        ],
+        dtype=torch.float64,
+    )
     mask = key_irrep_mask(share[None], torch.ones(1, dtype=torch.float64), "d30")
     assert mask[0].tolist() == [True] * 8 + [False] * 9
     # S_4's three-of-four key set is allowed (the top-half rule of Z_p would cut after two)
-    s4 = key_irrep_mask(torch.tensor([[0.44, 0.25, 1e-7, 0.21]], dtype=torch.float64), torch.ones(1, dtype=torch.float64), "s4")
+    s4 = key_irrep_mask(
+        torch.tensor([[0.44, 0.25, 1e-7, 0.21]], dtype=torch.float64), torch.ones(1, dtype=torch.float64), "s4"
+    )
     assert s4[0].tolist() == [True, True, False, True]
 
 
@@ -287,10 +367,13 @@ def test_transformer_on_a_group_task(tmp_path):
     from mechgrok.store import Run
     from mechgrok.train import train
 
-    cfg = RunConfig(name="tr", task=TaskConfig(kind="group", group="s3", format="equals", train_fraction=0.7),
-                    model=ModelConfig(kind="transformer", d_model=16, d_mlp=32, n_heads=2, d_head=8),
-                    optim=OptimConfig(lr=1e-2, weight_decay=0.1),
-                    train=TrainConfig(steps=40, checkpoint_every=20, log_checkpoints=0, resume_every=40))
+    cfg = RunConfig(
+        name="tr",
+        task=TaskConfig(kind="group", group="s3", format="equals", train_fraction=0.7),
+        model=ModelConfig(kind="transformer", d_model=16, d_mlp=32, n_heads=2, d_head=8),
+        optim=OptimConfig(lr=1e-2, weight_decay=0.1),
+        train=TrainConfig(steps=40, checkpoint_every=20, log_checkpoints=0, resume_every=40),
+    )
     train(cfg, tmp_path / "r", progress=False)
     traj = Run.open(tmp_path / "r").trajectory()
     data = make_dataset(cfg.task)

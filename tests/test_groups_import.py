@@ -29,9 +29,11 @@ def their_table(name: str, n: int) -> torch.Tensor:
         els = list((SymmetricGroup if name == "SymmetricGroup" else AlternatingGroup)(n).generate())
         idx = {tuple(p.array_form): i for i, p in enumerate(els)}
         return torch.tensor([[idx[tuple((p * q).array_form)] for q in els] for p in els])
+
     def compose(x, y):
         (xr, xs), (yr, ys) = (x % n, x // n), (y % n, y // n)
         return ((xr + yr) % n + n * ys) if xs == 0 else ((xr - yr) % n + n * ((1 + ys) % 2))
+
     return torch.tensor([[compose(x, y) for y in range(2 * n)] for x in range(2 * n)])
 
 
@@ -57,13 +59,29 @@ def write_their_run(folder, name: str, n: int, spec: str, irreps: list[str], our
     W_U = scale * f[ours[T[x, y]]][:, ours].float()  # their output c reads ours(c)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"W_x": W_x, "W_y": W_y, "W": W, "W_U": W_U}, folder / "model.pt")
-    (folder / "cfg.json").write_text(json.dumps({"model": "OneLayerMLP", "group": name, "group_parameter": n,
-                                                 "layers": {"embed_dim": e, "hidden_dim": G * G}, "frac_train": 0.4}))
+    (folder / "cfg.json").write_text(
+        json.dumps(
+            {
+                "model": "OneLayerMLP",
+                "group": name,
+                "group_parameter": n,
+                "layers": {"embed_dim": e, "hidden_dim": G * G},
+                "frac_train": 0.4,
+            }
+        )
+    )
     return folder / "model.pt", folder / "cfg.json"
 
 
-@pytest.mark.parametrize("name, n, spec", [("SymmetricGroup", 4, "s4"), ("SymmetricGroup", 3, "s3"),
-                                           ("AlternatingGroup", 4, "a4"), ("DihedralGroup", 5, "d5")])
+@pytest.mark.parametrize(
+    "name, n, spec",
+    [
+        ("SymmetricGroup", 4, "s4"),
+        ("SymmetricGroup", 3, "s3"),
+        ("AlternatingGroup", 4, "a4"),
+        ("DihedralGroup", 5, "d5"),
+    ],
+)
 def test_their_element_order_maps_onto_ours(name, n, spec):
     T, g = their_table(name, n), finite_group(spec)
     ours = chughtai_element_map(spec)
@@ -78,8 +96,9 @@ def test_their_element_order_maps_onto_ours(name, n, spec):
     assert match_group_table(torch.zeros(g.order, g.order, dtype=torch.int64), g) is None
 
 
-@pytest.mark.parametrize("name, n, spec, planted", [("SymmetricGroup", 4, "s4", ["(3,1)"]),
-                                                    ("DihedralGroup", 5, "d5", ["rot 1"])])
+@pytest.mark.parametrize(
+    "name, n, spec, planted", [("SymmetricGroup", 4, "s4", ["(3,1)"]), ("DihedralGroup", 5, "d5", ["rot 1"])]
+)
 def test_import_checks_the_table_and_finds_the_key_irreps(tmp_path, name, n, spec, planted):
     ours = chughtai_element_map(spec)
     model_pt, cfg = write_their_run(tmp_path / f"{spec}_MLP_seed0", name, n, spec, planted, ours)
@@ -144,7 +163,7 @@ def test_their_split_is_rebuilt(tmp_path):
     torch.manual_seed(7)  # their code, literally
     shuffled = data[torch.randperm(G * G)]
     train, test = chughtai_split(G, 0.4, 7, ours)
-    assert torch.equal(train, ours[shuffled[: int(0.4 * 36)]]) and torch.equal(test, ours[shuffled[int(0.4 * 36):]])
+    assert torch.equal(train, ours[shuffled[: int(0.4 * 36)]]) and torch.equal(test, ours[shuffled[int(0.4 * 36) :]])
     train0, _ = chughtai_split(G, 0.5, 0, ours)  # seed 0 is falsy: no shuffle
     assert torch.equal(train0, ours[data[:18]])
     model_pt, cfg = write_their_run(tmp_path / "S3", "SymmetricGroup", 3, "s3", ["(2,1)"], ours)
@@ -152,4 +171,6 @@ def test_their_split_is_rebuilt(tmp_path):
     cfg.write_text(json.dumps({**meta, "seed": 7}))
     run = import_chughtai_checkpoint(model_pt, cfg)
     ds = run_dataset(run)
-    assert torch.equal(ds.train_ab, train) and torch.equal(ds.train_y, finite_group("s3").table[train[:, 0], train[:, 1]])
+    assert torch.equal(ds.train_ab, train) and torch.equal(
+        ds.train_y, finite_group("s3").table[train[:, 0], train[:, 1]]
+    )

@@ -44,8 +44,11 @@ def _docstring_nodes(tree: ast.AST) -> set[int]:
             stmts = getattr(node, field, None)
             if isinstance(stmts, list):
                 for prev, stmt in zip(stmts, stmts[1:]):
-                    if (isinstance(prev, (ast.Assign, ast.AnnAssign)) and isinstance(stmt, ast.Expr)
-                            and isinstance(stmt.value, ast.Constant)):
+                    if (
+                        isinstance(prev, (ast.Assign, ast.AnnAssign))
+                        and isinstance(stmt, ast.Expr)
+                        and isinstance(stmt.value, ast.Constant)
+                    ):
                         out.add(id(stmt.value))
     return out
 
@@ -65,8 +68,17 @@ def spelled_names(path: Path, names: set[str]) -> list[str]:
 
 def test_registry_names_are_consistent():
     names = registered_names()
-    assert {"config.json", "metrics.jsonl", "summary.json", "results.csv", "sweep.json", "import.json",
-            "analysis.json", "report.html", "index.html"} <= names
+    assert {
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "results.csv",
+        "sweep.json",
+        "import.json",
+        "analysis.json",
+        "report.html",
+        "index.html",
+    } <= names
     # the format-defining names are the ones mechgrok has always written (folders on disk keep them)
     assert RUN_FILES["config"] == "config.json" and RUN_FILES["checkpoints"] == "checkpoints"
     assert SWEEP_FILES["results"] == "results.csv" and IMPORT_FILES["split"] == "split.safetensors"
@@ -90,8 +102,10 @@ def test_registry_names_are_consistent():
 def test_the_checker_finds_spelled_names(tmp_path):
     # the check itself: a literal is caught (also inside an f-string), a docstring is not
     f = tmp_path / "m.py"
-    f.write_text('"""Writes RUN/config.json."""\n\nX = 1\n"""see results.csv"""\n'
-                 'p = "config.json"\nq = f"{p}/summary.json"\nr = "my_config.json"\n')
+    f.write_text(
+        '"""Writes RUN/config.json."""\n\nX = 1\n"""see results.csv"""\n'
+        'p = "config.json"\nq = f"{p}/summary.json"\nr = "my_config.json"\n'
+    )
     assert spelled_names(f, registered_names()) == ["5: config.json", "6: summary.json"]
 
 
@@ -137,15 +151,23 @@ def _graph() -> dict[str, set[str]]:
 def test_probes_are_pure_functions_of_trajectories():
     # probes read checkpoints; writing run folders (importers), storing analyses (analysis),
     # training and reporting are layers above or beside them
-    upstream_only = ("mechgrok.analysis", "mechgrok.importers", "mechgrok.train", "mechgrok.report",
-                     "mechgrok.sweep", "mechgrok.cli", "mechgrok.demo")
+    upstream_only = (
+        "mechgrok.analysis",
+        "mechgrok.importers",
+        "mechgrok.train",
+        "mechgrok.report",
+        "mechgrok.sweep",
+        "mechgrok.cli",
+        "mechgrok.demo",
+    )
     # the sweep's batched forward kernels are pure functions of stacked parameters (the LLC probe
     # runs its chains through them); the engine, its writer and its folders are not
     pure_kernels = ("mechgrok.sweep._kernels",)
     for module, targets in _graph().items():
         if module.startswith("mechgrok.probes"):
-            bad = sorted(t for t in targets
-                         if (t.startswith(upstream_only) and t not in pure_kernels) or t == "mechgrok")
+            bad = sorted(
+                t for t in targets if (t.startswith(upstream_only) and t not in pure_kernels) or t == "mechgrok"
+            )
             assert not bad, f"{module} imports {bad}"
 
 
@@ -155,12 +177,15 @@ def test_importers_and_analysis_stay_below_training_and_reports():
     above = ("mechgrok.train", "mechgrok.report", "mechgrok.sweep", "mechgrok.cli", "mechgrok.demo")
     for module, targets in _graph().items():
         if module.startswith(("mechgrok.importers", "mechgrok.analysis")):
-            bad = sorted(t for t in targets if t.startswith(above) or t == "mechgrok.analysis" and "importers" in module)
+            bad = sorted(
+                t for t in targets if t.startswith(above) or t == "mechgrok.analysis" and "importers" in module
+            )
             assert not bad, f"{module} imports {bad}"
 
 
-@pytest.mark.parametrize("layer", ["mechgrok.probes", "mechgrok.analysis", "mechgrok.importers", "mechgrok.store",
-                                   "mechgrok.layout"])
+@pytest.mark.parametrize(
+    "layer", ["mechgrok.probes", "mechgrok.analysis", "mechgrok.importers", "mechgrok.store", "mechgrok.layout"]
+)
 def test_no_import_cycles(layer):
     # lazy imports count: a cycle hidden inside a function is still a cycle. The package root
     # (the public facade re-exporting everything) is left out.

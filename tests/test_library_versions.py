@@ -7,8 +7,13 @@ from mechgrok.store import library_versions
 
 def test_versions_come_from_the_installed_package_metadata():
     versions = library_versions()
-    for key, dist in {"torch": "torch", "transformer_lens": "transformer-lens", "numpy": "numpy",
-                      "einops": "einops", "safetensors": "safetensors"}.items():
+    for key, dist in {
+        "torch": "torch",
+        "transformer_lens": "transformer-lens",
+        "numpy": "numpy",
+        "einops": "einops",
+        "safetensors": "safetensors",
+    }.items():
         assert versions[key] == importlib.metadata.version(dist), key
     assert "unknown" not in versions.values()
 

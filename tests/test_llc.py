@@ -178,15 +178,17 @@ def test_diagnostics_flag_divergence_and_non_minima(tiny_modadd):
 
 
 def test_calibration_grid(modadd_traj):
-    cal = llc_calibration(modadd_traj, epsilons=[1e-5, 1e-4, 1.0], gammas=[10.0, 100.0],
-                          config=LLCConfig(chains=2, burnin=5, draws=10))
+    cal = llc_calibration(
+        modadd_traj, epsilons=[1e-5, 1e-4, 1.0], gammas=[10.0, 100.0], config=LLCConfig(chains=2, burnin=5, draws=10)
+    )
     assert cal.llc.shape == (1, 3, 2) and cal.flagged.shape == (1, 3, 2)
     assert cal.step == int(modadd_traj.steps[-1])
     assert cal.flagged[0, 2].all()  # eps = 1 diverges
     assert not cal.stable[0, 2].any()
     # each cell is the same estimate as a single run at that setting
-    one = llc(modadd_traj, LLCConfig(chains=2, burnin=5, draws=10, epsilon=1e-4, gamma=100.0),
-              rows=[len(modadd_traj) - 1])
+    one = llc(
+        modadd_traj, LLCConfig(chains=2, burnin=5, draws=10, epsilon=1e-4, gamma=100.0), rows=[len(modadd_traj) - 1]
+    )
     torch.testing.assert_close(cal.llc[0, 1, 1], one.llc[0], rtol=1e-4, atol=1e-6)
 
 
@@ -211,12 +213,20 @@ def test_chunks_of_checkpoints_concatenate_to_the_whole(modadd_traj):
     cfg = LLCConfig(epsilon=1e-4, chains=2, burnin=2, draws=4)
     whole = llc(modadd_traj, cfg)
     k = len(modadd_traj) // 2
-    parts = LLCResult.concat([llc(modadd_traj.subset(list(range(k))), cfg),
-                              llc(modadd_traj.subset(list(range(k, len(modadd_traj)))), cfg)])
+    parts = LLCResult.concat(
+        [llc(modadd_traj.subset(list(range(k))), cfg), llc(modadd_traj.subset(list(range(k, len(modadd_traj)))), cfg)]
+    )
     torch.testing.assert_close(parts.trace, whole.trace, rtol=1e-4, atol=1e-6)
     assert parts.steps.tolist() == whole.steps.tolist()
-    assert set(whole.tensors()) == {"llc", "llc_std", "llc_chains", "llc_init_loss", "llc_trace", "llc_negative",
-                                    "llc_diverged"}
+    assert set(whole.tensors()) == {
+        "llc",
+        "llc_std",
+        "llc_chains",
+        "llc_init_loss",
+        "llc_trace",
+        "llc_negative",
+        "llc_diverged",
+    }
     assert all(v.shape[0] == len(modadd_traj) for v in whole.tensors().values())
 
 
@@ -226,11 +236,37 @@ def test_llc_curve_script(tmp_path, capsys):
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "analyses" / "llc_curve.py"
-    argv = [str(script), str(tmp_path / "run"), "--preset", "parity", "--set", "task.n_bits=8",
-            "--set", "task.relevant_bits=1,5", "--set", "task.n_train=60", "--set", "task.n_test=100",
-            "--set", "model.d_mlp=16", "--set", "train.steps=100",
-            "--set", "train.checkpoint_every=25", "--set", "train.log_checkpoints=4", "--max-checkpoints", "5",
-            "--chains", "2", "--burnin", "2", "--draws", "5", "--calibrate"]
+    argv = [
+        str(script),
+        str(tmp_path / "run"),
+        "--preset",
+        "parity",
+        "--set",
+        "task.n_bits=8",
+        "--set",
+        "task.relevant_bits=1,5",
+        "--set",
+        "task.n_train=60",
+        "--set",
+        "task.n_test=100",
+        "--set",
+        "model.d_mlp=16",
+        "--set",
+        "train.steps=100",
+        "--set",
+        "train.checkpoint_every=25",
+        "--set",
+        "train.log_checkpoints=4",
+        "--max-checkpoints",
+        "5",
+        "--chains",
+        "2",
+        "--burnin",
+        "2",
+        "--draws",
+        "5",
+        "--calibrate",
+    ]
     old = sys.argv
     sys.argv = argv
     try:
@@ -250,8 +286,12 @@ def test_top_level_api():
     assert mg.llc is llc and mg.LLCConfig is LLCConfig and mg.llc_calibration is llc_calibration
     from mechgrok.report import llc_figure, llc_traces_figure
 
-    fig = llc_figure([0, 10, 100], torch.tensor([1.0, 5.0, 2.0]), torch.tensor([0.1, 0.2, 0.1]),
-                     flagged=torch.tensor([True, False, False]))
+    fig = llc_figure(
+        [0, 10, 100],
+        torch.tensor([1.0, 5.0, 2.0]),
+        torch.tensor([0.1, 0.2, 0.1]),
+        flagged=torch.tensor([True, False, False]),
+    )
     assert list(fig.data[1].y) == [5.0, 2.0]  # step 0 is off the log axis
     fig = llc_traces_figure([0, 10], torch.zeros(2, 3, 7), torch.zeros(2), nbeta=10.0, burnin=2)
     assert len(fig.data) == 2 * 3
@@ -285,8 +325,9 @@ def test_cli_analyze_llc_and_bad_settings(tiny_parity, tmp_path, capsys):
         cli.main(["analyze", str(tmp_path / "run"), "--llc-epsilon", "-1", "--quiet"])
     assert e.value.code == 2 and "llc.epsilon" in capsys.readouterr().err
     assert not (tmp_path / "run" / "analysis").exists()  # refused before any work
-    cli.main(["analyze", str(tmp_path / "run"), "--llc-chains", "2", "--llc-burnin", "1", "--llc-draws", "3",
-              "--quiet"])
+    cli.main(
+        ["analyze", str(tmp_path / "run"), "--llc-chains", "2", "--llc-burnin", "1", "--llc-draws", "3", "--quiet"]
+    )
     out = capsys.readouterr().out
     assert "local learning coefficient: peak" in out
     assert "llc/llc" in mg.load_analysis(tmp_path / "run").tensors
@@ -317,10 +358,38 @@ def test_cli_sweep_llc_column(tmp_path):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "mechgrok.cli", "sweep", "parity", "--grid", "weight_decay=0.1,1",
-            "--set", "task.n_bits=8", "--set", "task.relevant_bits=1,5", "--set", "task.n_train=60", "--set", "task.n_test=100",
-            "--set", "model.d_mlp=16", "--set", "train.steps=40", "--set", "train.checkpoint_every=20",
-            "--out", str(tmp_path / "sw"), "--quiet", "--threads", "1", "--llc-chains", "2", "--llc-draws", "3"]
+    args = [
+        sys.executable,
+        "-m",
+        "mechgrok.cli",
+        "sweep",
+        "parity",
+        "--grid",
+        "weight_decay=0.1,1",
+        "--set",
+        "task.n_bits=8",
+        "--set",
+        "task.relevant_bits=1,5",
+        "--set",
+        "task.n_train=60",
+        "--set",
+        "task.n_test=100",
+        "--set",
+        "model.d_mlp=16",
+        "--set",
+        "train.steps=40",
+        "--set",
+        "train.checkpoint_every=20",
+        "--out",
+        str(tmp_path / "sw"),
+        "--quiet",
+        "--threads",
+        "1",
+        "--llc-chains",
+        "2",
+        "--llc-draws",
+        "3",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     lines = (tmp_path / "sw" / "results.csv").read_text().splitlines()

@@ -9,7 +9,12 @@ import torch
 
 from mechgrok import metrics
 from mechgrok.metrics import (
-    METRIC_KEYS, MetricsBuffer, batched_loss_and_accuracy, loss_and_accuracy, loss_divisor, metrics_row,
+    METRIC_KEYS,
+    MetricsBuffer,
+    batched_loss_and_accuracy,
+    loss_and_accuracy,
+    loss_divisor,
+    metrics_row,
 )
 from mechgrok.probes._batch import batched_loss_acc
 from mechgrok.sweep._kernels import ce_loss_grad
@@ -92,8 +97,17 @@ def test_the_engines_fused_loss_is_the_same_loss(reduction, classes):
 def test_metrics_row_keys_and_order():
     row = metrics_row(7, (0.5, 0.25), (0.75, 1.0), 3.0, (1e-3, 0.1, 0.0))
     assert list(row) == list(METRIC_KEYS)
-    assert row == {"step": 7, "train_loss": 0.5, "train_acc": 0.25, "test_loss": 0.75, "test_acc": 1.0,
-                   "weight_norm": 3.0, "lr": 1e-3, "weight_decay": 0.1, "l1": 0.0}
+    assert row == {
+        "step": 7,
+        "train_loss": 0.5,
+        "train_acc": 0.25,
+        "test_loss": 0.75,
+        "test_acc": 1.0,
+        "weight_norm": 3.0,
+        "lr": 1e-3,
+        "weight_decay": 0.1,
+        "l1": 0.0,
+    }
     # not evaluated at this step: the test keys are absent (strict JSON on disk has no NaN)
     assert "test_loss" not in metrics_row(8, (0.5, 0.25), None, 3.0, (1e-3, 0.1, 0.0))
 

@@ -6,16 +6,21 @@ import torch.nn.functional as F
 from transformer_lens import ActivationCache, HookedRootModule
 
 from mechgrok import ModelConfig, TaskConfig, build_model, make_dataset
-from mechgrok.models import cossin_embedding
-from mechgrok.models import is_hooked
+from mechgrok.models import cossin_embedding, is_hooked
 
 P = 7
 CASES = {
     "mlp": (ModelConfig(kind="mlp", d_model=12, d_mlp=6, tied_embed=True), TaskConfig(p=P)),
     "mlp_untied_bias": (ModelConfig(kind="mlp", d_model=12, d_mlp=6, bias=True), TaskConfig(p=P)),
     "cossin_mlp": (ModelConfig(kind="cossin_mlp", d_mlp=5), TaskConfig(p=P)),
-    "parity_mlp": (ModelConfig(kind="parity_mlp", d_mlp=8, bias=True, n_out=1), TaskConfig(kind="parity", n_bits=6, n_train=20, n_test=20)),
-    "transformer": (ModelConfig(kind="transformer", d_model=16, n_heads=2, d_head=8, d_mlp=32), TaskConfig(p=P, format="equals")),
+    "parity_mlp": (
+        ModelConfig(kind="parity_mlp", d_mlp=8, bias=True, n_out=1),
+        TaskConfig(kind="parity", n_bits=6, n_train=20, n_test=20),
+    ),
+    "transformer": (
+        ModelConfig(kind="transformer", d_model=16, n_heads=2, d_head=8, d_mlp=32),
+        TaskConfig(p=P, format="equals"),
+    ),
     "rnn": (ModelConfig(kind="rnn", d_model=16), TaskConfig(p=P, format="sequence")),
     "lstm": (ModelConfig(kind="lstm", d_model=16), TaskConfig(p=P, format="sequence")),
 }
@@ -76,7 +81,7 @@ def test_cossin_embedding_is_fixed_and_on_the_unit_circle():
     torch.testing.assert_close(E.norm(dim=1), torch.ones(P))
     assert math.isclose(float(E[1, 0]), math.cos(2 * math.pi / P), rel_tol=1e-6)
     assert set(model.state_dict()) == {"blocks.0.mlp.W_in", "blocks.0.mlp.W_out"}
-    assert all(not p is model.W_E for p in model.parameters())
+    assert all(p is not model.W_E for p in model.parameters())
 
 
 def test_transformer_layouts_and_reference_forward():
@@ -96,7 +101,11 @@ def test_transformer_layouts_and_reference_forward():
     s = s.masked_fill(~torch.tril(torch.ones(3, 3, dtype=torch.bool)), float("-inf"))
     z = s.softmax(-1) @ v
     r = r + torch.einsum("bhpe,hed->bpd", z, sd["blocks.0.attn.W_O"])
-    r = r + F.relu(r @ sd["blocks.0.mlp.W_in"] + sd["blocks.0.mlp.b_in"]) @ sd["blocks.0.mlp.W_out"] + sd["blocks.0.mlp.b_out"]
+    r = (
+        r
+        + F.relu(r @ sd["blocks.0.mlp.W_in"] + sd["blocks.0.mlp.b_in"]) @ sd["blocks.0.mlp.W_out"]
+        + sd["blocks.0.mlp.b_out"]
+    )
     ref = r[:, -1] @ sd["unembed.W_U"]
     torch.testing.assert_close(model(x).double(), ref, rtol=1e-4, atol=1e-5)
     _, cache = model.run_with_cache(x)
@@ -148,7 +157,10 @@ def test_fast_path_equals_literal_embedding_path(name):
 
 # --- every hook kind fires at every hook point of every model --------------------------------
 
-HOOK_CASES = {**CASES, "parity_mlp_2": (ModelConfig(kind="parity_mlp", d_mlp=8, bias=True, n_out=2), CASES["parity_mlp"][1])}
+HOOK_CASES = {
+    **CASES,
+    "parity_mlp_2": (ModelConfig(kind="parity_mlp", d_mlp=8, bias=True, n_out=2), CASES["parity_mlp"][1]),
+}
 
 
 def _plain_logits_and_grads(model, x):
@@ -210,8 +222,16 @@ def _hook_once(model, x, name, how, fired):
 
 
 HOW = [
-    "hooks_fwd", "hooks_bwd", "run_with_hooks_fwd", "run_with_hooks_bwd", "add_hook_fwd", "add_hook_bwd",
-    "torch_forward", "torch_forward_pre", "torch_full_backward", "torch_full_backward_pre",
+    "hooks_fwd",
+    "hooks_bwd",
+    "run_with_hooks_fwd",
+    "run_with_hooks_bwd",
+    "add_hook_fwd",
+    "add_hook_bwd",
+    "torch_forward",
+    "torch_forward_pre",
+    "torch_full_backward",
+    "torch_full_backward_pre",
 ]
 
 

@@ -51,7 +51,12 @@ def test_pair_init_of_the_mlp24_preset():
     """VarianceScaling(2.0) on W_E [67, 500] (fan_in 67, std sqrt(2/67), about 4x the default
     1/sqrt(500)) and hk.Linear's TruncatedNormal(1/sqrt(fan_in)) on W_in [500, 24], W_out [24, 500]."""
     cfg = preset("modadd-mlp24")
-    assert (cfg.model.init, cfg.model.dtype, cfg.optim.loss_reduction, cfg.task.split) == ("pair", "float64", "mean_classes", "numpy")
+    assert (cfg.model.init, cfg.model.dtype, cfg.optim.loss_reduction, cfg.task.split) == (
+        "pair",
+        "float64",
+        "mean_classes",
+        "numpy",
+    )
     model = build_model(cfg.model, cfg.task, seed=3)
     params = dict(model.named_parameters())
     expect = {  # name: (std of the draw, bound)

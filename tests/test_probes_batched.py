@@ -64,7 +64,7 @@ def test_fourier_projections_are_float64_whatever_the_input_dtype():
     assert norms.dtype == torch.float64
     basis, _ = fourier_basis(p)
     ref = (basis @ x32[0].double()).pow(2).sum(-1)  # per basis row, float64
-    ref = torch.stack([ref[2 * k - 1: 2 * k + 1].sum() for k in range(1, p // 2 + 1)]).sqrt()
+    ref = torch.stack([ref[2 * k - 1 : 2 * k + 1].sum() for k in range(1, p // 2 + 1)]).sqrt()
     torch.testing.assert_close(norms[0], ref, rtol=1e-12, atol=1e-15)
     # the off-frequency norms are the float32 rounding of the wave itself (~1e-8), not a float32
     # projection's leak on top of it
@@ -97,8 +97,10 @@ def _reference(traj: Trajectory, data, key: list[int]) -> dict[str, torch.Tensor
     a, b, y = modular_table(cfg.task)
     idx_S = a * p + b
     ys = y.double()
-    cols = {k: torch.stack([torch.cos(2 * math.pi * k * ys / p), torch.sin(2 * math.pi * k * ys / p)], -1)
-            for k in range(1, p // 2 + 1)}
+    cols = {
+        k: torch.stack([torch.cos(2 * math.pi * k * ys / p), torch.sin(2 * math.pi * k * ys / p)], -1)
+        for k in range(1, p // 2 + 1)
+    }
     Xk = torch.cat([cols[k] for k in key], -1)
     out: dict[str, list] = {}
     for i in range(len(traj)):
@@ -123,8 +125,10 @@ def _reference(traj: Trajectory, data, key: list[int]) -> dict[str, torch.Tensor
         # at each train input's answer (also for inputs outside the table)
         coef = torch.linalg.lstsq(Xk, L).solution
         ty = data.train_y.double()
-        Xk_train = torch.cat([torch.stack([torch.cos(2 * math.pi * k * ty / p), torch.sin(2 * math.pi * k * ty / p)], -1)
-                              for k in key], -1)
+        Xk_train = torch.cat(
+            [torch.stack([torch.cos(2 * math.pi * k * ty / p), torch.sin(2 * math.pi * k * ty / p)], -1) for k in key],
+            -1,
+        )
         tr = data.train_ab[:, 0] * p + data.train_ab[:, 1]
         te = data.test_ab[:, 0] * p + data.test_ab[:, 1]
         out.setdefault("excluded_loss", []).append(F.cross_entropy(logits[tr] - Xk_train @ coef, data.train_y))
@@ -135,7 +139,7 @@ def _reference(traj: Trajectory, data, key: list[int]) -> dict[str, torch.Tensor
         if W_E is not None:
             basis, _ = fourier_basis(p)
             e = (basis @ W_E).pow(2).sum(-1)  # per basis row
-            fold = torch.stack([e[1 + 2 * (k - 1): 1 + 2 * k].sum() for k in range(1, p // 2 + 1)])
+            fold = torch.stack([e[1 + 2 * (k - 1) : 1 + 2 * k].sum() for k in range(1, p // 2 + 1)])
             out.setdefault("embed_freq_norms", []).append(fold.sqrt())
     return {k: torch.stack(v) for k, v in out.items()}
 
@@ -154,12 +158,35 @@ def _split_outside_the_table(data):
     [
         ("modadd-mlp24", {"task.p": 7, "model.d_model": 8, "model.d_mlp": 6}, False),  # unordered pairs
         ("modadd-mlp24", {"task.p": 7, "model.d_model": 8, "model.d_mlp": 6}, True),
-        ("modadd-mlp24", {"task.p": 8, "task.pairs": "ordered", "model.d_model": 8, "model.d_mlp": 6,
-                          "model.tied_embed": False, "model.bias": True}, False),  # Nyquist frequency
-        ("modadd-mlp24", {"task.p": 7, "task.op": "sub", "task.pairs": "ordered", "model.d_model": 8,
-                          "model.d_mlp": 5, "model.dtype": "float32"}, False),
-        ("modadd-transformer", {"task.p": 7, "model.d_model": 8, "model.d_mlp": 12, "model.n_heads": 2,
-                                "model.d_head": 4}, False),
+        (
+            "modadd-mlp24",
+            {
+                "task.p": 8,
+                "task.pairs": "ordered",
+                "model.d_model": 8,
+                "model.d_mlp": 6,
+                "model.tied_embed": False,
+                "model.bias": True,
+            },
+            False,
+        ),  # Nyquist frequency
+        (
+            "modadd-mlp24",
+            {
+                "task.p": 7,
+                "task.op": "sub",
+                "task.pairs": "ordered",
+                "model.d_model": 8,
+                "model.d_mlp": 5,
+                "model.dtype": "float32",
+            },
+            False,
+        ),
+        (
+            "modadd-transformer",
+            {"task.p": 7, "model.d_model": 8, "model.d_mlp": 12, "model.n_heads": 2, "model.d_head": 4},
+            False,
+        ),
     ],
 )
 def test_modular_sweep_matches_a_float64_per_checkpoint_reference(name, overrides, outside):
@@ -204,6 +231,7 @@ def test_flip_sensitivity_in_blocks_matches_a_per_model_loop(parity_data, n_out,
     for i in range(len(traj)):
         model = traj.model(i).double()
         with torch.no_grad():
+
             def decision(inputs):
                 out = model(inputs.double())
                 return out[:, 0] if n_out == 1 else out[:, 1] - out[:, 0]

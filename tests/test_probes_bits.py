@@ -83,7 +83,9 @@ def test_pruning_event_on_a_decaying_weight(data):
     b = bit_dependence(traj, data)
     series = irrelevant_series(b)
     # ratio = largest irrelevant weight / largest relevant weight (1.0): 0.8 * (1 - t)
-    torch.testing.assert_close(series["irrelevant_weight_ratio"], 0.8 * (1 - torch.linspace(0, 1, 6)).double(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        series["irrelevant_weight_ratio"], 0.8 * (1 - torch.linspace(0, 1, 6)).double(), atol=1e-6, rtol=0
+    )
     ev = parity_events(b, traj.steps, generalised_step=40, prune_threshold=0.2)
     assert ev.pruned_step == 40 and ev.prune_lag == 0  # 0.16 <= 0.2 from row 4 on
     assert parity_events(b, traj.steps, prune_threshold=0.1).pruned_step == 50

@@ -79,7 +79,13 @@ def imported_like(n: int = 3001, mem: int = 800, gen: int = 2400, test_every: in
     acc = np.full(n, np.nan)
     train_acc, test_acc = acc.copy(), acc.copy()
     train_acc[-1] = test_acc[-1] = 1.0
-    return {"step": step, "train_loss": train_loss, "test_loss": test_loss, "train_acc": train_acc, "test_acc": test_acc}
+    return {
+        "step": step,
+        "train_loss": train_loss,
+        "test_loss": test_loss,
+        "train_acc": train_acc,
+        "test_acc": test_acc,
+    }
 
 
 def test_imported_run_events_come_from_the_loss_curves():
@@ -128,18 +134,23 @@ def pair_curves(min_train: float, min_test: float, ratio_peak: float, n: int = 4
     return {"step": step, "train_loss": train, "test_loss": test}
 
 
-@pytest.mark.parametrize("curves_kw, phase", [
-    ({"min_train": 1e-3, "min_test": 1e-3, "ratio_peak": 2.0}, "confusion"),  # train loss never <= 1e-5
-    ({"min_train": 1e-7, "min_test": 1e-3, "ratio_peak": 1e3}, "memorisation"),  # test loss never <= 1e-5
-    ({"min_train": 1e-7, "min_test": 1e-8, "ratio_peak": 1e4}, "comprehension"),  # max ratio 1e4 < 5e4
-    ({"min_train": 1e-7, "min_test": 1e-8, "ratio_peak": 1e5}, "grokking"),  # max ratio 1e5 >= 5e4
-])
+@pytest.mark.parametrize(
+    "curves_kw, phase",
+    [
+        ({"min_train": 1e-3, "min_test": 1e-3, "ratio_peak": 2.0}, "confusion"),  # train loss never <= 1e-5
+        ({"min_train": 1e-7, "min_test": 1e-3, "ratio_peak": 1e3}, "memorisation"),  # test loss never <= 1e-5
+        ({"min_train": 1e-7, "min_test": 1e-8, "ratio_peak": 1e4}, "comprehension"),  # max ratio 1e4 < 5e4
+        ({"min_train": 1e-7, "min_test": 1e-8, "ratio_peak": 1e5}, "grokking"),  # max ratio 1e5 >= 5e4
+    ],
+)
 def test_pair_loss_rule_branches(curves_kw, phase):
     m = pair_curves(**curves_kw)
     ev = detect_events(m, rule="loss")
     assert ev.phase == phase and ev.rule == "loss"
     assert ev.evidence["min_train_loss"] == pytest.approx(curves_kw["min_train"])
-    assert ev.evidence["max_loss_ratio"] == pytest.approx(max(curves_kw["ratio_peak"], curves_kw["min_test"] / curves_kw["min_train"], 1.0))
+    assert ev.evidence["max_loss_ratio"] == pytest.approx(
+        max(curves_kw["ratio_peak"], curves_kw["min_test"] / curves_kw["min_train"], 1.0)
+    )
     if phase in ("comprehension", "grokking"):
         assert (ev.memorised_step, ev.generalised_step) == (100, 200)
 

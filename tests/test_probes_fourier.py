@@ -52,7 +52,7 @@ def test_fourier_basis_is_orthonormal_float64(p):
 def test_frequency_norms_of_planted_waves():
     p = 13
     x = torch.arange(p, dtype=torch.float64)
-    w = lambda k: 2 * math.pi * k * x / p  # noqa: E731
+    w = lambda k: 2 * math.pi * k * x / p
     emb = torch.stack([3 * torch.cos(w(2) + 0.4), 2 * torch.sin(w(5)), torch.ones(p)], dim=-1)  # [p, 3]
     norms = frequency_norms(emb[None].float(), dim=1, batch_dims=1)[0]
     expect = torch.zeros(p // 2, dtype=torch.float64)
@@ -95,7 +95,9 @@ def test_frac_explained_of_a_pure_frequency_neuron():
     p, k = 11, 3
     a = torch.arange(p, dtype=torch.float64)
     w = 2 * math.pi * k / p
-    table = (torch.cos(w * a)[:, None] + torch.sin(w * a)[None, :] + torch.cos(w * a)[:, None] * torch.cos(w * a)[None, :])
+    table = (
+        torch.cos(w * a)[:, None] + torch.sin(w * a)[None, :] + torch.cos(w * a)[:, None] * torch.cos(w * a)[None, :]
+    )
     frac = frac_explained_by_frequency(neuron_frequency_energy(table[:, :, None]))[0]
     assert frac.argmax().item() == k - 1
     assert frac[k - 1].item() == pytest.approx(1.0, abs=1e-12)
@@ -156,7 +158,10 @@ def test_random_init_has_no_key_frequencies():
     cfg = _tiny("modadd-mlp24", **{"task.p": 13, "model.d_model": 32})
     for seed in range(3):
         assert key_frequencies(build_model(cfg.model, cfg.task, seed=seed), cfg.task) == []
-    cfg = _tiny("modadd-transformer", **{"task.p": 11, "model.d_model": 16, "model.d_mlp": 32, "model.n_heads": 2, "model.d_head": 8})
+    cfg = _tiny(
+        "modadd-transformer",
+        **{"task.p": 11, "model.d_model": 16, "model.d_mlp": 32, "model.n_heads": 2, "model.d_head": 8},
+    )
     assert key_frequencies(build_model(cfg.model, cfg.task, seed=0), cfg.task) == []
 
 
@@ -188,8 +193,12 @@ def test_cossin_solution_sits_evenly_on_a_circle():
     assert c["freq"][0].tolist() == [2] * 5
     torch.testing.assert_close(c["norm"][0], torch.ones(5, dtype=torch.float64), atol=1e-6, rtol=0)
     expect = torch.remainder(2 * math.pi * torch.arange(5, dtype=torch.float64) / 5 + math.pi, 2 * math.pi) - math.pi
-    torch.testing.assert_close(torch.remainder(c["phase"][0] - expect + math.pi, 2 * math.pi) - math.pi,
-                               torch.zeros(5, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        torch.remainder(c["phase"][0] - expect + math.pi, 2 * math.pi) - math.pi,
+        torch.zeros(5, dtype=torch.float64),
+        atol=1e-6,
+        rtol=0,
+    )
     assert c["phase_spread"][0].item() == pytest.approx(1.0, abs=1e-6)
     assert c["norm_cv"][0].item() == pytest.approx(0.0, abs=1e-6)
 
@@ -230,7 +239,11 @@ def test_circle_coefficients_are_float64_amplitudes(p):
     if p % 2 == 0:
         amp[-1, :, 1] = 0.0
     w = 2 * torch.pi * torch.arange(1, p // 2 + 1, dtype=torch.float64)[:, None] * a / p  # [K, a]
-    g = 0.7 + torch.einsum("ka,km->am", torch.cos(w), amp[..., 0]) + torch.einsum("ka,km->am", torch.sin(w), amp[..., 1])
+    g = (
+        0.7
+        + torch.einsum("ka,km->am", torch.cos(w), amp[..., 0])
+        + torch.einsum("ka,km->am", torch.sin(w), amp[..., 1])
+    )
     pre = g[None, :, None, :].expand(1, p, p, 3)  # the same over b
     torch.testing.assert_close(circle_coefficients(pre)[0], amp, atol=1e-12, rtol=0)
 
@@ -242,9 +255,15 @@ def test_circle_coefficients_are_float64_amplitudes(p):
     "name,overrides",
     [
         ("modadd-mlp24", {"task.p": 7, "model.d_model": 8, "model.d_mlp": 6}),
-        ("modadd-mlp24", {"task.p": 7, "model.d_model": 8, "model.d_mlp": 6, "tied_embed": "false", "model.bias": "true"}),
+        (
+            "modadd-mlp24",
+            {"task.p": 7, "model.d_model": 8, "model.d_mlp": 6, "tied_embed": "false", "model.bias": "true"},
+        ),
         ("modadd-cossin5", {"task.p": 7, "model.frequency": 2}),
-        ("modadd-transformer", {"task.p": 7, "model.d_model": 8, "model.d_mlp": 12, "model.n_heads": 2, "model.d_head": 4}),
+        (
+            "modadd-transformer",
+            {"task.p": 7, "model.d_model": 8, "model.d_mlp": 12, "model.n_heads": 2, "model.d_head": 4},
+        ),
     ],
 )
 def test_batched_grid_forward_matches_run_with_cache(name, overrides):

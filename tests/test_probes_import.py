@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from mechgrok import Run, StoreError
-from mechgrok.cli import main
 from mechgrok.analysis import analyze, load_analysis
+from mechgrok.cli import main
 from mechgrok.importers import import_nanda_checkpoint, nanda_split, run_dataset
 
 P, D_MODEL, N_HEADS, D_HEAD, D_MLP = 7, 12, 2, 4, 16
@@ -29,7 +29,7 @@ def _seed():
 def their_state(scale: float = 0.5) -> dict[str, torch.Tensor]:
     """A state dict with their names and layouts (vocab p + 1, '=' = token p)."""
     d_vocab, n_ctx = P + 1, 3
-    r = lambda *s: torch.randn(*s) * scale  # noqa: E731
+    r = lambda *s: torch.randn(*s) * scale
     return {
         "embed.W_E": r(D_MODEL, d_vocab),
         "pos_embed.W_pos": r(n_ctx, D_MODEL),
@@ -76,16 +76,37 @@ def their_gen_train_test(frac_train: float, num: int, seed: int):
     return pairs[:div], pairs[div:]
 
 
-CONFIG = {"p": P, "frac_train": 0.4, "seed": 3, "lr": 1e-3, "weight_decay": 1.0, "num_epochs": 40,
-          "act_type": "ReLU", "use_ln": False, "d_model": D_MODEL, "num_heads": N_HEADS, "d_head": D_HEAD,
-          "d_mlp": D_MLP, "n_ctx": 3, "d_vocab": P + 1}
+CONFIG = {
+    "p": P,
+    "frac_train": 0.4,
+    "seed": 3,
+    "lr": 1e-3,
+    "weight_decay": 1.0,
+    "num_epochs": 40,
+    "act_type": "ReLU",
+    "use_ln": False,
+    "d_model": D_MODEL,
+    "num_heads": N_HEADS,
+    "d_head": D_HEAD,
+    "d_mlp": D_MLP,
+    "n_ctx": 3,
+    "d_vocab": P + 1,
+}
 
 
 @pytest.fixture
 def final_file(tmp_path):
     path = tmp_path / "final.pth"
-    torch.save({"model": their_state(), "config": dict(CONFIG), "epoch": 40,
-                "train_losses": [2.0 - 0.04 * i for i in range(40)], "test_losses": [2.1] * 40}, path)
+    torch.save(
+        {
+            "model": their_state(),
+            "config": dict(CONFIG),
+            "epoch": 40,
+            "train_losses": [2.0 - 0.04 * i for i in range(40)],
+            "test_losses": [2.1] * 40,
+        },
+        path,
+    )
     return path
 
 
@@ -94,8 +115,16 @@ def run_file(tmp_path):
     """Their full-run format: several checkpoints and their epochs."""
     path = tmp_path / "full_run.pth"
     states = [their_state(s) for s in (1.0, 0.6, 0.3)]
-    torch.save({"checkpoints": states, "checkpoint_epochs": [0, 10, 20], "config": dict(CONFIG),
-                "train_losses": [1.5] * 21, "test_losses": [1.9] * 21}, path)
+    torch.save(
+        {
+            "checkpoints": states,
+            "checkpoint_epochs": [0, 10, 20],
+            "config": dict(CONFIG),
+            "train_losses": [1.5] * 21,
+            "test_losses": [1.9] * 21,
+        },
+        path,
+    )
     return path, states
 
 
@@ -103,8 +132,15 @@ def test_their_full_run_layout(tmp_path):
     """``state_dicts`` every ``checkpoint_every`` epochs, test losses every 10 epochs."""
     path = tmp_path / "full_run_data.pth"
     states = [their_state(s) for s in (1.0, 0.5)]
-    torch.save({"state_dicts": states, "config": dict(CONFIG, checkpoint_every=100),
-                "train_losses": [2.0] * 200, "test_losses": [3.0] * 20}, path)
+    torch.save(
+        {
+            "state_dicts": states,
+            "config": dict(CONFIG, checkpoint_every=100),
+            "train_losses": [2.0] * 200,
+            "test_losses": [3.0] * 20,
+        },
+        path,
+    )
     run = import_nanda_checkpoint(path)
     assert run.steps == [0, 100]
     m = run.metrics()
@@ -112,7 +148,9 @@ def test_their_full_run_layout(tmp_path):
     assert list(test_steps[:3]) == [0, 10, 20] and len(m["step"]) == 200
     tokens = torch.tensor([[2, 3, P]])
     with torch.no_grad():
-        torch.testing.assert_close(run.model(100)(tokens), their_forward(states[1], tokens)[:, -1, :P], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            run.model(100)(tokens), their_forward(states[1], tokens)[:, -1, :P], atol=1e-5, rtol=1e-5
+        )
 
 
 def test_forward_matches_their_model(final_file):
@@ -136,7 +174,12 @@ def test_import_writes_a_run_folder(final_file):
     cfg = run.config
     assert (cfg.task.p, cfg.task.format, cfg.task.op, cfg.task.pairs) == (P, "equals", "add", "ordered")
     assert (cfg.model.kind, cfg.model.d_model, cfg.model.n_heads, cfg.model.d_head, cfg.model.d_mlp) == (
-        "transformer", D_MODEL, N_HEADS, D_HEAD, D_MLP)
+        "transformer",
+        D_MODEL,
+        N_HEADS,
+        D_HEAD,
+        D_MLP,
+    )
     assert run.steps == [40]
     m = run.metrics()
     assert m["step"][0] == 0 and m["train_loss"][1] == pytest.approx(1.96)

@@ -41,14 +41,16 @@ def _nanda_reference(logits: torch.Tensor, p: int, key: list[int], train_idx: to
             comps += d[:, None] * (d[None, :] @ logits)
     restricted = comps + (logits - comps).mean(0, keepdim=True)
     excluded = logits - comps
-    ce = lambda z, y: F.cross_entropy(z, y).item()  # noqa: E731
+    ce = lambda z, y: F.cross_entropy(z, y).item()
     return ce(restricted, labels), ce(excluded[train_idx], labels[train_idx])
 
 
 @pytest.mark.parametrize("key", [[2, 5], [3], []])
 def test_restricted_and_excluded_loss_match_nanda_reference(key):
     p = 11
-    cfg = preset("modadd-mlp24").with_overrides({"task.p": p, "task.pairs": "ordered", "model.d_model": 6, "model.d_mlp": 16})
+    cfg = preset("modadd-mlp24").with_overrides(
+        {"task.p": p, "task.pairs": "ordered", "model.d_model": 6, "model.d_mlp": 16}
+    )
     model = build_model(cfg.model, cfg.task, seed=2)
     data = make_dataset(cfg.task)
     res = progress_measures(model, data, key_freqs=key)
@@ -59,8 +61,15 @@ def test_restricted_and_excluded_loss_match_nanda_reference(key):
     r_ref, e_ref = _nanda_reference(logits, p, key, train_idx, labels)
     assert res["restricted_loss"][0].item() == pytest.approx(r_ref, rel=1e-6)
     assert res["excluded_loss"][0].item() == pytest.approx(e_ref, rel=1e-6)
-    assert set(res) == {"restricted_loss", "excluded_loss", "train_loss", "test_loss", "train_acc", "test_acc",
-                        "sum_sq_weights"}
+    assert set(res) == {
+        "restricted_loss",
+        "excluded_loss",
+        "train_loss",
+        "test_loss",
+        "train_acc",
+        "test_acc",
+        "sum_sq_weights",
+    }
 
 
 @pytest.mark.parametrize("overrides", [{"task.pairs": "unordered"}, {"task.op": "sub", "task.pairs": "ordered"}])
@@ -88,7 +97,9 @@ def test_projection_is_least_squares_on_any_table(overrides):
     assert res["restricted_loss"][0].item() == pytest.approx(F.cross_entropy(restricted, y).item(), rel=1e-6)
     pos = {(int(i), int(j)): n for n, (i, j) in enumerate(zip(a, b))}
     rows = torch.tensor([pos[(int(i), int(j))] for i, j in data.train_ab])
-    assert res["excluded_loss"][0].item() == pytest.approx(F.cross_entropy(excluded_all[rows], y[rows]).item(), rel=1e-6)
+    assert res["excluded_loss"][0].item() == pytest.approx(
+        F.cross_entropy(excluded_all[rows], y[rows]).item(), rel=1e-6
+    )
 
 
 def test_losses_and_weights_match_the_live_model():
@@ -137,14 +148,23 @@ def test_modular_events_on_synthetic_curves():
     mask = torch.zeros(n, 6, dtype=torch.bool)
     mask[5:, [1, 3]] = True
     mask[2, [1, 3]] = True  # a transient that must not count
-    ev = modular_events(steps, {"restricted_loss": restricted, "excluded_loss": excluded, "train_loss": train},
-                        mask, [2, 4])
+    ev = modular_events(
+        steps, {"restricted_loss": restricted, "excluded_loss": excluded, "train_loss": train}, mask, [2, 4]
+    )
     # threshold sqrt(4.2 * 0.03) = 0.355: below it from step 500 on
     assert ev.restricted_drop_step == 500
     assert ev.excluded_rise_step == 400  # first excluded >= 10 x train: 0.2 >= 0.1 at step 400
     assert ev.key_freq_step == 500
-    flat = modular_events(steps, {"restricted_loss": torch.full((n,), 4.0, dtype=torch.float64),
-                                  "excluded_loss": train.clone(), "train_loss": train}, None, [])
+    flat = modular_events(
+        steps,
+        {
+            "restricted_loss": torch.full((n,), 4.0, dtype=torch.float64),
+            "excluded_loss": train.clone(),
+            "train_loss": train,
+        },
+        None,
+        [],
+    )
     assert flat.restricted_drop_step is None and flat.excluded_rise_step is None and flat.key_freq_step is None
 
 

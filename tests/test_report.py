@@ -36,7 +36,12 @@ def steps():
 
 @pytest.fixture
 def events():
-    return {"memorised_step": 30, "generalised_step": 900, "phase": "grokking", "extra": {"pruned_step": 800, "prune_lag": 100}}
+    return {
+        "memorised_step": 30,
+        "generalised_step": 900,
+        "phase": "grokking",
+        "extra": {"pruned_step": 800, "prune_lag": 100},
+    }
 
 
 @pytest.fixture
@@ -112,7 +117,13 @@ def test_training_curves(metrics, events):
 
 def test_training_curves_thins_long_runs():
     s = np.arange(100_001)
-    m = {"step": s, "train_loss": np.ones(len(s)), "train_acc": np.ones(len(s)), "test_loss": np.ones(len(s)), "test_acc": np.ones(len(s))}
+    m = {
+        "step": s,
+        "train_loss": np.ones(len(s)),
+        "train_acc": np.ones(len(s)),
+        "test_loss": np.ones(len(s)),
+        "test_acc": np.ones(len(s)),
+    }
     fig = training_curves_figure(m, None, max_points=500)
     assert max(len(t.x) for t in fig.data) <= 520
 
@@ -146,7 +157,9 @@ def test_bit_dependence_and_prune_now(steps, events, metrics):
     wn[:, [1, 4]] = 1.0
     relevant = torch.zeros(N_BITS, dtype=torch.bool)
     relevant[[1, 4]] = True
-    fig = bit_dependence_figure(steps, {"weight norm": wn, "grad attr": wn * 2, "flip sensitivity": wn / 2}, relevant, events=events)
+    fig = bit_dependence_figure(
+        steps, {"weight norm": wn, "grad attr": wn * 2, "flip sensitivity": wn / 2}, relevant, events=events
+    )
     legend = [t.name for t in fig.data if t.showlegend]
     assert "bit 1 (relevant)" in legend and "bit 4 (relevant)" in legend and "irrelevant bits" in legend
     assert sum(t.name == "irrelevant bits" for t in fig.data) == 3 * (N_BITS - 2)
@@ -181,7 +194,9 @@ def test_modular_heatmaps(steps):
     # the fixed cos/sin embedding model: no embedding panel, only the neuron inputs
     from mechgrok.models import cossin_embedding
 
-    fig2 = modular_weights_figure(steps, None, torch.randn(n, 2, 5), fixed_embedding=cossin_embedding(P, 1), max_frames=5)
+    fig2 = modular_weights_figure(
+        steps, None, torch.randn(n, 2, 5), fixed_embedding=cossin_embedding(P, 1), max_frames=5
+    )
     assert len(fig2.data) == 1 and np.asarray(fig2.data[0].z).shape == (P, 5)
     with pytest.raises(ValueError):
         modular_weights_figure(steps, None, None)
@@ -200,8 +215,12 @@ def test_fourier_figures(steps, events):
     fig2 = key_frequency_norms_figure(steps, norms, [3], events=events)
     assert fig2.data[0].name == "k = 3" and len(fig2.data) == 3
     t = {
-        "progress/train_loss": torch.rand(n) + 0.1, "progress/test_loss": torch.rand(n) + 1, "progress/restricted_loss": torch.rand(n),
-        "progress/excluded_loss": torch.rand(n) + 2, "progress/sum_sq_weights": torch.rand(n) * 100, "fourier/sparsity": torch.rand(n),
+        "progress/train_loss": torch.rand(n) + 0.1,
+        "progress/test_loss": torch.rand(n) + 1,
+        "progress/restricted_loss": torch.rand(n),
+        "progress/excluded_loss": torch.rand(n) + 2,
+        "progress/sum_sq_weights": torch.rand(n) * 100,
+        "fourier/sparsity": torch.rand(n),
     }
     fig3 = progress_measures_figure(steps, t, events=events)
     assert len(fig3.data) == 6 and fig3.layout.yaxis.type == "log"
@@ -212,8 +231,16 @@ def test_neuron_circles(steps, events):
     n = len(steps)
     phase = torch.rand(n, 5) * 2 * torch.pi
     norm = torch.linspace(0.1, 2, n)[:, None].expand(n, 5)
-    fig = neuron_circles_figure(steps, norm * torch.cos(phase), norm * torch.sin(phase), freq=torch.ones(n, 5),
-                         spread=torch.linspace(0, 1, n), norm_cv=torch.linspace(1, 0, n), max_frames=15, events=events)
+    fig = neuron_circles_figure(
+        steps,
+        norm * torch.cos(phase),
+        norm * torch.sin(phase),
+        freq=torch.ones(n, 5),
+        spread=torch.linspace(0, 1, n),
+        norm_cv=torch.linspace(1, 0, n),
+        max_frames=15,
+        events=events,
+    )
     names = _check_slider(fig, 15)
     assert len(fig.frames[0].data) == 3
     # axes pinned to the largest norm over the frames, equal aspect
@@ -233,10 +260,27 @@ def sweep_table():
     for wd in (1e-3, 1e-2, 1e-1, 1.0):
         for width in (16, 32, 64):
             for seed in (0, 1):
-                phase = "memorisation" if wd < 5e-3 else "confusion" if wd >= 1 else "grokking" if width < 64 else "comprehension"
+                phase = (
+                    "memorisation"
+                    if wd < 5e-3
+                    else "confusion"
+                    if wd >= 1
+                    else "grokking"
+                    if width < 64
+                    else "comprehension"
+                )
                 gen = None if phase in ("memorisation", "confusion") else int(rng.integers(100, 5000))
-                rows.append({"weight_decay": wd, "d_mlp": width, "seed": seed, "phase": phase, "memorised_step": 50,
-                             "generalised_step": gen, "total_steps": 6000})
+                rows.append(
+                    {
+                        "weight_decay": wd,
+                        "d_mlp": width,
+                        "seed": seed,
+                        "phase": phase,
+                        "memorised_step": 50,
+                        "generalised_step": gen,
+                        "total_steps": 6000,
+                    }
+                )
     return rows
 
 
@@ -266,11 +310,13 @@ def test_render_html_embeds_plotly_once(steps, metrics, events):
         parity_weights_figure(steps, torch.randn(n, N_BITS, D_MLP), [0], max_frames=8),
         neuron_circles_figure(steps, torch.randn(n, 5), torch.randn(n, 5), max_frames=8),
     ]
-    text = render_html("t <x>", [Section(f"fig {i}", f) for i, f in enumerate(figs)] + [Section("text only", None, "hello")])
+    text = render_html(
+        "t <x>", [Section(f"fig {i}", f) for i, f in enumerate(figs)] + [Section("text only", None, "hello")]
+    )
     # plotly.js inlined exactly once, no CDN / network reference
     assert text.count("Plotly.newPlot(") == 3
     assert len(re.findall(r"\* plotly\.js v\d", text)) == 1
-    assert text.count("<script type=\"text/javascript\">") == 1
+    assert text.count('<script type="text/javascript">') == 1
     assert "<script src=" not in text
     head, _, rest = text.partition("</script></head>")  # plotly.js itself names URLs it never fetches here
     assert "plotly.js v" in head and "https://" not in rest.replace("https://plotly.com", "")

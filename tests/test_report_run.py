@@ -6,9 +6,9 @@ import re
 import pytest
 
 from mechgrok import ModelConfig, OptimConfig, Run, RunConfig, TaskConfig, TrainConfig, train
+from mechgrok.analysis import analyze
 from mechgrok.cli import main
 from mechgrok.demo import demo_configs, headline, run_demo
-from mechgrok.analysis import analyze
 from mechgrok.report import write_run_report
 
 
@@ -89,7 +89,10 @@ def test_report_cli(tiny_parity, tmp_path, capsys):
 def test_run_demo_trains_reuses_and_refuses(tiny_parity, tiny_cossin, tmp_path):
     lines = []
     results = run_demo(tmp_path, [tiny_parity, tiny_cossin], progress=False, log=lines.append)
-    assert [r.report for r in results] == [tmp_path / "tiny-parity" / "report.html", tmp_path / "tiny-cossin" / "report.html"]
+    assert [r.report for r in results] == [
+        tmp_path / "tiny-parity" / "report.html",
+        tmp_path / "tiny-cossin" / "report.html",
+    ]
     assert all(r.report.exists() for r in results)
     index = (tmp_path / "index.html").read_text()
     assert 'href="tiny-parity/report.html"' in index and "tiny-cossin" in index
@@ -111,13 +114,22 @@ def test_run_demo_trains_reuses_and_refuses(tiny_parity, tiny_cossin, tmp_path):
 
 def test_headline_formats():
     class A:
-        records = {"task": "parity", "run": {"name": "parity"}, "events": {
-            "memorised_step": 92, "generalised_step": 420, "phase": "grokking",
-            "extra": {"pruned_step": None, "sensitivity_zero_step": 500, "prune_now_step": 144}}}
+        records = {
+            "task": "parity",
+            "run": {"name": "parity"},
+            "events": {
+                "memorised_step": 92,
+                "generalised_step": 420,
+                "phase": "grokking",
+                "extra": {"pruned_step": None, "sensitivity_zero_step": 500, "prune_now_step": 144},
+            },
+        }
         tensors = {}
 
     text = headline(A())
-    assert text.startswith("parity: memorised at step 92, irrelevant-bit weights never pruned, generalised at step 420 [grokking]")
+    assert text.startswith(
+        "parity: memorised at step 92, irrelevant-bit weights never pruned, generalised at step 420 [grokking]"
+    )
     assert "from step 500" in text and "from step 144" in text
 
 

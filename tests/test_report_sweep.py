@@ -46,8 +46,11 @@ def test_sweep_report_errors(tmp_path, capsys):
         main(["report", str(tmp_path / "empty")])
     assert "not a run or sweep folder" in capsys.readouterr().err
     # a plain results table without a sweep.json still gets a report; swept columns are guessed
-    rows = [{"weight_decay": wd, "lr": lr, "phase": "grokking", "generalised_step": 100, "memorised_step": 10}
-            for wd in (0.1, 1.0) for lr in (1e-3, 1e-2)]
+    rows = [
+        {"weight_decay": wd, "lr": lr, "phase": "grokking", "generalised_step": 100, "memorised_step": 10}
+        for wd in (0.1, 1.0)
+        for lr in (1e-3, 1e-2)
+    ]
     (tmp_path / "plain").mkdir()
     pd.DataFrame(rows).to_csv(tmp_path / "plain" / "results.csv", index=False)
     assert write_sweep_report(tmp_path / "plain").exists()

@@ -3,13 +3,14 @@ the single trainer and the batched engine, and the stability probes - against fl
 implementations of the publishers' formulas."""
 
 import json
-from pathlib import Path
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_sweep_engine import _assert_same
 
 from mechgrok import ConfigError, Run, train
 from mechgrok.metrics import example_nll, log_probs, loss_and_accuracy, stablemax_s
@@ -19,8 +20,6 @@ from mechgrok.sweep import EngineConfig, train_batch
 from mechgrok.sweep._kernels import ce_loss_grad, orthograd_rows_
 from mechgrok.tasks import make_dataset
 from mechgrok.train import grokfast_ma_update, orthograd_
-
-from test_sweep_engine import _assert_same
 
 
 def _ref_log_stablemax(x):
@@ -134,8 +133,9 @@ def _ref_train_orthograd(cfg):
     data = make_dataset(cfg.task)
     model = build_model(cfg.model, cfg.task, seed=cfg.train.seed)
     params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                            weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(
+        params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
+    )
     for _ in range(cfg.train.steps):
         opt.zero_grad()
         F.cross_entropy(model(data.train_x).double(), data.train_y).backward()
@@ -161,21 +161,34 @@ def test_trainer_orthograd_is_the_publisher_wrapper(tiny_modadd):
 @pytest.mark.parametrize("engine", ["fused", "vmap"])
 @pytest.mark.parametrize(
     "extra",
-    [{"optim.loss": "stablemax"}, {"optim.loss_dtype": "float32"}, {"optim.orthograd": True},
-     {"optim.orthograd": True, "optim.grokfast_lambda": 2.0, "optim.grad_clip": 0.5, "optim.loss": "stablemax"}],
+    [
+        {"optim.loss": "stablemax"},
+        {"optim.loss_dtype": "float32"},
+        {"optim.orthograd": True},
+        {"optim.orthograd": True, "optim.grokfast_lambda": 2.0, "optim.grad_clip": 0.5, "optim.loss": "stablemax"},
+    ],
     ids=["stablemax", "float32", "orthograd", "combined"],
 )
 def test_batched_equals_single_stability_options(tiny_modadd, engine, extra):
     base = tiny_modadd.with_overrides({"train.steps": 40, **extra})
-    variants = [{"train.seed": 0, "optim.weight_decay": 0.0}, {"train.seed": 1, "optim.wd_schedule": "on@20"},
-                {"train.seed": 2, "optim.lr": 3e-3, "optim.warmup_steps": 5}]
+    variants = [
+        {"train.seed": 0, "optim.weight_decay": 0.0},
+        {"train.seed": 1, "optim.wd_schedule": "on@20"},
+        {"train.seed": 2, "optim.lr": 3e-3, "optim.warmup_steps": 5},
+    ]
     configs = [base.with_overrides(v) for v in variants]
     for cfg, res in zip(configs, train_batch(configs, engine=EngineConfig(engine=engine), progress=False)):
         _assert_same(res, train(cfg, progress=False))
 
 
-@pytest.mark.parametrize("extra", [{"optim.grokfast_filter": "ma", "optim.grokfast_window": 4,
-                                    "optim.grokfast_lambda": 2.0}, {"optim.orthograd": True}], ids=["ma", "orthograd"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"optim.grokfast_filter": "ma", "optim.grokfast_window": 4, "optim.grokfast_lambda": 2.0},
+        {"optim.orthograd": True},
+    ],
+    ids=["ma", "orthograd"],
+)
 def test_resume_continues_ma_and_orthograd_exactly(tiny_modadd, tmp_path, extra):
     cfg = tiny_modadd.with_overrides({"optim.batch_size": 8, "train.eval_every": 5, **extra})
     full = train(cfg, tmp_path / "full", progress=False).model.state_dict()
@@ -258,7 +271,9 @@ def test_stability_figure_draws_the_probe_and_the_run_report_has_it(tiny_modadd,
     cfg = tiny_modadd.with_overrides({"optim.weight_decay": 0.0, "optim.loss_dtype": "float32"})
     train(cfg, tmp_path / "r", progress=False)
     a = analyze(tmp_path / "r")
-    fig = stability_figure(a.steps, a["stability/collapse_fraction"], a["stability/alignment"], a["stability/logit_norm"])
+    fig = stability_figure(
+        a.steps, a["stability/collapse_fraction"], a["stability/alignment"], a["stability/logit_norm"]
+    )
     keep = a.steps.numpy() > 0
     np.testing.assert_allclose(fig.data[0].y, 100 * a["stability/collapse_fraction"].numpy()[keep])
     np.testing.assert_allclose(fig.data[1].y, a["stability/alignment"].numpy()[keep])

@@ -17,7 +17,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "mechgrok.cli", *args], capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mechgrok.cli", *args], capture_output=True, text=True, env=ENV, timeout=300
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -56,9 +58,8 @@ def test_refuses_to_overwrite_and_second_writer(tiny_modadd, tmp_path):
     train(tiny_modadd, tmp_path / "r", progress=False)
     with pytest.raises(StoreError, match="already holds a run"):
         train(tiny_modadd, tmp_path / "r", progress=False)
-    with RunLock(tmp_path / "r"):
-        with pytest.raises(StoreError, match="in use by another process"):
-            train(None, tmp_path / "r", resume=True, progress=False)
+    with RunLock(tmp_path / "r"), pytest.raises(StoreError, match="in use by another process"):
+        train(None, tmp_path / "r", resume=True, progress=False)
     # the lock is free again once released
     train(None, tmp_path / "r", resume=True, progress=False)
 
@@ -84,7 +85,13 @@ def test_corrupted_checkpoint_names_the_file(tiny_modadd, tmp_path):
 
 def test_resume_after_kill_gives_identical_final_weights(tiny_modadd, tmp_path):
     cfg = tiny_modadd.with_overrides(
-        {"train.steps": 1000, "train.resume_every": 50, "optim.batch_size": 8, "optim.grokfast_lambda": 1.0, "train.eval_every": 10}
+        {
+            "train.steps": 1000,
+            "train.resume_every": 50,
+            "optim.batch_size": 8,
+            "optim.grokfast_lambda": 1.0,
+            "train.eval_every": 10,
+        }
     )
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(cfg.to_json())
@@ -93,7 +100,9 @@ def test_resume_after_kill_gives_identical_final_weights(tiny_modadd, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mechgrok.cli", "train", "--config", str(cfg_file), "--out", str(killed), "--quiet"],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
     resume_state = killed / FILES["resume"]

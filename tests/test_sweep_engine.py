@@ -1,6 +1,5 @@
 """The batched engine against the single-model trainer (the reference), member by member."""
 
-import json
 
 import numpy as np
 import pytest
@@ -57,8 +56,13 @@ def test_batched_equals_single_modular_mlp(tiny_modadd):
 @pytest.mark.parametrize("engine", ["fused", "vmap"])
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"model.tied_embed": False, "model.bias": True}, {"optim.grokfast_lambda": 2.0}, {"optim.grad_clip": 0.05},
-     {"optim.batch_size": 8, "train.eval_every": 5}],
+    [
+        {},
+        {"model.tied_embed": False, "model.bias": True},
+        {"optim.grokfast_lambda": 2.0},
+        {"optim.grad_clip": 0.05},
+        {"optim.batch_size": 8, "train.eval_every": 5},
+    ],
     ids=["plain", "untied-bias", "grokfast", "clip", "minibatch"],
 )
 def test_batched_equals_single_options(tiny_modadd, engine, extra):
@@ -84,7 +88,12 @@ def test_batched_equals_single_parity_bce_and_cossin(tiny_parity):
     _check(_per_member(cossin, [{"train.seed": 0}, {"train.seed": 1, "optim.lr": 3e-3}]))
 
 
-PAIR_OPTIONS = {"model.init": "pair", "model.dtype": "float64", "optim.loss_reduction": "mean_classes", "task.split": "numpy"}
+PAIR_OPTIONS = {
+    "model.init": "pair",
+    "model.dtype": "float64",
+    "optim.loss_reduction": "mean_classes",
+    "task.split": "numpy",
+}
 
 
 @pytest.mark.parametrize("engine", ["fused", "vmap"])
@@ -94,12 +103,16 @@ def test_batched_equals_single_pair_options(tiny_modadd, tiny_parity, engine, dt
     the engine's fused and vmap paths: the single trainer's trajectories (float64: to 1e-10)."""
     opts = {**PAIR_OPTIONS, "model.dtype": dtype}
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else {}
-    variants = [{"train.seed": 0, "task.seed": 5}, {"train.seed": 1, "optim.lr": 3e-3, "optim.l1": 1e-3, "task.seed": 6}]
+    variants = [
+        {"train.seed": 0, "task.seed": 5},
+        {"train.seed": 1, "optim.lr": 3e-3, "optim.l1": 1e-3, "task.seed": 6},
+    ]
     cfgs = [
         tiny_modadd.with_overrides({**opts, "train.eval_every": 3}),
         tiny_modadd.with_overrides({**opts, "model.tied_embed": False, "model.bias": True, "train.steps": 30}),
-        preset("modadd-cossin5").with_overrides({**opts, "task.p": 11, "train.steps": 40, "train.eval_every": 5,
-                                                  "model.embed_norm": "columns"}),
+        preset("modadd-cossin5").with_overrides(
+            {**opts, "task.p": 11, "train.steps": 40, "train.eval_every": 5, "model.embed_norm": "columns"}
+        ),
     ]
     parity = tiny_parity.with_overrides({k: v for k, v in opts.items() if k != "task.split"} | {"train.steps": 40})
     for base in cfgs + [parity, parity.with_overrides({"model.n_out": 1, "model.bias": False})]:
@@ -111,16 +124,24 @@ def test_batched_equals_single_pair_options(tiny_modadd, tiny_parity, engine, dt
             assert next(iter(res.model.state_dict().values())).dtype == getattr(torch, dtype)
 
 
-@pytest.mark.parametrize("bias,n_out,n_bits", [(True, 2, 8), (False, 2, 8), (True, 1, 8), (False, 1, 8), (True, 2, 14), (False, 1, 15)])
+@pytest.mark.parametrize(
+    "bias,n_out,n_bits", [(True, 2, 8), (False, 2, 8), (True, 1, 8), (False, 1, 8), (True, 2, 14), (False, 1, 15)]
+)
 def test_parity_shared_inputs_wide_kernel(tiny_parity, bias, n_out, n_bits):
     """Members sharing one training set go through the wide-GEMM path of the fused parity MLP
     (and a member with its own set through the per-member path), with steps that skip the float64
     metrics (log_every > 1): same weights as the single trainer after every member's run, and the
     same logged rows where both log. 14 bits + bias and 15 bits get the zero pad column (k = 16)."""
-    base = tiny_parity.with_overrides({"model.bias": bias, "model.n_out": n_out, "task.n_bits": n_bits,
-                                       "train.steps": 80, "train.eval_every": 8})
-    configs = _per_member(base, [{"train.seed": s, "optim.weight_decay": w, "optim.lr": lr}
-                                 for s, w, lr in [(0, 0.1, 1e-2), (1, 1.0, 3e-3), (2, 0.0, 1e-2)]])
+    base = tiny_parity.with_overrides(
+        {"model.bias": bias, "model.n_out": n_out, "task.n_bits": n_bits, "train.steps": 80, "train.eval_every": 8}
+    )
+    configs = _per_member(
+        base,
+        [
+            {"train.seed": s, "optim.weight_decay": w, "optim.lr": lr}
+            for s, w, lr in [(0, 0.1, 1e-2), (1, 1.0, 3e-3), (2, 0.0, 1e-2)]
+        ],
+    )
     configs.append(base.with_overrides({"train.seed": 3, "task.n_train": 50}))
     results = train_batch(configs, engine=EngineConfig(log_every=5), progress=False)
     for cfg, res in zip(configs, results):
@@ -130,7 +151,9 @@ def test_parity_shared_inputs_wide_kernel(tiny_parity, bias, n_out, n_bits):
         for key in ("train_loss", "test_loss", "weight_norm"):
             ours = np.asarray(res.metrics[key], float)
             theirs = np.asarray([ref.metrics[key][rows[int(s)]] for s in res.metrics["step"]], float)
-            np.testing.assert_allclose(ours[~np.isnan(theirs)], theirs[~np.isnan(theirs)], rtol=1e-4, atol=1e-5, err_msg=key)
+            np.testing.assert_allclose(
+                ours[~np.isnan(theirs)], theirs[~np.isnan(theirs)], rtol=1e-4, atol=1e-5, err_msg=key
+            )
         for k, v in ref.model.state_dict().items():
             torch.testing.assert_close(res.model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
@@ -140,8 +163,10 @@ def test_member_trajectory_does_not_depend_on_its_chunk(tiny_parity, n_bits):
     """Bitwise: a member trains the same whether it shares its chunk (and the wide GEMMs) with
     four others, with one other, or runs alone; resume and slot refills rely on this."""
     base = tiny_parity.with_overrides({"train.steps": 150, "train.eval_every": 10, "task.n_bits": n_bits})
-    configs = _per_member(base, [{"train.seed": s, "optim.weight_decay": w} for s, w in
-                                 [(0, 0.1), (1, 1.0), (2, 0.3), (3, 0.0), (4, 0.1)]])
+    configs = _per_member(
+        base,
+        [{"train.seed": s, "optim.weight_decay": w} for s, w in [(0, 0.1), (1, 1.0), (2, 0.3), (3, 0.0), (4, 0.1)]],
+    )
     runs = [train_batch(configs, engine=EngineConfig(max_batch=b), progress=False) for b in (5, 2, 1)]
     for i in range(len(configs)):
         for other in runs[1:]:
@@ -152,10 +177,19 @@ def test_member_trajectory_does_not_depend_on_its_chunk(tiny_parity, n_bits):
 
 def test_batched_equals_single_transformer_and_rnn():
     tr = preset("modadd-transformer").with_overrides(
-        {"task.p": 7, "model.d_model": 16, "model.d_mlp": 16, "model.d_head": 4, "train.steps": 15, "train.eval_every": 5})
+        {
+            "task.p": 7,
+            "model.d_model": 16,
+            "model.d_mlp": 16,
+            "model.d_head": 4,
+            "train.steps": 15,
+            "train.eval_every": 5,
+        }
+    )
     _check(_per_member(tr, [{"train.seed": 0}, {"train.seed": 1}]))  # vmap
     rnn = preset("rnn-mod91").with_overrides(
-        {"task.p": 5, "model.d_model": 8, "train.steps": 15, "optim.batch_size": 8, "train.eval_every": 5})
+        {"task.p": 5, "model.d_model": 8, "train.steps": 15, "optim.batch_size": 8, "train.eval_every": 5}
+    )
     _check(_per_member(rnn, [{"train.seed": 0}, {"train.seed": 1}]))  # member-by-member loop
 
 
@@ -170,11 +204,15 @@ def test_fused_recurrent_equals_single_rnn_and_lstm(cell):
     and Adam turns a near-zero gradient component (here the RNN's biases) into a step of about
     +-lr whose sign is rounding noise; the weights agree to ~1e-6, the RNN biases to ~2e-4."""
     base = preset(f"{cell}-mod91").with_overrides(
-        {"task.p": 5, "model.d_model": 8, "train.steps": 15, "optim.batch_size": 8, "train.eval_every": 5})
+        {"task.p": 5, "model.d_model": 8, "train.steps": 15, "optim.batch_size": 8, "train.eval_every": 5}
+    )
     data = make_dataset(base.task)
     models = [build_model(base.model, base.task, seed=s).double() for s in (0, 1)]
     bm = make_model(base, models[0], "fused")
-    params = {k: torch.stack([dict(m.named_parameters())[k].detach() for m in models]) for k, _ in models[0].named_parameters()}
+    params = {
+        k: torch.stack([dict(m.named_parameters())[k].detach() for m in models])
+        for k, _ in models[0].named_parameters()
+    }
     x, y = data.train_x, data.train_y
     for shared in (True, False):
         xs, ys = (x, y.expand(2, -1)) if shared else (torch.stack([x, x.flip(0)]), torch.stack([y, y.flip(0)]))
@@ -188,9 +226,13 @@ def test_fused_recurrent_equals_single_rnn_and_lstm(cell):
                 torch.testing.assert_close(grads[k][i], g, rtol=1e-10, atol=1e-12, msg=lambda m, k=k: f"{k}: {m}")
     variants = [{"train.seed": 0}, {"train.seed": 1, "optim.weight_decay": 0.1}]
     fused = EngineConfig(engine="fused")
-    for cfg, res in zip(_per_member(base, variants), train_batch(_per_member(base, variants), engine=fused, progress=False)):
+    for cfg, res in zip(
+        _per_member(base, variants), train_batch(_per_member(base, variants), engine=fused, progress=False)
+    ):
         _assert_same(res, train(cfg, progress=False), rtol=1e-3, atol=1e-3)
-    full = _per_member(base.with_overrides({"optim.batch_size": 0}), variants + [{"train.seed": 2, "task.train_fraction": 0.7}])
+    full = _per_member(
+        base.with_overrides({"optim.batch_size": 0}), variants + [{"train.seed": 2, "task.train_fraction": 0.7}]
+    )
     for cfg, res in zip(full, train_batch(full, engine=fused, progress=False)):
         _assert_same(res, train(cfg, progress=False), rtol=1e-3, atol=1e-3)
 
@@ -199,7 +241,9 @@ def test_slots_are_refilled_when_members_finish(tiny_parity):
     """max_batch < members: waiting members take the rows of finished ones (different step
     counts make them finish at different times); trajectories are unchanged."""
     base = tiny_parity.with_overrides({"train.eval_every": 5})
-    configs = _per_member(base, [{"train.seed": s, "train.steps": n} for s, n in [(0, 40), (1, 90), (2, 30), (3, 60), (4, 50)]])
+    configs = _per_member(
+        base, [{"train.seed": s, "train.steps": n} for s, n in [(0, 40), (1, 90), (2, 30), (3, 60), (4, 50)]]
+    )
     _check(configs, EngineConfig(max_batch=2))
 
 
@@ -207,7 +251,9 @@ def test_parallel_chunk_workers(tiny_parity):
     """Chunks trained by two threads side by side (disjoint rows): the same trajectories as the
     single trainer, and bitwise the same as one worker (so 'one per core' is safe to default to)."""
     base = tiny_parity.with_overrides({"train.eval_every": 5, "train.steps": 60})
-    configs = _per_member(base, [{"train.seed": s, "optim.weight_decay": w} for s, w in [(0, 0.1), (1, 1.0), (2, 0.3), (3, 0.0)]])
+    configs = _per_member(
+        base, [{"train.seed": s, "optim.weight_decay": w} for s, w in [(0, 0.1), (1, 1.0), (2, 0.3), (3, 0.0)]]
+    )
     threads = torch.get_num_threads()
     _check(configs, EngineConfig(workers=2, chunk_mb=0.5))  # small chunks: several per step
     assert torch.get_num_threads() == threads

@@ -19,7 +19,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _cli(*args, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "mechgrok.cli", *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mechgrok.cli", *args], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -40,7 +42,10 @@ def test_parse_axis_forms():
     assert parse_axis("d_mlp=log:8:64:4") == ("model.d_mlp", (8, 16, 32, 64))  # integers, rounded
     assert parse_axis("d_mlp=log:1:2:5") == ("model.d_mlp", (1, 2))  # de-duplicated after rounding
     assert parse_axis("train_fraction=0.3,0.5") == ("task.train_fraction", (0.3, 0.5))
-    assert parse_axis("wd_schedule=constant|on@100") == ("optim.wd_schedule", ([], [[0, 0.0], [100, 1.0]]))  # JSON-plain
+    assert parse_axis("wd_schedule=constant|on@100") == (
+        "optim.wd_schedule",
+        ([], [[0, 0.0], [100, 1.0]]),
+    )  # JSON-plain
     assert log_range(1e-3, 1, 4) == [0.001, 0.01, 0.1, 1.0]
 
 
@@ -88,7 +93,17 @@ def test_sweep_folder_results_and_members(parity_base, tmp_path):
     assert not list((tmp_path / "sw" / SWEEP_FILES["state"]).glob("*"))  # batch state removed when done
     df = sweep.results()
     assert len(df) == 8 and list(df["member"]) == list(range(8))
-    for col in ("weight_decay", "d_mlp", "seed", "lr", "phase", "memorised_step", "generalised_step", "final_test_acc", "run_dir"):
+    for col in (
+        "weight_decay",
+        "d_mlp",
+        "seed",
+        "lr",
+        "phase",
+        "memorised_step",
+        "generalised_step",
+        "final_test_acc",
+        "run_dir",
+    ):
         assert col in df.columns, col
     assert set(df["phase"]) <= {"comprehension", "grokking", "memorisation", "confusion"}
     assert list(df["d_mlp"][:4]) == [8, 8, 16, 16]
@@ -119,7 +134,9 @@ def test_sweep_groups_architectures_and_data_and_early_stop(parity_base, tmp_pat
     """Widths become separate batches; training-set sizes share one batch (masked); early stop."""
     base = parity_base.with_overrides({"train.steps": 400, "optim.weight_decay": 1.0})
     spec = SweepSpec.from_cli(base, ["d_mlp=8,16", "n_train=40,60"], seeds=1)
-    sweep = run_sweep(spec, tmp_path / "sw", engine=EngineConfig(early_stop=True, patience=30, max_batch=3), progress=False)
+    sweep = run_sweep(
+        spec, tmp_path / "sw", engine=EngineConfig(early_stop=True, patience=30, max_batch=3), progress=False
+    )
     df = sweep.results()
     assert len(df) == 4 and sorted(df["n_train"].unique()) == [40, 60]
     stopped = df[df["stopped_early"] == "generalised"]
@@ -132,19 +149,40 @@ def test_sweep_groups_architectures_and_data_and_early_stop(parity_base, tmp_pat
             torch.testing.assert_close(got[k], v, rtol=1e-4, atol=1e-5)
 
 
-SETS = {"task.n_bits": "8", "task.n_train": "60", "task.n_test": "100", "model.d_mlp": "16", "train.steps": "1500",
-        "train.eval_every": "10", "train.resume_every": "100", "train.checkpoint_every": "500"}
+SETS = {
+    "task.n_bits": "8",
+    "task.n_train": "60",
+    "task.n_test": "100",
+    "model.d_mlp": "16",
+    "train.steps": "1500",
+    "train.eval_every": "10",
+    "train.resume_every": "100",
+    "train.checkpoint_every": "500",
+}
 GRID = ["weight_decay=0.1,1", "lr=0.003,0.01"]
 
 
 def test_sweep_resume_after_kill(tmp_path):
     """kill -9 in the middle of a sweep, resume it: the same members, metrics and weights as a
     sweep that was never interrupted."""
-    args = ["sweep", "parity", *[a for g in GRID for a in ("--grid", g)], "--seeds", "2",
-            *[a for k, v in SETS.items() for a in ("--set", f"{k}={v}")], "--max-batch", "5", "--quiet"]
+    args = [
+        "sweep",
+        "parity",
+        *[a for g in GRID for a in ("--grid", g)],
+        "--seeds",
+        "2",
+        *[a for k, v in SETS.items() for a in ("--set", f"{k}={v}")],
+        "--max-batch",
+        "5",
+        "--quiet",
+    ]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mechgrok.cli", *args, "--out", str(killed)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mechgrok.cli", *args, "--out", str(killed)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 240
     state = killed / SWEEP_FILES["state"]
     while time.time() < deadline and proc.poll() is None:
@@ -175,9 +213,29 @@ def test_sweep_resume_after_kill(tmp_path):
 
 
 def test_sweep_cli(tmp_path):
-    args = ["sweep", "parity", "--grid", "weight_decay=log:0.1:1:2", "--seeds", "2", "--set", "task.n_bits=8",
-            "--set", "task.n_train=60", "--set", "task.n_test=60", "--set", "model.d_mlp=8", "--set", "train.steps=30",
-            "--log-every", "10", "--out", str(tmp_path / "s"), "--quiet"]
+    args = [
+        "sweep",
+        "parity",
+        "--grid",
+        "weight_decay=log:0.1:1:2",
+        "--seeds",
+        "2",
+        "--set",
+        "task.n_bits=8",
+        "--set",
+        "task.n_train=60",
+        "--set",
+        "task.n_test=60",
+        "--set",
+        "model.d_mlp=8",
+        "--set",
+        "train.steps=30",
+        "--log-every",
+        "10",
+        "--out",
+        str(tmp_path / "s"),
+        "--quiet",
+    ]
     out = _cli(*args)
     assert "4 of 4 models finished" in out.stdout and "phases:" in out.stdout
     assert (tmp_path / "s" / SWEEP_FILES["results"]).exists()
@@ -187,8 +245,10 @@ def test_sweep_cli(tmp_path):
 def test_sweep_cli_errors_are_one_line(tmp_path, capsys):
     from mechgrok.cli import main
 
-    spec = SweepSpec.from_cli(preset("parity").with_overrides({"task.n_bits": 8, "task.n_train": 20, "task.n_test": 20,
-                                                                "train.steps": 2}), ["weight_decay=0.1"])
+    spec = SweepSpec.from_cli(
+        preset("parity").with_overrides({"task.n_bits": 8, "task.n_train": 20, "task.n_test": 20, "train.steps": 2}),
+        ["weight_decay=0.1"],
+    )
     run_sweep(spec, tmp_path / "s", progress=False)
     for bad, message in [
         (["sweep", "parity", "--grid", "bogus=1"], "bogus"),

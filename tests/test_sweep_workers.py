@@ -18,8 +18,17 @@ def _untied_mlp(cfg):
 
 
 def _transformer(cfg):
-    return cfg.with_overrides({"model.kind": "transformer", "task.format": "equals", "model.d_model": 16,
-                               "model.n_heads": 2, "model.d_head": 8, "model.d_mlp": 16, "train.steps": 30})
+    return cfg.with_overrides(
+        {
+            "model.kind": "transformer",
+            "task.format": "equals",
+            "model.d_model": 16,
+            "model.n_heads": 2,
+            "model.d_head": 8,
+            "model.d_mlp": 16,
+            "train.steps": 30,
+        }
+    )
 
 
 def _rnn(cfg):

@@ -21,7 +21,9 @@ def test_split_is_a_partition_and_deterministic():
     assert len(pairs) == 11 * 12 // 2 and all(a <= b for a, b in pairs)
     assert d1.train_x.shape[0] == round(0.4 * 66)
     assert not {tuple(x) for x in d1.train_ab.tolist()} & {tuple(x) for x in d1.test_ab.tolist()}
-    assert not torch.equal(make_dataset(TaskConfig(p=11, seed=6)).train_x, make_dataset(TaskConfig(p=11, seed=5)).train_x)
+    assert not torch.equal(
+        make_dataset(TaskConfig(p=11, seed=6)).train_x, make_dataset(TaskConfig(p=11, seed=5)).train_x
+    )
 
 
 def test_token_formats():

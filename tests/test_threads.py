@@ -9,7 +9,13 @@ import torch
 
 from mechgrok import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig, train
 from mechgrok._threads import (
-    ENV_VAR, MACS_PER_EXTRA_THREAD, auto_threads, intra_op_threads, threads_for, with_threads, work_per_step,
+    ENV_VAR,
+    MACS_PER_EXTRA_THREAD,
+    auto_threads,
+    intra_op_threads,
+    threads_for,
+    with_threads,
+    work_per_step,
 )
 from mechgrok.cli import main
 from mechgrok.config import ConfigError
@@ -41,9 +47,8 @@ def test_context_manager_sets_and_restores_the_callers_count():
     with intra_op_threads(1) as n:
         assert n == 1 and torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
-    with pytest.raises(RuntimeError):
-        with intra_op_threads(1):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), intra_op_threads(1):
+        raise RuntimeError("boom")
     assert torch.get_num_threads() == 2  # restored on errors too
     with intra_op_threads(0) as n:  # 0: leave it alone
         assert n == 2 and torch.get_num_threads() == 2
@@ -55,7 +60,11 @@ def test_automatic_count_follows_the_work_size():
     assert auto_threads(1e15, cores=8) == 8  # never more than the cores
     assert auto_threads(1e15, cores=1) == 1
     # bigger models have more work per step
-    assert work_per_step(preset("modadd-cossin5")) < work_per_step(preset("parity")) < work_per_step(preset("modadd-transformer"))
+    assert (
+        work_per_step(preset("modadd-cossin5"))
+        < work_per_step(preset("parity"))
+        < work_per_step(preset("modadd-transformer"))
+    )
 
 
 def test_every_preset_gets_one_thread():
@@ -133,7 +142,9 @@ def test_analysis_runs_under_the_runs_count(monkeypatch, tmp_path):
     train(_cfg(), run_dir, progress=False)
     seen = []
     inner = analysis_mod.bit_dependence
-    monkeypatch.setattr(analysis_mod, "bit_dependence", lambda *a, **k: seen.append(torch.get_num_threads()) or inner(*a, **k))
+    monkeypatch.setattr(
+        analysis_mod, "bit_dependence", lambda *a, **k: seen.append(torch.get_num_threads()) or inner(*a, **k)
+    )
     torch.set_num_threads(2)
     analyze(run_dir, save=False)
     assert seen == [1] and torch.get_num_threads() == 2
@@ -153,8 +164,21 @@ def test_with_threads_without_a_config_uses_one_thread(tmp_path):
 
 def test_cli_threads(monkeypatch, tmp_path, capsys):
     seen = _record_threads_in_train(monkeypatch)
-    args = ["train", "parity", "--set", "train.steps=3", "--set", "task.n_train=20", "--set", "task.n_test=10",
-            "--set", "train.checkpoint_every=3", "--set", "train.log_checkpoints=0", "--quiet"]
+    args = [
+        "train",
+        "parity",
+        "--set",
+        "train.steps=3",
+        "--set",
+        "task.n_train=20",
+        "--set",
+        "task.n_test=10",
+        "--set",
+        "train.checkpoint_every=3",
+        "--set",
+        "train.log_checkpoints=0",
+        "--quiet",
+    ]
     main([*args, "--out", str(tmp_path / "a"), "--threads", "2"])
     assert seen == [2]
     with pytest.raises(SystemExit) as e:
@@ -175,9 +199,24 @@ def test_cli_sweep_threads_are_its_workers(monkeypatch, tmp_path):
 
     monkeypatch.setattr(sweep_pkg, "run_sweep", fake_run_sweep)
     torch.set_num_threads(2)
-    for extra, workers, threads in ([["--threads", "3"], 3, 3], [["--threads", "2", "--workers", "1"], 1, 2], [[], 0, 1]):
+    for extra, workers, threads in (
+        [["--threads", "3"], 3, 3],
+        [["--threads", "2", "--workers", "1"], 1, 2],
+        [[], 0, 1],
+    ):
         with pytest.raises(SystemExit):
-            main(["sweep", "parity", "--grid", "optim.weight_decay=0.1,1", "--out", str(tmp_path / "s"), "--quiet", *extra])
+            main(
+                [
+                    "sweep",
+                    "parity",
+                    "--grid",
+                    "optim.weight_decay=0.1,1",
+                    "--out",
+                    str(tmp_path / "s"),
+                    "--quiet",
+                    *extra,
+                ]
+            )
         assert got == {"workers": workers, "threads": threads}, extra
         assert torch.get_num_threads() == 2
 
@@ -196,14 +235,25 @@ def test_tiny_training_beside_a_busy_process_is_not_slowed_by_extra_threads():
     if cores < 2:
         pytest.skip("one usable core: the automatic and the default count are the same")
     busy = subprocess.Popen(
-        [sys.executable, "-c", f"import torch\ntorch.set_num_threads({cores})\na = torch.randn(384, 384)\n"
-                               "while True:\n    a = (a @ a).tanh()\n"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-c",
+            f"import torch\ntorch.set_num_threads({cores})\na = torch.randn(384, 384)\n"
+            "while True:\n    a = (a @ a).tanh()\n",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         time.sleep(0.5)
-        cfg = preset("parity").with_overrides({"train.steps": "30", "train.log_checkpoints": "0",
-                                                "train.checkpoint_every": "30", "train.eval_every": "30"})
+        cfg = preset("parity").with_overrides(
+            {
+                "train.steps": "30",
+                "train.log_checkpoints": "0",
+                "train.checkpoint_every": "30",
+                "train.eval_every": "30",
+            }
+        )
         seconds = {}
         for name, threads in (("auto", None), ("all cores", cores)):
             t = time.perf_counter()

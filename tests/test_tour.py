@@ -27,7 +27,9 @@ def test_tour_notebook_runs(tmp_path, monkeypatch):
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
     t0 = time.perf_counter()
     # the kernel is this interpreter (the project's venv), wherever jupyter would look for one
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.kernel_manager_class = _this_python_kernel_manager()
     client.execute()
     elapsed = time.perf_counter() - t0
@@ -67,7 +69,11 @@ def _this_python_kernel_manager():
     class ThisPython(KernelManager):
         @property
         def kernel_spec(self):
-            return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                              display_name="Python 3", language="python", env={**os.environ})
+            return KernelSpec(
+                argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                display_name="Python 3",
+                language="python",
+                env={**os.environ},
+            )
 
     return ThisPython

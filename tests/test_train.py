@@ -41,7 +41,11 @@ def _reference_adamw(cfg, steps):
         loss = F.cross_entropy(logits, data.train_y) + oc.l1_at(t) * sum(p.abs().sum() for p in params)
         grads = torch.autograd.grad(loss, params)
         if oc.grokfast_lambda:
-            ema = [g.clone() for g in grads] if ema is None else [oc.grokfast_alpha * e + (1 - oc.grokfast_alpha) * g for e, g in zip(ema, grads)]
+            ema = (
+                [g.clone() for g in grads]
+                if ema is None
+                else [oc.grokfast_alpha * e + (1 - oc.grokfast_alpha) * g for e, g in zip(ema, grads)]
+            )
             grads = [g + oc.grokfast_lambda * e for g, e in zip(grads, ema)]
         lr, wd = oc.lr_at(t), oc.weight_decay_at(t)
         with torch.no_grad():
@@ -84,6 +88,10 @@ def test_weight_decay_schedule_changes_training(tiny_parity):
 
 
 def test_minibatch_and_clipping_run(tiny_modadd):
-    res = train(tiny_modadd.with_overrides({"optim.batch_size": "8", "optim.grad_clip": "0.5", "train.eval_every": "5"}), None, progress=False)
+    res = train(
+        tiny_modadd.with_overrides({"optim.batch_size": "8", "optim.grad_clip": "0.5", "train.eval_every": "5"}),
+        None,
+        progress=False,
+    )
     assert len(res.metrics["step"]) == 60 // 5 + 1
     assert all(0 <= a <= 1 for a in res.metrics["train_acc"])

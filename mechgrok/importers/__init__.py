@@ -10,8 +10,8 @@ suffixes to importers. The converted run folder is an ordinary one: everything d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..store import Run
 from ._common import IMPORT_FILES, default_import_dir, run_dataset

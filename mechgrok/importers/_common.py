@@ -18,8 +18,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -111,7 +112,9 @@ def _commit(tmp: Path, out: Path, digest: str) -> Run:
             raise
         existing = existing_import(out, digest)  # another process imported it meanwhile
         if existing is None:
-            raise StoreError(f"{out}: exists and is not an empty folder; choose another folder for the import") from None
+            raise StoreError(
+                f"{out}: exists and is not an empty folder; choose another folder for the import"
+            ) from None
         return existing
     with contextlib.suppress(OSError):
         fd = os.open(out.parent, os.O_RDONLY)
@@ -150,9 +153,13 @@ def run_dataset(run: Run) -> Dataset:
         tensors = load_file(split)
         train_ab, test_ab = tensors["train_ab"], tensors["test_ab"]
     except Exception as e:  # safetensors raises several types for damaged files
-        raise StoreError(f"{split}: unreadable train/test split ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise StoreError(
+            f"{split}: unreadable train/test split ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     if task.kind not in ("modular", "group") or (task.kind == "modular" and task.op != "add"):
-        raise StoreError(f"{split}: an imported split needs a modular addition or group task, got {task.kind} {task.op}")
+        raise StoreError(
+            f"{split}: an imported split needs a modular addition or group task, got {task.kind} {task.op}"
+        )
     p = task.p
 
     def xy(ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -226,12 +226,16 @@ def _their_weights(state: dict[str, Any], where: str) -> tuple[torch.Tensor, ...
     W_x, W_y, W, W_U = out
     order, e = W_x.shape
     if W_y.shape != (order, e) or W.shape[0] != 2 * e or W_U.shape != (W.shape[1], order):
-        raise StoreError(f"{where}: shapes W_x {list(W_x.shape)}, W_y {list(W_y.shape)}, W {list(W.shape)}, "
-                         f"W_U {list(W_U.shape)} are not OneLayerMLP's [n, e], [n, e], [2e, h], [h, n]")
+        raise StoreError(
+            f"{where}: shapes W_x {list(W_x.shape)}, W_y {list(W_y.shape)}, W {list(W.shape)}, "
+            f"W_U {list(W_U.shape)} are not OneLayerMLP's [n, e], [n, e], [2e, h], [h, n]"
+        )
     return W_x, W_y, W, W_U
 
 
-def chughtai_state_to_mechgrok(state: dict[str, Any], ours: torch.Tensor, where: str = "model.pt") -> dict[str, torch.Tensor]:
+def chughtai_state_to_mechgrok(
+    state: dict[str, Any], ours: torch.Tensor, where: str = "model.pt"
+) -> dict[str, torch.Tensor]:
     """Their ``OneLayerMLP`` state dict -> mechgrok group-MLP parameters (module docstring);
     ``ours[x]`` = mechgrok's index of their element x."""
     W_x, W_y, W, W_U = _their_weights(state, where)
@@ -300,15 +304,19 @@ def import_chughtai_checkpoint(path: str | Path, config_path: str | Path, out: s
         raise StoreError(f"{path}: not a state dict")
     W_x = _their_weights(state, str(path))[0]
     if W_x.shape[0] != group.order:
-        raise StoreError(f"{path}: W_x has {W_x.shape[0]} rows, but {group.name} from {config_path.name} has {group.order} elements")
+        raise StoreError(
+            f"{path}: W_x has {W_x.shape[0]} rows, but {group.name} from {config_path.name} has {group.order} elements"
+        )
     ours = chughtai_element_map(spec)
     how = "their element order"
     if ours is None:
         ours = match_group_table(_their_predictions(state, str(path)), group)
         how = "matched from the model's predictions"
         if ours is None:
-            raise StoreError(f"{path}: the model's predictions are not {group.name}'s table, and without sympy "
-                             "their element order cannot be rebuilt")
+            raise StoreError(
+                f"{path}: the model's predictions are not {group.name}'s table, and without sympy "
+                "their element order cannot be rebuilt"
+            )
     params = chughtai_state_to_mechgrok(state, ours, str(path))
     layers = cfg.get("layers") if isinstance(cfg.get("layers"), dict) else {}
     frac = cfg.get("frac_train", 0.4)
@@ -318,11 +326,20 @@ def import_chughtai_checkpoint(path: str | Path, config_path: str | Path, out: s
     config = RunConfig(
         name=f"chughtai-{spec}-{path.resolve().parent.name or path.stem}"[:128],
         task=TaskConfig(kind="group", group=spec, format="pairs", train_fraction=frac, seed=seed),
-        model=ModelConfig(kind="mlp", d_model=params["embed.W_E"].shape[1], d_mlp=params["blocks.0.mlp.W_in"].shape[1],
-                          tied_embed=False, bias=False, dtype="float64"),
-        optim=OptimConfig(lr=float(cfg.get("lr", 1e-3)) if isinstance(cfg.get("lr"), (int, float)) else 1e-3,
-                          weight_decay=float(cfg.get("weight_decay", 1.0))
-                          if isinstance(cfg.get("weight_decay"), (int, float)) else 1.0),
+        model=ModelConfig(
+            kind="mlp",
+            d_model=params["embed.W_E"].shape[1],
+            d_mlp=params["blocks.0.mlp.W_in"].shape[1],
+            tied_embed=False,
+            bias=False,
+            dtype="float64",
+        ),
+        optim=OptimConfig(
+            lr=float(cfg.get("lr", 1e-3)) if isinstance(cfg.get("lr"), (int, float)) else 1e-3,
+            weight_decay=float(cfg.get("weight_decay", 1.0))
+            if isinstance(cfg.get("weight_decay"), (int, float))
+            else 1.0,
+        ),
         train=TrainConfig(steps=1, checkpoint_every=1, log_checkpoints=0),
     )
 
@@ -338,13 +355,26 @@ def import_chughtai_checkpoint(path: str | Path, config_path: str | Path, out: s
             whole = float((model(x_all).argmax(-1) == group.table[a.flatten(), b.flatten()]).double().mean())
             tr_loss, tr_acc = loss_and_accuracy(model(data.train_x), data.train_y)
             te_loss, te_acc = loss_and_accuracy(model(data.test_x), data.test_y)
-        row = {"step": 1, "train_loss": float(tr_loss), "test_loss": float(te_loss), "train_acc": float(tr_acc),
-               "test_acc": float(te_acc)}
+        row = {
+            "step": 1,
+            "train_loss": float(tr_loss),
+            "test_loss": float(te_loss),
+            "train_acc": float(tr_acc),
+            "test_acc": float(te_acc),
+        }
         atomic_write_bytes(run.path / RUN_FILES["metrics"], (json.dumps(row) + "\n").encode())
-        atomic_write_json(run.path / IMPORT_FILES["record"], {
-            "format": CHUGHTAI_FORMAT, "source": str(path.resolve()), "sha256": digest, "group": spec,
-            "element_map": how, "table_accuracy": whole, "their_config": plain(cfg),
-            "layers": plain(layers),
-        })
+        atomic_write_json(
+            run.path / IMPORT_FILES["record"],
+            {
+                "format": CHUGHTAI_FORMAT,
+                "source": str(path.resolve()),
+                "sha256": digest,
+                "group": spec,
+                "element_map": how,
+                "table_accuracy": whole,
+                "their_config": plain(cfg),
+                "layers": plain(layers),
+            },
+        )
 
     return write_import(out, digest, config, fill)

@@ -96,14 +96,21 @@ def _shapes(state: dict[str, torch.Tensor], where: str) -> dict[str, int]:
         raise StoreError(f"{where}: pos_embed.W_pos has {n_ctx} positions; only 'a b =' inputs (3) are supported")
     if d_vocab < 3:
         raise StoreError(f"{where}: vocabulary of {d_vocab} tokens is too small for p + 1 with p >= 2")
-    return {"d_model": d_model, "d_vocab": d_vocab, "n_heads": n_heads, "d_head": d_head, "d_mlp": d_mlp, "p": d_vocab - 1}
+    return {
+        "d_model": d_model,
+        "d_vocab": d_vocab,
+        "n_heads": n_heads,
+        "d_head": d_head,
+        "d_mlp": d_mlp,
+        "p": d_vocab - 1,
+    }
 
 
 def nanda_state_to_mechgrok(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Convert one of their state dicts to :class:`~mechgrok.models.OneLayerTransformer`'s."""
     shapes = _shapes(state, "state dict")
     p = shapes["p"]
-    f = lambda k: state[k].detach().to(torch.float32)  # noqa: E731
+    f = lambda k: state[k].detach().to(torch.float32)
     return {
         "embed.W_E": f("embed.W_E").T.contiguous(),
         "pos_embed.W_pos": f("pos_embed.W_pos").contiguous(),
@@ -111,7 +118,9 @@ def nanda_state_to_mechgrok(state: dict[str, torch.Tensor]) -> dict[str, torch.T
         "blocks.0.attn.W_K": f("blocks.0.attn.W_K").transpose(1, 2).contiguous(),
         "blocks.0.attn.W_V": f("blocks.0.attn.W_V").transpose(1, 2).contiguous(),
         # their z is flattened as (head, d_head) -> head-major columns of W_O
-        "blocks.0.attn.W_O": einops.rearrange(f("blocks.0.attn.W_O"), "d (h e) -> h e d", h=shapes["n_heads"]).contiguous(),
+        "blocks.0.attn.W_O": einops.rearrange(
+            f("blocks.0.attn.W_O"), "d (h e) -> h e d", h=shapes["n_heads"]
+        ).contiguous(),
         "blocks.0.mlp.W_in": f("blocks.0.mlp.W_in").T.contiguous(),
         "blocks.0.mlp.b_in": f("blocks.0.mlp.b_in").contiguous(),
         "blocks.0.mlp.W_out": f("blocks.0.mlp.W_out").T.contiguous(),
@@ -127,7 +136,7 @@ def nanda_split(p: int, frac_train: float, seed: int) -> tuple[torch.Tensor, tor
     rng = random.Random(seed)
     rng.shuffle(pairs)
     div = int(frac_train * len(pairs))
-    as_t = lambda ps: torch.tensor(ps, dtype=torch.int64).reshape(-1, 2)  # noqa: E731
+    as_t = lambda ps: torch.tensor(ps, dtype=torch.int64).reshape(-1, 2)
     return as_t(pairs[:div]), as_t(pairs[div:])
 
 
@@ -141,8 +150,14 @@ def _losses(obj: dict[str, Any], key: str, path: Path) -> list[float]:
         raise StoreError(f"{path}: {key!r} is not a list of numbers") from None
 
 
-def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, progress: bool = False,
-                            max_memory_gb: float = 16.0, max_disk_gb: float = 64.0) -> Run:
+def import_nanda_checkpoint(
+    path: str | Path,
+    out: str | Path | None = None,
+    *,
+    progress: bool = False,
+    max_memory_gb: float = 16.0,
+    max_disk_gb: float = 64.0,
+) -> Run:
     """Import a progress-measures-paper file (module docstring) as a mechgrok run folder.
 
     ``out`` defaults to ``FILE.mechgrok/`` next to the file. Importing the same file into a folder
@@ -170,7 +185,9 @@ def import_nanda_checkpoint(path: str | Path, out: str | Path | None = None, *, 
     config, frac, seed = _run_config(path, cfg, shapes, states, max_memory_gb)
     _check_converted_size(path, states, max_disk_gb)
     p = shapes["p"]
-    return write_import(out, digest, config, lambda run: _write_import(run, obj, cfg, states, path, digest, frac, seed, p))
+    return write_import(
+        out, digest, config, lambda run: _write_import(run, obj, cfg, states, path, digest, frac, seed, p)
+    )
 
 
 def _load(path: Path, max_memory_gb: float) -> dict[str, Any]:
@@ -186,13 +203,16 @@ def _load(path: Path, max_memory_gb: float) -> dict[str, Any]:
     return obj
 
 
-def _checked_states(obj: dict[str, Any], cfg: dict[str, Any],
-                    path: Path) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, int]]:
+def _checked_states(
+    obj: dict[str, Any], cfg: dict[str, Any], path: Path
+) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, int]]:
     """``[(epoch, state_dict), ...]`` sorted by epoch, every state checked, and their common shapes."""
     try:
         states = _states(obj, cfg, path)
     except (TypeError, ValueError, OverflowError) as e:  # int() of a hand-made 'epoch' / 'config' value
-        raise StoreError(f"{path}: unreadable epochs or config ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise StoreError(
+            f"{path}: unreadable epochs or config ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     if not states:
         raise StoreError(f"{path}: holds no state dicts")
     for (_, where), s in states:
@@ -205,8 +225,9 @@ def _checked_states(obj: dict[str, Any], cfg: dict[str, Any],
     return by_epoch, shapes
 
 
-def _run_config(path: Path, cfg: dict[str, Any], shapes: dict[str, int], states: list[tuple[int, Any]],
-                max_memory_gb: float) -> tuple[RunConfig, float, int]:
+def _run_config(
+    path: Path, cfg: dict[str, Any], shapes: dict[str, int], states: list[tuple[int, Any]], max_memory_gb: float
+) -> tuple[RunConfig, float, int]:
     """The mechgrok config of their run (their model, split and optimiser), its train fraction and seed."""
     p = shapes["p"]
     try:
@@ -223,19 +244,34 @@ def _run_config(path: Path, cfg: dict[str, Any], shapes: dict[str, int], states:
         lr, wd = float(cfg.get("lr", 1e-3)), float(cfg.get("weight_decay", 1.0))
         every = max(1, int(cfg.get("checkpoint_every", 100)))
     except (TypeError, ValueError, OverflowError) as e:
-        raise StoreError(f"{path}: unreadable config value ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise StoreError(
+            f"{path}: unreadable config value ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     limit = max_memory_gb if max_memory_gb else 0.0
     try:
         config = RunConfig(
             name=_run_name(path),
-            task=TaskConfig(kind="modular", p=p, op="add", pairs="ordered", format="equals", train_fraction=frac, seed=seed),
-            model=ModelConfig(kind="transformer", d_model=shapes["d_model"], n_heads=shapes["n_heads"],
-                              d_head=shapes["d_head"], d_mlp=shapes["d_mlp"]),
+            task=TaskConfig(
+                kind="modular", p=p, op="add", pairs="ordered", format="equals", train_fraction=frac, seed=seed
+            ),
+            model=ModelConfig(
+                kind="transformer",
+                d_model=shapes["d_model"],
+                n_heads=shapes["n_heads"],
+                d_head=shapes["d_head"],
+                d_mlp=shapes["d_mlp"],
+            ),
             optim=OptimConfig(lr=lr, weight_decay=wd, betas=(0.9, 0.98)),
             # the run's length and cadence are theirs; its folder holds only their checkpoints,
             # whose size is checked below, so the trainer's disk estimate does not apply
-            train=TrainConfig(steps=total_steps, seed=seed, checkpoint_every=every, log_checkpoints=0,
-                              max_memory_gb=limit, max_disk_gb=0.0),
+            train=TrainConfig(
+                steps=total_steps,
+                seed=seed,
+                checkpoint_every=every,
+                log_checkpoints=0,
+                max_memory_gb=limit,
+                max_disk_gb=0.0,
+            ),
         )
     except ConfigError as e:
         raise StoreError(f"{path}: {e}") from None
@@ -249,14 +285,21 @@ def _check_converted_size(path: Path, states: list[tuple[int, Any]], max_disk_gb
     need = len(states) * n_params * 4
     # what the file really stores: torch.load shares a storage between every reference to it,
     # and a view (a stride-0 expand) can claim more elements than its storage holds
-    stored = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for _, s in states for t in
-              (s[k] for k in _REQUIRED)}
+    stored = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for _, s in states
+        for t in (s[k] for k in _REQUIRED)
+    }
     if need > 4 * sum(stored.values()) + (16 << 20):  # float16 files convert to 2x; real ones never more
-        raise StoreError(f"{path}: its {len(states):,} checkpoints would expand {sum(stored.values()) / 1e6:,.3g} MB "
-                         f"of stored tensors to {need / 1e9:,.3g} GB (repeated or overlapping tensors)")
+        raise StoreError(
+            f"{path}: its {len(states):,} checkpoints would expand {sum(stored.values()) / 1e6:,.3g} MB "
+            f"of stored tensors to {need / 1e9:,.3g} GB (repeated or overlapping tensors)"
+        )
     if max_disk_gb and need > max_disk_gb * 1e9:
-        raise StoreError(f"{path}: {len(states):,} checkpoints of {n_params:,} parameters would take "
-                         f"~{need / 1e9:,.3g} GB, over the limit of {max_disk_gb:g} GB")
+        raise StoreError(
+            f"{path}: {len(states):,} checkpoints of {n_params:,} parameters would take "
+            f"~{need / 1e9:,.3g} GB, over the limit of {max_disk_gb:g} GB"
+        )
 
 
 def _run_name(path: Path) -> str:
@@ -322,8 +365,17 @@ def _check_state(state: dict[Any, Any], where: str) -> None:
             raise StoreError(f"{where}: {key!r} has dtype {value.dtype}, expected floating point")
 
 
-def _write_import(run: Run, obj: dict[str, Any], cfg: dict[str, Any], states: list, path: Path, digest: str,
-                  frac: float, seed: int, p: int) -> None:
+def _write_import(
+    run: Run,
+    obj: dict[str, Any],
+    cfg: dict[str, Any],
+    states: list,
+    path: Path,
+    digest: str,
+    frac: float,
+    seed: int,
+    p: int,
+) -> None:
     out = run.path
     # one converted state at a time: their list may hold hundreds of checkpoints
     for epoch, state in states:
@@ -342,18 +394,24 @@ def _write_import(run: Run, obj: dict[str, Any], cfg: dict[str, Any], states: li
         model = run.model(epoch)
         with torch.no_grad():
             tr_loss, tr_acc = loss_and_accuracy(model(data.train_x), data.train_y)
-            te_loss, te_acc = (loss_and_accuracy(model(data.test_x), data.test_y) if data.test_x.shape[0]
-                               else (torch.tensor(float("nan")),) * 2)
+            te_loss, te_acc = (
+                loss_and_accuracy(model(data.test_x), data.test_y)
+                if data.test_x.shape[0]
+                else (torch.tensor(float("nan")),) * 2
+            )
         row = rows.setdefault(epoch, {"step": epoch})
         row.setdefault("train_loss", float(tr_loss))
         row.setdefault("test_loss", float(te_loss))
         row.update(train_acc=float(tr_acc), test_acc=float(te_acc))
     lines = "".join(json.dumps({k: v for k, v in rows[s].items() if v == v}) + "\n" for s in sorted(rows))
     atomic_write_bytes(out / RUN_FILES["metrics"], lines.encode())
-    atomic_write_json(out / IMPORT_FILES["record"], {
-        "format": NANDA_FORMAT,
-        "source": str(path.resolve()),
-        "sha256": digest,
-        "epochs": [e for e, _ in states],
-        "their_config": plain(cfg),
-    })
+    atomic_write_json(
+        out / IMPORT_FILES["record"],
+        {
+            "format": NANDA_FORMAT,
+            "source": str(path.resolve()),
+            "sha256": digest,
+            "epochs": [e for e, _ in states],
+            "their_config": plain(cfg),
+        },
+    )

@@ -67,9 +67,17 @@ __all__ = ["ZHONG_FORMAT", "import_zhong_checkpoint", "zhong_state_to_mechgrok"]
 ZHONG_FORMAT = "clock-and-pizza"
 
 _REQUIRED = (
-    "embed.W_E", "pos_embed.W_pos", "unembed.W_U",
-    "blocks.0.attn.W_K", "blocks.0.attn.W_Q", "blocks.0.attn.W_V", "blocks.0.attn.W_O",
-    "blocks.0.mlp.W_in", "blocks.0.mlp.b_in", "blocks.0.mlp.W_out", "blocks.0.mlp.b_out",
+    "embed.W_E",
+    "pos_embed.W_pos",
+    "unembed.W_U",
+    "blocks.0.attn.W_K",
+    "blocks.0.attn.W_Q",
+    "blocks.0.attn.W_V",
+    "blocks.0.attn.W_O",
+    "blocks.0.mlp.W_in",
+    "blocks.0.mlp.b_in",
+    "blocks.0.mlp.W_out",
+    "blocks.0.mlp.b_out",
 )
 _ACTS = {"relu": "relu", "gelu": "gelu"}
 
@@ -142,8 +150,9 @@ def _read_config(config_path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _run_config(path: Path, config_path: Path, cfg: dict[str, Any], state: dict[str, Any],
-                max_memory_gb: float) -> tuple[RunConfig, int]:
+def _run_config(
+    path: Path, config_path: Path, cfg: dict[str, Any], state: dict[str, Any], max_memory_gb: float
+) -> tuple[RunConfig, int]:
     """The mechgrok config of their run and the step of its one checkpoint."""
     where = str(config_path)
     try:
@@ -156,8 +165,10 @@ def _run_config(path: Path, config_path: Path, cfg: dict[str, Any], state: dict[
         if act.lower() not in _ACTS:
             raise StoreError(f"{where}: act_fn {act[:40]!r} is not supported (ReLU or GeLU)")
         if int(cfg.get("diff_vocab", 0)):
-            raise StoreError(f"{where}: diff_vocab=1 (b as token C + b) is not supported; mechgrok's transformer "
-                             "reads both operands from one vocabulary")
+            raise StoreError(
+                f"{where}: diff_vocab=1 (b as token C + b) is not supported; mechgrok's transformer "
+                "reads both operands from one vocabulary"
+            )
         eqn = bool(int(cfg.get("eqn_sign", 0)))
         funcs = str(cfg.get("funcs", f"lambda x: (x[0]+x[1])%{p}")).replace(" ", "")
         if funcs != f"lambdax:(x[0]+x[1])%{p}":
@@ -167,7 +178,9 @@ def _run_config(path: Path, config_path: Path, cfg: dict[str, Any], state: dict[
         lr, wd = float(cfg.get("lr", 1e-3)), float(cfg.get("weight_decay", 1e-4))
         steps = max(1, int(cfg.get("epoch", 10_000)))
     except (TypeError, ValueError, OverflowError) as e:
-        raise StoreError(f"{where}: unreadable config value ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise StoreError(
+            f"{where}: unreadable config value ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     if p < 2:
         raise StoreError(f"{where}: C={p} must be >= 2")
     shapes = _shapes(state, str(path), p, 3 if eqn else 2)
@@ -176,14 +189,22 @@ def _run_config(path: Path, config_path: Path, cfg: dict[str, Any], state: dict[
     try:
         config = RunConfig(
             name=_run_name(path),
-            task=TaskConfig(kind="modular", p=p, op="add", pairs="ordered", format="equals" if eqn else "pairs",
-                            train_fraction=frac),
-            model=ModelConfig(kind="transformer", d_model=shapes["d_model"], n_heads=shapes["n_heads"],
-                              d_head=shapes["d_head"], d_mlp=shapes["d_mlp"], attn_rate=attn,
-                              act_fn=_ACTS[act.lower()]),
+            task=TaskConfig(
+                kind="modular", p=p, op="add", pairs="ordered", format="equals" if eqn else "pairs", train_fraction=frac
+            ),
+            model=ModelConfig(
+                kind="transformer",
+                d_model=shapes["d_model"],
+                n_heads=shapes["n_heads"],
+                d_head=shapes["d_head"],
+                d_mlp=shapes["d_mlp"],
+                attn_rate=attn,
+                act_fn=_ACTS[act.lower()],
+            ),
             optim=OptimConfig(lr=lr, weight_decay=wd, betas=(0.9, 0.98), warmup_steps=10),
-            train=TrainConfig(steps=steps, checkpoint_every=steps, log_checkpoints=0,
-                              max_memory_gb=max_memory_gb, max_disk_gb=0.0),
+            train=TrainConfig(
+                steps=steps, checkpoint_every=steps, log_checkpoints=0, max_memory_gb=max_memory_gb, max_disk_gb=0.0
+            ),
         )
     except ConfigError as e:
         raise StoreError(f"{where}: {e}") from None
@@ -195,8 +216,9 @@ def _run_name(path: Path) -> str:
     return f"zhong-{stem}"[:MAX_NAME]
 
 
-def import_zhong_checkpoint(path: str | Path, config: str | Path, out: str | Path | None = None, *,
-                            max_memory_gb: float = 16.0) -> Run:
+def import_zhong_checkpoint(
+    path: str | Path, config: str | Path, out: str | Path | None = None, *, max_memory_gb: float = 16.0
+) -> Run:
     """Import a clock-and-pizza ``model_<id>.pt`` with its ``config_<id>.json`` (module docstring)
     as a mechgrok run folder with one checkpoint, at step ``epoch`` (their run's length).
 
@@ -218,34 +240,56 @@ def import_zhong_checkpoint(path: str | Path, config: str | Path, out: str | Pat
     _check_unpacked_size(path, max_memory_gb)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises pickle / runtime errors of many types
+    except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StoreError(f"{path}: cannot read as a weights-only torch file ({msg[:200]})") from None
     if not isinstance(state, dict):
         raise StoreError(f"{path}: not a state dict (their torch.save(model.state_dict()))")
     run_config, step = _run_config(path, config_path, cfg, state, max_memory_gb)
     converted = zhong_state_to_mechgrok(state, run_config.task.p, run_config.model.n_heads)
-    return write_import(out, digest, run_config,
-                        lambda run: _write_import(run, converted, step, path, config_path, digest, cfg))
+    return write_import(
+        out, digest, run_config, lambda run: _write_import(run, converted, step, path, config_path, digest, cfg)
+    )
 
 
-def _write_import(run: Run, converted: dict[str, torch.Tensor], step: int, path: Path, config_path: Path,
-                  digest: str, cfg: dict[str, Any]) -> None:
+def _write_import(
+    run: Run,
+    converted: dict[str, torch.Tensor],
+    step: int,
+    path: Path,
+    config_path: Path,
+    digest: str,
+    cfg: dict[str, Any],
+) -> None:
     run.write_checkpoint(step, converted)
     data = run_dataset(run)
     model = run.model(step)
     with torch.no_grad():
         tr_loss, tr_acc = loss_and_accuracy(model(data.train_x), data.train_y)
-        te_loss, te_acc = (loss_and_accuracy(model(data.test_x), data.test_y) if data.test_x.shape[0]
-                           else (torch.tensor(float("nan")),) * 2)
-    row = {"step": step, "train_loss": float(tr_loss), "test_loss": float(te_loss),
-           "train_acc": float(tr_acc), "test_acc": float(te_acc)}
-    atomic_write_bytes(run.path / RUN_FILES["metrics"], (json.dumps({k: v for k, v in row.items() if not math.isnan(v)}) + "\n").encode())
-    atomic_write_json(run.path / IMPORT_FILES["record"], {
-        "format": ZHONG_FORMAT,
-        "source": str(path.resolve()),
-        "config_source": str(config_path.resolve()),
-        "sha256": digest,
-        "epochs": [step],
-        "their_config": plain(cfg),
-    })
+        te_loss, te_acc = (
+            loss_and_accuracy(model(data.test_x), data.test_y)
+            if data.test_x.shape[0]
+            else (torch.tensor(float("nan")),) * 2
+        )
+    row = {
+        "step": step,
+        "train_loss": float(tr_loss),
+        "test_loss": float(te_loss),
+        "train_acc": float(tr_acc),
+        "test_acc": float(te_acc),
+    }
+    atomic_write_bytes(
+        run.path / RUN_FILES["metrics"],
+        (json.dumps({k: v for k, v in row.items() if not math.isnan(v)}) + "\n").encode(),
+    )
+    atomic_write_json(
+        run.path / IMPORT_FILES["record"],
+        {
+            "format": ZHONG_FORMAT,
+            "source": str(path.resolve()),
+            "config_source": str(config_path.resolve()),
+            "sha256": digest,
+            "epochs": [step],
+            "their_config": plain(cfg),
+        },
+    )

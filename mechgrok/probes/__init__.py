@@ -24,9 +24,9 @@ from .fourier import (
     neuron_frequency_energy,
     neuron_spectra,
 )
+from .irreps import irrep_progress_measures, irreps_over_training, key_irreps, planted_group_mlp
 from .progress import modular_events, progress_measures
 from .stability import stability_over_training
-from .irreps import irrep_progress_measures, irreps_over_training, key_irreps, planted_group_mlp
 from .synthetic import cossin_solution, planted_modadd_mlp, planted_parity_mlp
 
 __all__ = [

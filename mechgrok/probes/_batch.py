@@ -14,7 +14,7 @@ per-checkpoint loop over live models, reading activations with ``run_with_cache`
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import einops
 import torch
@@ -32,6 +32,7 @@ from ..tasks import ModularVocab, encode_pairs
 # float64) made every temporary a fresh, page-faulting allocation and the cos/sin preset's sweep
 # 2.4x slower on one thread; much smaller chunks pay Python overhead per chunk instead
 DEFAULT_BUDGET = 2**22
+
 
 def row_chunks(n: int, per_row: int, budget: int = DEFAULT_BUDGET) -> Iterator[slice]:
     """Slices of ``range(n)`` whose rows each cost ``per_row`` elements, within ``budget``."""
@@ -61,7 +62,10 @@ def has_batched_modular(config: RunConfig) -> bool:
 
 
 def modular_grid_forward(
-    params: dict[str, torch.Tensor], config: RunConfig, *, need_logits: bool = True,
+    params: dict[str, torch.Tensor],
+    config: RunConfig,
+    *,
+    need_logits: bool = True,
     logit_rows: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Activations on the full p x p operand grid for stacked parameters ``[n, ...]``.
@@ -80,7 +84,11 @@ def modular_grid_forward(
         if kind == "mlp":
             W_E = params["embed.W_E"]  # [n, p, d]
         else:
-            W_E = cossin_embedding(p, config.model.frequency, config.model.embed_norm, torch.float64).to(W_in).expand(n, p, 2)
+            W_E = (
+                cossin_embedding(p, config.model.frequency, config.model.embed_norm, torch.float64)
+                .to(W_in)
+                .expand(n, p, 2)
+            )
         h = torch.einsum("nad,ndm->nam", W_E, W_in)  # [n, p, m]: h(a), shared by both operands
         # a group task's b is token p + b (tasks.encode_pairs): rows p .. 2p - 1 of h
         h_b = h[:, p : 2 * p] if h.shape[1] == 2 * p else h
@@ -116,20 +124,27 @@ def modular_grid_forward(
 _ACT = {"relu": F.relu, "gelu": F.gelu}
 
 
-def _transformer_mlp_logits(params: dict[str, torch.Tensor], resid: torch.Tensor, need_logits: bool,
-                            act_fn: str) -> dict[str, torch.Tensor]:
+def _transformer_mlp_logits(
+    params: dict[str, torch.Tensor], resid: torch.Tensor, need_logits: bool, act_fn: str
+) -> dict[str, torch.Tensor]:
     """MLP and unembedding of the answer position's residual stream ``resid [n, a, b, d]``."""
-    pre = torch.einsum("nabd,ndm->nabm", resid, params["blocks.0.mlp.W_in"]) + params["blocks.0.mlp.b_in"][:, None, None]
+    pre = (
+        torch.einsum("nabd,ndm->nabm", resid, params["blocks.0.mlp.W_in"]) + params["blocks.0.mlp.b_in"][:, None, None]
+    )
     post = _ACT[act_fn](pre)
     out = {"pre": pre, "post": post}
     if need_logits:
-        mlp_out = torch.einsum("nabm,nmd->nabd", post, params["blocks.0.mlp.W_out"]) + params["blocks.0.mlp.b_out"][:, None, None]
+        mlp_out = (
+            torch.einsum("nabm,nmd->nabd", post, params["blocks.0.mlp.W_out"])
+            + params["blocks.0.mlp.b_out"][:, None, None]
+        )
         out["logits"] = torch.einsum("nabd,ndc->nabc", resid + mlp_out, params["unembed.W_U"])
     return out
 
 
-def _transformer_pairs_forward(params: dict[str, torch.Tensor], p: int, need_logits: bool, attn_rate: float = 1.0,
-                               act_fn: str = "relu") -> dict[str, torch.Tensor]:
+def _transformer_pairs_forward(
+    params: dict[str, torch.Tensor], p: int, need_logits: bool, attn_rate: float = 1.0, act_fn: str = "relu"
+) -> dict[str, torch.Tensor]:
     """The 1-layer transformer on ``a b`` (Zhong et al.'s input, no ``=``), read at position 1.
 
     The query at position 1 depends on b only, the key / value at position 0 on a only: two
@@ -153,8 +168,9 @@ def _transformer_pairs_forward(params: dict[str, torch.Tensor], p: int, need_log
     return _transformer_mlp_logits(params, resid, need_logits, act_fn)
 
 
-def _transformer_equals_forward(params: dict[str, torch.Tensor], p: int, need_logits: bool, attn_rate: float = 1.0,
-                                act_fn: str = "relu") -> dict[str, torch.Tensor]:
+def _transformer_equals_forward(
+    params: dict[str, torch.Tensor], p: int, need_logits: bool, attn_rate: float = 1.0, act_fn: str = "relu"
+) -> dict[str, torch.Tensor]:
     """Nanda et al.'s 1-layer transformer on ``a b =``, read at the last position.
 
     In a one-layer model the query at position 2 sees only ``=`` and W_pos[2], so it is the same
@@ -179,7 +195,8 @@ def _transformer_equals_forward(params: dict[str, torch.Tensor], p: int, need_lo
     s2 = torch.einsum("nhe,nhe->nh", q2, k2) / scale
     n, h = s2.shape
     scores = torch.stack(
-        [s0[:, :, None].expand(n, p, p, h), s1[:, None].expand(n, p, p, h), s2[:, None, None].expand(n, p, p, h)], dim=-1
+        [s0[:, :, None].expand(n, p, p, h), s1[:, None].expand(n, p, p, h), s2[:, None, None].expand(n, p, p, h)],
+        dim=-1,
     )  # [n, a, b, h, 3]
     pattern = rated_pattern(scores.softmax(dim=-1), attn_rate)
     z = (
@@ -206,7 +223,9 @@ def hidden_hook_name(config: RunConfig) -> str | None:
 
 
 @torch.no_grad()
-def live_grid_forward(traj: Trajectory, rows: range | list[int], *, need_logits: bool = True) -> dict[str, torch.Tensor]:
+def live_grid_forward(
+    traj: Trajectory, rows: range | list[int], *, need_logits: bool = True
+) -> dict[str, torch.Tensor]:
     """Like :func:`modular_grid_forward`, one live model per checkpoint (any model kind).
 
     Activations are read with ``run_with_cache`` (hooks live only during the call). ``pre`` is

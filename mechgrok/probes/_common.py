@@ -36,7 +36,9 @@ def config_for_model(model: nn.Module, task: TaskConfig | None = None) -> RunCon
     if task is None:
         if kind == "parity_mlp":
             raise ValueError("probe: a live parity model needs its task (pass data / the TaskConfig)")
-        fmt = "pairs" if kind in ("mlp", "cossin_mlp") or cfg.n_ctx == 2 else ("equals" if cfg.n_ctx == 3 else "sequence")
+        fmt = (
+            "pairs" if kind in ("mlp", "cossin_mlp") or cfg.n_ctx == 2 else ("equals" if cfg.n_ctx == 3 else "sequence")
+        )
         task = TaskConfig(kind="modular", p=cfg.p, format=fmt)
     return RunConfig(name="live-model", task=task, model=model_cfg)
 
@@ -79,4 +81,3 @@ def to_jsonable(value):
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         return value.item()
     return value
-

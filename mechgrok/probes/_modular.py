@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -211,15 +211,19 @@ def modular_sweep(
         out["embed_freq_norms"] = frequency_norms(embed_matrix(traj), dim=1, batch_dims=1)
         out["sparsity"] = gini(out["embed_freq_norms"])
         if kind in ("mlp", "cossin_mlp"):
-            h = embed_matrix(traj) if kind == "cossin_mlp" else torch.einsum(
-                "nad,ndm->nam", traj.params["embed.W_E"], traj.params["blocks.0.mlp.W_in"])
+            h = (
+                embed_matrix(traj)
+                if kind == "cossin_mlp"
+                else torch.einsum("nad,ndm->nam", traj.params["embed.W_E"], traj.params["blocks.0.mlp.W_in"])
+            )
             out["input_freq_norms"] = frequency_norms(h, dim=1, batch_dims=1)
     if "progress" in parts:
         if data is None:
             raise ValueError("progress measures: need the run's dataset (train / test split)")
         if key_freqs is None:
-            last = modular_sweep(traj.subset([n - 1]), None, ("logits",), min_gap=min_gap, min_explained=min_explained,
-                                 budget=budget)
+            last = modular_sweep(
+                traj.subset([n - 1]), None, ("logits",), min_gap=min_gap, min_explained=min_explained, budget=budget
+            )
             key_freqs = [int(k) + 1 for k in torch.nonzero(last["key_freq_mask"][0], as_tuple=False)[:, 0]]
         key_freqs = sorted({int(k) for k in key_freqs})
         bad_k = [k for k in key_freqs if not 1 <= k <= p // 2]

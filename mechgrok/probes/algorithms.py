@@ -170,9 +170,15 @@ def circularity(obj: Trajectory | Run | nn.Module, n_components: int = 4) -> tor
     return (half.max(dim=1).values / total).mean(dim=1)
 
 
-def classify_algorithm(distance_irrelevance: float, gradient_symmetricity: float, accuracy: float = 1.0, *,
-                       distance_threshold: float = DISTANCE_THRESHOLD, symmetry_threshold: float = SYMMETRY_THRESHOLD,
-                       min_accuracy: float = MIN_ACCURACY) -> str:
+def classify_algorithm(
+    distance_irrelevance: float,
+    gradient_symmetricity: float,
+    accuracy: float = 1.0,
+    *,
+    distance_threshold: float = DISTANCE_THRESHOLD,
+    symmetry_threshold: float = SYMMETRY_THRESHOLD,
+    min_accuracy: float = MIN_ACCURACY,
+) -> str:
     """``clock``, ``pizza`` or ``neither``.
 
     The rule (thresholds from the spread of Zhong et al.'s published runs, ``result/*.csv``):
@@ -193,8 +199,14 @@ def classify_algorithm(distance_irrelevance: float, gradient_symmetricity: float
     return "neither"
 
 
-def algorithm_signatures(obj: Trajectory | Run | nn.Module, *, n_samples: int = 100, seed: int = 0,
-                         n_components: int = 4, **thresholds: float) -> dict[str, object]:
+def algorithm_signatures(
+    obj: Trajectory | Run | nn.Module,
+    *,
+    n_samples: int = 100,
+    seed: int = 0,
+    n_components: int = 4,
+    **thresholds: float,
+) -> dict[str, object]:
     """All signatures per checkpoint: ``steps``, ``accuracy`` (all p^2 pairs), ``distance_irrelevance``,
     ``gradient_symmetricity``, ``circularity`` (tensors ``[n]``) and ``algorithm`` (a list of
     :func:`classify_algorithm` labels; ``thresholds`` are its keyword arguments)."""
@@ -204,5 +216,11 @@ def algorithm_signatures(obj: Trajectory | Run | nn.Module, *, n_samples: int = 
     sym = gradient_symmetricity(traj, n_samples=n_samples, seed=seed)
     circ = circularity(traj, n_components=n_components)
     labels = [classify_algorithm(float(d), float(s), float(a), **thresholds) for d, s, a in zip(dist, sym, acc)]
-    return {"steps": traj.steps.clone(), "accuracy": acc, "distance_irrelevance": dist,
-            "gradient_symmetricity": sym, "circularity": circ, "algorithm": labels}
+    return {
+        "steps": traj.steps.clone(),
+        "accuracy": acc,
+        "distance_irrelevance": dist,
+        "gradient_symmetricity": sym,
+        "circularity": circ,
+        "algorithm": labels,
+    }

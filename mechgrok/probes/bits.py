@@ -265,8 +265,12 @@ def parity_events(
     ratio, sens = series["irrelevant_weight_ratio"], series["irrelevant_sensitivity"]
     pruned = first_stable_step(steps_t, ratio <= prune_threshold)
     sens_zero = first_stable_step(steps_t, sens <= sensitivity_tol)
-    out = ParityEvents(pruned_step=pruned, sensitivity_zero_step=sens_zero, prune_threshold=prune_threshold,
-                       sensitivity_tol=sensitivity_tol)
+    out = ParityEvents(
+        pruned_step=pruned,
+        sensitivity_zero_step=sens_zero,
+        prune_threshold=prune_threshold,
+        sensitivity_tol=sensitivity_tol,
+    )
     if generalised_step is not None:
         out.prune_lag = None if pruned is None else generalised_step - pruned
         out.sensitivity_lag = None if sens_zero is None else generalised_step - sens_zero

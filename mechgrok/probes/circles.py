@@ -32,7 +32,9 @@ from ._modular import modular_sweep
 __all__ = ["neuron_circles", "phase_spread", "norm_cv"]
 
 
-def phase_spread(phase: torch.Tensor, freq: torch.Tensor, norm: torch.Tensor, min_norm_frac: float = 0.1) -> torch.Tensor:
+def phase_spread(
+    phase: torch.Tensor, freq: torch.Tensor, norm: torch.Tensor, min_norm_frac: float = 0.1
+) -> torch.Tensor:
     """Evenness of neuron phases ``[n, m]`` -> ``[n]`` (definition in the module docstring)."""
     phase = torch.remainder(phase.double(), 2 * math.pi)
     active = (norm >= min_norm_frac * norm.amax(-1, keepdim=True)) & (norm > 0) & (freq > 0)

@@ -53,16 +53,24 @@ the loss as logged, so compare with their map on runs that log their loss scale 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from .._util import first_step, format_step
 
 __all__ = [
-    "GrokEvents", "ParityEvents", "ModularEvents", "PHASES", "PHASE_RULES", "detect_events", "classify_phase",
-    "loss_for_accuracy", "loss_scale_of",
+    "GrokEvents",
+    "ParityEvents",
+    "ModularEvents",
+    "PHASES",
+    "PHASE_RULES",
+    "detect_events",
+    "classify_phase",
+    "loss_for_accuracy",
+    "loss_scale_of",
 ]
 
 PHASES = ("comprehension", "grokking", "memorisation", "confusion", "unknown")
@@ -111,8 +119,10 @@ class GrokEvents:
         fmt = format_step
         if self.phase == "unknown":
             ev = self.evidence or {}
-            return (f"unknown: not enough evidence for a phase ({ev.get('n_train', 0)} evaluated train step(s), "
-                    f"{ev.get('n_test', 0)} test step(s); need {ev.get('min_evaluated', MIN_EVALUATED)} of each)")
+            return (
+                f"unknown: not enough evidence for a phase ({ev.get('n_train', 0)} evaluated train step(s), "
+                f"{ev.get('n_test', 0)} test step(s); need {ev.get('min_evaluated', MIN_EVALUATED)} of each)"
+            )
         text = f"{self.phase}: memorised at step {fmt(self.memorised_step)}, generalised at step {fmt(self.generalised_step)}"
         if self.lag is not None:
             text += f" (lag {self.lag:,} steps, ratio {self.ratio:.1f})"
@@ -208,8 +218,9 @@ def _column(metrics: Mapping[str, Sequence[float]], key: str, n: int) -> np.ndar
     return col
 
 
-def _reached(acc: np.ndarray | None, loss: np.ndarray | None, threshold: float, n: int,
-             loss_scale: float = 1.0) -> tuple[np.ndarray, str]:
+def _reached(
+    acc: np.ndarray | None, loss: np.ndarray | None, threshold: float, n: int, loss_scale: float = 1.0
+) -> tuple[np.ndarray, str]:
     """Per step: 1.0 reached, 0.0 not, NaN no evidence - accuracy where evaluated, else the loss bound."""
     out = np.full(n, np.nan)
     used = []
@@ -258,13 +269,20 @@ def detect_events(
         other = key.replace("_acc", "_loss") if key.endswith("_acc") else key
         if cols[key] is None and (rule == "loss" or cols[other] is None):
             raise ValueError(f"metrics: missing column {key!r}")
-    thresholds: dict[str, float] = {"train": train_threshold, "test": test_threshold, "grok_ratio": grok_ratio,
-                                    "grok_min_lag": grok_min_lag, "min_evaluated": min_evaluated}
+    thresholds: dict[str, float] = {
+        "train": train_threshold,
+        "test": test_threshold,
+        "grok_ratio": grok_ratio,
+        "grok_min_lag": grok_min_lag,
+        "min_evaluated": min_evaluated,
+    }
     if rule == "accuracy":
         train_hit, train_from = _reached(cols["train_acc"], cols["train_loss"], train_threshold, n, loss_scale)
         test_hit, test_from = _reached(cols["test_acc"], cols["test_loss"], test_threshold, n, loss_scale)
-        thresholds.update(train_loss=loss_for_accuracy(train_threshold, loss_scale),
-                          test_loss=loss_for_accuracy(test_threshold, loss_scale))
+        thresholds.update(
+            train_loss=loss_for_accuracy(train_threshold, loss_scale),
+            test_loss=loss_for_accuracy(test_threshold, loss_scale),
+        )
         n_train, n_test = int(np.isfinite(train_hit).sum()), int(np.isfinite(test_hit).sum())
         evidence: dict[str, Any] = {"train": train_from, "test": test_from, "n_train": n_train, "n_test": n_test}
     else:
@@ -276,10 +294,15 @@ def detect_events(
         # a loss of exactly 0 (float32 underflow) makes the ratio infinite: grokking-like, as in PAIR's
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = te[both] / tr[both]
-        evidence = {"train": "loss", "test": "loss", "n_train": n_train, "n_test": n_test,
-                    "min_train_loss": float(tr[both].min()) if both.any() else None,
-                    "min_test_loss": float(te[both].min()) if both.any() else None,
-                    "max_loss_ratio": float(np.nanmax(ratios)) if both.any() and not np.isnan(ratios).all() else None}
+        evidence = {
+            "train": "loss",
+            "test": "loss",
+            "n_train": n_train,
+            "n_test": n_test,
+            "min_train_loss": float(tr[both].min()) if both.any() else None,
+            "min_test_loss": float(te[both].min()) if both.any() else None,
+            "max_loss_ratio": float(np.nanmax(ratios)) if both.any() and not np.isnan(ratios).all() else None,
+        }
         thresholds.update(pair_min_loss=pair_min_loss, pair_max_ratio=pair_max_ratio)
     evidence["min_evaluated"] = min_evaluated
     mem, gen = first_step(steps, train_hit > 0), first_step(steps, test_hit > 0)  # NaN (no evidence) > 0 is False

@@ -33,7 +33,7 @@ k - 1 for frequency k; for even p the last column is the Nyquist frequency p / 2
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -48,7 +48,6 @@ from ._modular import modular_sweep
 # this module can import the sweep without a cycle); they stay public under this module's name
 from ._spectral import (
     fourier_basis,
-    frac_explained_by_frequency,
     frequency_norms,
     frequency_of_row,
     gini,
@@ -88,7 +87,9 @@ def key_frequencies(
     if isinstance(source, (torch.Tensor, list, tuple)):
         norms = torch.as_tensor(source, dtype=torch.float64)
         if norms.ndim != 1:
-            raise ValueError(f"key_frequencies: expected a 1-D tensor of per-frequency norms, got shape {list(norms.shape)}")
+            raise ValueError(
+                f"key_frequencies: expected a 1-D tensor of per-frequency norms, got shape {list(norms.shape)}"
+            )
         mask = key_frequency_mask(norms.pow(2), min_gap=min_gap, min_explained=min_explained)
         return [int(k) + 1 for k in torch.nonzero(mask, as_tuple=False)[:, 0]]
     traj = as_trajectory(source, task)
@@ -148,9 +149,23 @@ def fourier_over_training(
     """
     traj = as_trajectory(traj, task)
     res = modular_sweep(
-        traj, None, parts=("fourier", "logits"), min_gap=min_gap, min_explained=min_explained,
-        budget=budget, progress=progress,
+        traj,
+        None,
+        parts=("fourier", "logits"),
+        min_gap=min_gap,
+        min_explained=min_explained,
+        budget=budget,
+        progress=progress,
     )
-    keys = ("embed_freq_norms", "neuron_dominant_freq", "neuron_frac_explained", "logit_freq_norms",
-            "logit_freq_frac", "sparsity", "sparsity_logits", "key_freq_mask", "input_freq_norms")
+    keys = (
+        "embed_freq_norms",
+        "neuron_dominant_freq",
+        "neuron_frac_explained",
+        "logit_freq_norms",
+        "logit_freq_frac",
+        "sparsity",
+        "sparsity_logits",
+        "key_freq_mask",
+        "input_freq_norms",
+    )
     return {k: res[k] for k in keys if k in res}

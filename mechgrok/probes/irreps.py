@@ -69,8 +69,10 @@ def task_group(config: RunConfig | TaskConfig) -> FiniteGroup:
         return finite_group(task.group)
     if task.kind == "modular" and task.op == "add":
         return finite_group(f"c{task.p}")
-    raise ValueError(f"irrep probes: need a group task or (a + b) mod p, got task {task.kind!r}"
-                     + (f" op {task.op!r}" if task.kind == "modular" else ""))
+    raise ValueError(
+        f"irrep probes: need a group task or (a + b) mod p, got task {task.kind!r}"
+        + (f" op {task.op!r}" if task.kind == "modular" else "")
+    )
 
 
 def irrep_names(group: FiniteGroup) -> list[str]:
@@ -105,8 +107,10 @@ class _AnswerSpace:
 
     def energy(self, R: torch.Tensor) -> torch.Tensor:
         """``[n, irreps - 1]``: squared norm of the projection on each non-trivial irrep's space."""
-        out = [torch.einsum("nio,ij,njo->n", R[:, c], gi, R[:, c]).clamp_min(0)
-               for c, gi in zip(self.cols[1:], self.ginv[1:])]
+        out = [
+            torch.einsum("nio,ij,njo->n", R[:, c], gi, R[:, c]).clamp_min(0)
+            for c, gi in zip(self.cols[1:], self.ginv[1:])
+        ]
         return torch.stack(out, -1) if out else torch.zeros(R.shape[0], 0, dtype=torch.float64)
 
     def projection(self, R: torch.Tensor, irreps: Sequence[int], constant: bool) -> torch.Tensor:
@@ -147,15 +151,25 @@ def _neuron_fracs(post: torch.Tensor, spec: str) -> torch.Tensor:
     var = E.sum((-1, -2)) - E[..., const][..., const, :].sum((-1, -2))
     parts = []
     for c in cols[1:]:
-        part = E[..., c, :][..., const].sum((-1, -2)) + E[..., const, :][..., c].sum((-1, -2)) \
+        part = (
+            E[..., c, :][..., const].sum((-1, -2))
+            + E[..., const, :][..., c].sum((-1, -2))
             + E[..., c, :][..., c].sum((-1, -2))
+        )
         parts.append(part)
     part = torch.stack(parts, -1)
     return torch.where(var[..., None] > 0, part / var[..., None].clamp_min(1e-300), torch.zeros_like(part))
 
 
-def key_irrep_mask(energy: torch.Tensor, variance: torch.Tensor, spec: str, *, min_gap: float = 4.0,
-                   min_explained: float = 0.5, max_frac: float | None = None) -> torch.Tensor:
+def key_irrep_mask(
+    energy: torch.Tensor,
+    variance: torch.Tensor,
+    spec: str,
+    *,
+    min_gap: float = 4.0,
+    min_explained: float = 0.5,
+    max_frac: float | None = None,
+) -> torch.Tensor:
     """The key-irrep cut of per-irrep logit energies ``[n, irreps - 1]`` against the logit
     variance ``[n]`` (module docstring): for C_n the Fourier probe's cut exactly; otherwise the
     gap may fall anywhere, among energies floored at ``NEGLIGIBLE`` of the variance."""
@@ -201,8 +215,9 @@ def irrep_sweep(
         if data is None:
             raise ValueError("irrep progress measures: need the run's dataset (train / test split)")
         if key_irreps is None:
-            last = irrep_sweep(traj.subset([n - 1]), None, ("logits",), min_gap=min_gap, min_explained=min_explained,
-                               max_frac=max_frac)
+            last = irrep_sweep(
+                traj.subset([n - 1]), None, ("logits",), min_gap=min_gap, min_explained=min_explained, max_frac=max_frac
+            )
             key_irreps = [int(k) + 1 for k in torch.nonzero(last["key_irrep_mask"][0], as_tuple=False)[:, 0]]
         key_irreps = sorted({int(k) for k in key_irreps})
         if any(not 1 <= k <= n_cols for k in key_irreps):
@@ -225,7 +240,9 @@ def irrep_sweep(
             frac = _neuron_fracs(fw["post"], spec)
             best, arg = frac.max(-1) if n_cols else (frac.sum(-1), torch.zeros(frac.shape[:-1], dtype=torch.int64))
             buffers.setdefault("neuron_frac_explained", []).append(best)
-            buffers.setdefault("neuron_dominant_irrep", []).append(torch.where(best > 0, arg + 1, torch.zeros_like(arg)))
+            buffers.setdefault("neuron_dominant_irrep", []).append(
+                torch.where(best > 0, arg + 1, torch.zeros_like(arg))
+            )
         if need_logits:
             L = fw["logits"][..., :p].double()
             L_S = L[:, pos_S]
@@ -250,8 +267,9 @@ def irrep_sweep(
         energy, variance = out.pop("_energy"), out.pop("_variance")
         out["logit_irrep_norms"] = (energy / space.n_inputs).sqrt()
         out["logit_irrep_frac"] = energy / variance.clamp_min(1e-300)[:, None]
-        out["key_irrep_mask"] = key_irrep_mask(energy, variance, spec, min_gap=min_gap, min_explained=min_explained,
-                                               max_frac=max_frac)
+        out["key_irrep_mask"] = key_irrep_mask(
+            energy, variance, spec, min_gap=min_gap, min_explained=min_explained, max_frac=max_frac
+        )
         out["sparsity_logits"] = gini(out["logit_irrep_norms"])
     if "progress" in parts:
         out["key_irreps"] = torch.tensor(key_irreps, dtype=torch.int64)
@@ -259,8 +277,12 @@ def irrep_sweep(
 
 
 def irreps_over_training(
-    traj: Trajectory | Run | nn.Module, *, task: TaskConfig | None = None, min_gap: float = 4.0,
-    min_explained: float = 0.5, budget: int = DEFAULT_BUDGET,
+    traj: Trajectory | Run | nn.Module,
+    *,
+    task: TaskConfig | None = None,
+    min_gap: float = 4.0,
+    min_explained: float = 0.5,
+    budget: int = DEFAULT_BUDGET,
 ) -> dict[str, torch.Tensor]:
     """Irrep spectra of every checkpoint (embedding, neurons, logits, key-irrep mask, sparsity)."""
     traj = as_trajectory(traj, task)
@@ -268,8 +290,12 @@ def irreps_over_training(
 
 
 def key_irreps(
-    source: Trajectory | Run | nn.Module, task: TaskConfig | None = None, *, row: int = -1,
-    min_gap: float = 4.0, min_explained: float = 0.5,
+    source: Trajectory | Run | nn.Module,
+    task: TaskConfig | None = None,
+    *,
+    row: int = -1,
+    min_gap: float = 4.0,
+    min_explained: float = 0.5,
 ) -> list[str]:
     """Names of the key irreps of checkpoint ``row`` (default the last): the cut of its logit
     spectrum, no count fixed in advance."""
@@ -280,15 +306,26 @@ def key_irreps(
 
 
 def irrep_progress_measures(
-    traj: Trajectory | Run | nn.Module, data: Dataset, *, key_irreps: Sequence[int] | None = None,
+    traj: Trajectory | Run | nn.Module,
+    data: Dataset,
+    *,
+    key_irreps: Sequence[int] | None = None,
     budget: int = DEFAULT_BUDGET,
 ) -> dict[str, torch.Tensor]:
     """Restricted / excluded loss (and the checkpoint's own losses) with respect to the key irreps
     (column numbers + 1, default those of the last checkpoint), every checkpoint."""
     traj = as_trajectory(traj, data.task)
     res = irrep_sweep(traj, data, ("progress",), key_irreps=key_irreps, budget=budget)
-    keys = ("restricted_loss", "excluded_loss", "train_loss", "test_loss", "train_acc", "test_acc",
-            "sum_sq_weights", "key_irreps")
+    keys = (
+        "restricted_loss",
+        "excluded_loss",
+        "train_loss",
+        "test_loss",
+        "train_acc",
+        "test_acc",
+        "sum_sq_weights",
+        "key_irreps",
+    )
     return {k: res[k] for k in keys}
 
 
@@ -308,7 +345,9 @@ def planted_group_mlp(spec: str, irreps: Sequence[str], scale: float = 1.0):
     by_name = {r.name: r for r in group.irreps()}
     bad = [name for name in irreps if name not in by_name or name == "trivial"]
     if bad or not irreps:
-        raise ValueError(f"irreps: need non-trivial irreps of {group.name} ({', '.join(list(by_name)[1:])}), got {list(irreps)}")
+        raise ValueError(
+            f"irreps: need non-trivial irreps of {group.name} ({', '.join(list(by_name)[1:])}), got {list(irreps)}"
+        )
     G = group.order
     task = TaskConfig(kind="group", group=spec, format="pairs")
     model = build_model(ModelConfig(kind="mlp", d_model=2 * G, d_mlp=G * G, tied_embed=False, bias=True), task)
@@ -326,8 +365,15 @@ def planted_group_mlp(spec: str, irreps: Sequence[str], scale: float = 1.0):
     W_U = torch.zeros(2 * G, G, dtype=torch.float64)
     W_U[:G] = torch.eye(G, dtype=torch.float64)
     state = dict(model.state_dict())
-    state.update({"embed.W_E": torch.eye(2 * G, dtype=torch.float64), "blocks.0.mlp.W_in": W_in,
-                  "blocks.0.mlp.b_in": -torch.ones(G * G, dtype=torch.float64), "blocks.0.mlp.W_out": W_out,
-                  "blocks.0.mlp.b_out": torch.zeros(2 * G, dtype=torch.float64), "unembed.W_U": W_U})
+    state.update(
+        {
+            "embed.W_E": torch.eye(2 * G, dtype=torch.float64),
+            "blocks.0.mlp.W_in": W_in,
+            "blocks.0.mlp.b_in": -torch.ones(G * G, dtype=torch.float64),
+            "blocks.0.mlp.W_out": W_out,
+            "blocks.0.mlp.b_out": torch.zeros(2 * G, dtype=torch.float64),
+            "unembed.W_U": W_U,
+        }
+    )
     model.load_state_dict(state)  # copied into the model's own (float32) parameters
     return model.eval()

@@ -175,9 +175,19 @@ class LLCResult:
         replays the same chain streams, so chunking the checkpoints changes no number."""
         first = parts[0]
         cat = lambda name: torch.cat([getattr(p, name) for p in parts])
-        return LLCResult(steps=cat("steps"), llc=cat("llc"), llc_std=cat("llc_std"), chain_llc=cat("chain_llc"),
-                         init_loss=cat("init_loss"), trace=cat("trace"), negative=cat("negative"),
-                         diverged=cat("diverged"), nbeta=first.nbeta, n=first.n, config=first.config)
+        return LLCResult(
+            steps=cat("steps"),
+            llc=cat("llc"),
+            llc_std=cat("llc_std"),
+            chain_llc=cat("chain_llc"),
+            init_loss=cat("init_loss"),
+            trace=cat("trace"),
+            negative=cat("negative"),
+            diverged=cat("diverged"),
+            nbeta=first.nbeta,
+            n=first.n,
+            config=first.config,
+        )
 
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """The result as named tensors, one row per checkpoint, every name containing ``llc``
@@ -250,9 +260,10 @@ def _sample(
         if batch is not None:
             per_chain = torch.stack([torch.randperm(n, generator=gens[c], device=device)[:batch] for c in chains])
             idx = per_chain[pick]  # [R, b]
-        noise = {k: torch.stack([torch.randn(v.shape[1:], generator=gens[c], device=device, dtype=v.dtype)
-                                 for c in chains])
-                 for k, v in w.items()}
+        noise = {
+            k: torch.stack([torch.randn(v.shape[1:], generator=gens[c], device=device, dtype=v.dtype) for c in chains])
+            for k, v in w.items()
+        }
         loss, grads = objective(w, idx)
         trace[:, t] = loss
         with torch.no_grad():
@@ -330,8 +341,9 @@ def _run_rows(
         for r in range(K):
             for c in range(C):
                 one = {k: v[r : r + 1] for k, v in w_star.items()}
-                i, tr = _sample(objective, one, torch.tensor([c]), eps[r : r + 1], gamma[r : r + 1],
-                                nbeta[r : r + 1], n, config)
+                i, tr = _sample(
+                    objective, one, torch.tensor([c]), eps[r : r + 1], gamma[r : r + 1], nbeta[r : r + 1], n, config
+                )
                 init.append(i)
                 traces.append(tr)
             if progress is not None:
@@ -367,8 +379,17 @@ def llc_of_potential(
 
     K = next(iter(w_star.values())).shape[0]
     full = lambda x: torch.full((K,), float(x), dtype=torch.float64)
-    init, trace, nb = _run_rows(objective, w_star, full(config.epsilon), full(config.gamma), full(nbeta),
-                                1, config, rows_per_chunk=K, vectorize=vectorize)
+    init, trace, nb = _run_rows(
+        objective,
+        w_star,
+        full(config.epsilon),
+        full(config.gamma),
+        full(nbeta),
+        1,
+        config,
+        rows_per_chunk=K,
+        vectorize=vectorize,
+    )
     return _finish(init, trace, nb, torch.zeros(K, dtype=torch.int64), 1, config)
 
 
@@ -448,9 +469,18 @@ def llc(
     w_star = {k: traj.params[k].to(config.device) for k in objective.names}
     K = len(traj)
     full = lambda x: torch.full((K,), float(x), dtype=torch.float64)
-    init, trace, nb = _run_rows(objective, w_star, full(config.epsilon), full(config.gamma), full(nbeta),
-                                objective.n, config, _rows_per_chunk(objective, config, budget) // config.chains or 1,
-                                vectorize, progress)
+    init, trace, nb = _run_rows(
+        objective,
+        w_star,
+        full(config.epsilon),
+        full(config.gamma),
+        full(nbeta),
+        objective.n,
+        config,
+        _rows_per_chunk(objective, config, budget) // config.chains or 1,
+        vectorize,
+        progress,
+    )
     return _finish(init, trace, nb, traj.steps.clone(), objective.n, config)
 
 
@@ -512,13 +542,24 @@ def llc_calibration(
     for b, e, g in grid:  # validated like a config so a typo names the field
         replace(config, nbeta=float(b), epsilon=float(e), gamma=float(g))
     K = len(grid)
-    w_star = {k: traj.params[k][row : row + 1].expand(K, *traj.params[k].shape[1:]).to(config.device).contiguous()
-              for k in objective.names}
+    w_star = {
+        k: traj.params[k][row : row + 1].expand(K, *traj.params[k].shape[1:]).to(config.device).contiguous()
+        for k in objective.names
+    }
     nb = torch.tensor([b for b, _, _ in grid], dtype=torch.float64)
     eps = torch.tensor([e for _, e, _ in grid], dtype=torch.float64)
     gam = torch.tensor([g for _, _, g in grid], dtype=torch.float64)
-    init, trace, nbr = _run_rows(objective, w_star, eps, gam, nb, objective.n, config,
-                                 _rows_per_chunk(objective, config, budget) // config.chains or 1, True)
+    init, trace, nbr = _run_rows(
+        objective,
+        w_star,
+        eps,
+        gam,
+        nb,
+        objective.n,
+        config,
+        _rows_per_chunk(objective, config, budget) // config.chains or 1,
+        True,
+    )
     res = _finish(init, trace, nbr, traj.steps[row].repeat(K), objective.n, config)
     shape = (len(nbetas), len(epsilons), len(gammas))
     return LLCCalibration(

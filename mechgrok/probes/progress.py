@@ -29,7 +29,7 @@ Events (:func:`modular_events`):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -96,5 +96,10 @@ def modular_events(
     ex, tr = progress["excluded_loss"], progress["train_loss"]
     chance = math.log(p) if p else 0.0
     rise_step = first_step(steps, (ex >= rise_factor * tr) & (ex > chance)) if key_freqs else None
-    return ModularEvents(key_frequencies=key_freqs, key_freq_step=key_freq_step, restricted_drop_step=drop_step,
-                         excluded_rise_step=rise_step, rise_factor=rise_factor)
+    return ModularEvents(
+        key_frequencies=key_freqs,
+        key_freq_step=key_freq_step,
+        restricted_drop_step=drop_step,
+        excluded_rise_step=rise_step,
+        rise_factor=rise_factor,
+    )

@@ -63,7 +63,7 @@ def stability_over_training(traj: Trajectory | Run | torch.nn.Module, data: Data
         params = dict(model.named_parameters())
         logits = model(x)
         nll = _example_losses(logits, y, oc.loss, oc.loss_dtype)
-        g_logits, = torch.autograd.grad(nll.sum(), logits, retain_graph=True)  # row i: sample i's gradient only
+        (g_logits,) = torch.autograd.grad(nll.sum(), logits, retain_graph=True)  # row i: sample i's gradient only
         collapse[i] = (nll.detach() == 0).double().mean()
         zero_grad[i] = (g_logits == 0).all(-1).double().mean()
         lnorm[i] = logits.detach().double().norm(dim=-1).mean()

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -27,7 +27,9 @@ from ..store import Trajectory
 __all__ = ["planted_modadd_mlp", "cossin_solution", "planted_parity_mlp", "interpolated_trajectory"]
 
 
-def planted_modadd_mlp(p: int, freqs: Sequence[int], neurons_per_freq: int = 8, scale: float = 1.0, *, task: TaskConfig | None = None):
+def planted_modadd_mlp(
+    p: int, freqs: Sequence[int], neurons_per_freq: int = 8, scale: float = 1.0, *, task: TaskConfig | None = None
+):
     """A tied-embedding ModAddMLP computing (a + b) mod p with exactly the key frequencies ``freqs``.
 
     ``d_model = 2 * len(freqs)``, ``d_mlp = neurons_per_freq * len(freqs)``; returns the live model.
@@ -57,15 +59,20 @@ def planted_modadd_mlp(p: int, freqs: Sequence[int], neurons_per_freq: int = 8, 
     return model.eval()
 
 
-def cossin_solution(p: int, frequency: int = 1, n_neurons: int = 5, *, norm: float = 1.0, phases: Sequence[float] | None = None):
+def cossin_solution(
+    p: int, frequency: int = 1, n_neurons: int = 5, *, norm: float = 1.0, phases: Sequence[float] | None = None
+):
     """A CosSinMLP solving (a + b) mod p with neurons evenly spaced on a circle (PAIR).
 
     ``phases`` (radians) overrides the even spacing 2 pi j / n_neurons (to build uneven ones).
     """
     task = TaskConfig(kind="modular", p=p, format="pairs")
     model = build_model(ModelConfig(kind="cossin_mlp", d_mlp=n_neurons, frequency=frequency), task)
-    phi = (torch.tensor(list(phases), dtype=torch.float64) if phases is not None
-           else 2 * math.pi * torch.arange(n_neurons, dtype=torch.float64) / n_neurons)
+    phi = (
+        torch.tensor(list(phases), dtype=torch.float64)
+        if phases is not None
+        else 2 * math.pi * torch.arange(n_neurons, dtype=torch.float64) / n_neurons
+    )
     if phi.shape[0] != n_neurons:
         raise ValueError(f"phases: need {n_neurons} values, got {phi.shape[0]}")
     W_in = torch.stack([torch.cos(phi), torch.sin(phi)]) * norm  # [2, m]: (weight on cos, on sin)
@@ -109,12 +116,15 @@ def planted_parity_mlp(
         W_out, b_out = coef[:, None], torch.tensor([-0.5])
     else:  # logit(1) - logit(0) = the decision logit
         W_out, b_out = torch.stack([-coef / 2, coef / 2], dim=-1), torch.tensor([0.25, -0.25])
-    model.load_state_dict({"blocks.0.mlp.W_in": W_in, "blocks.0.mlp.b_in": b_in,
-                           "blocks.0.mlp.W_out": W_out, "blocks.0.mlp.b_out": b_out})
+    model.load_state_dict(
+        {"blocks.0.mlp.W_in": W_in, "blocks.0.mlp.b_in": b_in, "blocks.0.mlp.W_out": W_out, "blocks.0.mlp.b_out": b_out}
+    )
     return model.eval()
 
 
-def interpolated_trajectory(start, end, config: RunConfig, n: int = 5, steps: Sequence[int] | None = None) -> Trajectory:
+def interpolated_trajectory(
+    start, end, config: RunConfig, n: int = 5, steps: Sequence[int] | None = None
+) -> Trajectory:
     """A trajectory moving linearly from model ``start``'s weights to ``end``'s in ``n`` rows."""
     s0, s1 = start.state_dict(), end.state_dict()
     t = torch.linspace(0, 1, n)

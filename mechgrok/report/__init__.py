@@ -19,8 +19,8 @@ from .figures import (
 from .groups import irrep_spectrum_figure
 from .html import Section, render_html, write_html
 from .llc import llc_calibration_figure, llc_figure, llc_traces_figure
-from .stability import stability_figure
 from .run import REPORT_FILE, run_sections, write_run_report
+from .stability import stability_figure
 from .sweep import phase_map_figure, steps_to_generalise_figure, sweep_sections, write_sweep_report
 
 __all__ = [

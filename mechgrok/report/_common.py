@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -45,7 +46,9 @@ def to_numpy(x: Any, dtype: Any = np.float32) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
-def frame_indices(steps: Sequence[int], max_frames: int = DEFAULT_MAX_FRAMES, include: Iterable[int | None] = ()) -> list[int]:
+def frame_indices(
+    steps: Sequence[int], max_frames: int = DEFAULT_MAX_FRAMES, include: Iterable[int | None] = ()
+) -> list[int]:
     """Indices of at most ``max_frames`` checkpoints spread evenly in log-step.
 
     Always keeps the first and last checkpoint and the ones nearest to the ``include`` steps
@@ -97,9 +100,7 @@ def add_step_slider(
     """
     fig.frames = frames
     anim = {"mode": "immediate", "frame": {"duration": 0, "redraw": redraw}, "transition": {"duration": 0}}
-    slider_steps = [
-        {"label": f"{int(s):,}", "method": "animate", "args": [[frame_name(s)], anim]} for s in steps
-    ]
+    slider_steps = [{"label": f"{int(s):,}", "method": "animate", "args": [[frame_name(s)], anim]} for s in steps]
     fig.update_layout(
         sliders=[
             {
@@ -128,7 +129,15 @@ def add_step_slider(
                     {
                         "label": "▶",
                         "method": "animate",
-                        "args": [None, {"mode": "immediate", "fromcurrent": True, "frame": {"duration": 120, "redraw": redraw}, "transition": {"duration": 0}}],
+                        "args": [
+                            None,
+                            {
+                                "mode": "immediate",
+                                "fromcurrent": True,
+                                "frame": {"duration": 120, "redraw": redraw},
+                                "transition": {"duration": 0},
+                            },
+                        ],
                     },
                     {"label": "❚❚", "method": "animate", "args": [[None], anim]},
                 ],
@@ -214,7 +223,14 @@ def event_steps(events: Any) -> list[tuple[str, int, str]]:
     return out
 
 
-def add_event_lines(fig: go.Figure, events: Any, *, rows: Sequence[int] | None = None, annotate_row: int | None = 1, col: int | None = None) -> None:
+def add_event_lines(
+    fig: go.Figure,
+    events: Any,
+    *,
+    rows: Sequence[int] | None = None,
+    annotate_row: int | None = 1,
+    col: int | None = None,
+) -> None:
     """Vertical dashed lines at the event steps, labelled once at the top of ``annotate_row``."""
     for i, (label, step, color) in enumerate(event_steps(events)):
         x = max(step, 1)
@@ -249,7 +265,7 @@ def _axis_suffix(fig: go.Figure, kw: Mapping[str, Any], which: str) -> str:
     ref = fig.get_subplot(kw["row"], kw["col"])
     axis = getattr(ref, f"{which}axis")
     name = axis.plotly_name  # e.g. "xaxis2"
-    return name[len(f"{which}axis"):]
+    return name[len(f"{which}axis") :]
 
 
 def _xref(fig: go.Figure, kw: Mapping[str, Any]) -> str:

@@ -9,7 +9,8 @@ of named frames, at most ``max_frames`` of them, spread evenly in log-step.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -58,7 +59,9 @@ def _positive(steps: np.ndarray, *cols: np.ndarray) -> tuple[np.ndarray, ...]:
 # training curves
 
 
-def _shade_schedule(fig: go.Figure, steps: np.ndarray, values: np.ndarray, label: str, color: str, band: tuple[float, float]) -> None:
+def _shade_schedule(
+    fig: go.Figure, steps: np.ndarray, values: np.ndarray, label: str, color: str, band: tuple[float, float]
+) -> None:
     """Shade each stretch of constant positive ``values`` (opacity grows with the value)."""
     ok = np.isfinite(values)
     steps, values = steps[ok], values[ok]
@@ -76,12 +79,26 @@ def _shade_schedule(fig: go.Figure, steps: np.ndarray, values: np.ndarray, label
         x1 = float(steps[e]) if e < len(steps) else float(steps[-1])
         for row in (1, 2):
             fig.add_vrect(
-                x0=x0, x1=max(x1, x0), y0=band[0], y1=band[1], fillcolor=color, opacity=0.05 + 0.12 * v / vmax,
-                line_width=0, layer="below", row=row, col=1,
+                x0=x0,
+                x1=max(x1, x0),
+                y0=band[0],
+                y1=band[1],
+                fillcolor=color,
+                opacity=0.05 + 0.12 * v / vmax,
+                line_width=0,
+                layer="below",
+                row=row,
+                col=1,
             )
         fig.add_annotation(
-            x=math.log10(math.sqrt(x0 * max(x1, x0))), y=band[1], yref="y2 domain", xref="x2",
-            text=f"{label} {v:g}", showarrow=False, yanchor="top", font={"size": 10, "color": color},
+            x=math.log10(math.sqrt(x0 * max(x1, x0))),
+            y=band[1],
+            yref="y2 domain",
+            xref="x2",
+            text=f"{label} {v:g}",
+            showarrow=False,
+            yanchor="top",
+            font={"size": 10, "color": color},
         )
 
 
@@ -103,7 +120,7 @@ def training_curves_figure(
     steps = to_numpy(metrics["step"], np.float64)
     rows = downsample_log(steps, max_points)
     steps = steps[rows]
-    col = lambda k: to_numpy(metrics[k], np.float64)[rows] if k in metrics else np.full(len(steps), np.nan)  # noqa: E731
+    col = lambda k: to_numpy(metrics[k], np.float64)[rows] if k in metrics else np.full(len(steps), np.nan)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=("loss", "accuracy"))
     fig.update_xaxes(type="log", range=step_axis_range(steps))
     losses = []
@@ -113,11 +130,17 @@ def training_curves_figure(
             ok = np.isfinite(y)
             fig.add_trace(
                 go.Scatter(
-                    x=s[ok].astype(np.float32), y=y[ok].astype(np.float32), mode="lines", name=split,
-                    line={"color": color, "width": 1.6}, legendgroup=split, showlegend=r == 1,
+                    x=s[ok].astype(np.float32),
+                    y=y[ok].astype(np.float32),
+                    mode="lines",
+                    name=split,
+                    line={"color": color, "width": 1.6},
+                    legendgroup=split,
+                    showlegend=r == 1,
                     hovertemplate=f"{split}" + " %{y:.4g} at step %{x:,}<extra></extra>",
                 ),
-                row=r, col=1,
+                row=r,
+                col=1,
             )
         losses.append(loss)
     fig.update_yaxes(type="log", range=log_range(np.concatenate(losses)), title_text="loss", row=1, col=1)
@@ -169,8 +192,14 @@ def slider_heatmaps_figure(
         for j, k in enumerate(names):
             out.append(
                 go.Heatmap(
-                    z=data[k][i], x=x_labels.get(k), y=y_labels.get(k), zmin=-limits[k], zmax=limits[k], zmid=0,
-                    colorscale=DIVERGING, colorbar={"x": gap * (j + 1) - 0.02, "len": 0.8, "thickness": 12},
+                    z=data[k][i],
+                    x=x_labels.get(k),
+                    y=y_labels.get(k),
+                    zmin=-limits[k],
+                    zmax=limits[k],
+                    zmid=0,
+                    colorscale=DIVERGING,
+                    colorbar={"x": gap * (j + 1) - 0.02, "len": 0.8, "thickness": 12},
                     hovertemplate="%{x}, %{y}: %{z:.3g}<extra>" + k + "</extra>",
                 )
             )
@@ -179,13 +208,23 @@ def slider_heatmaps_figure(
     active = len(picked) - 1 if initial == "last" else 0
     for j, tr in enumerate(traces(active)):
         fig.add_trace(tr, row=1, col=j + 1)
-    frames = [go.Frame(name=frame_name(steps_arr[p]), data=traces(i), traces=list(range(len(names)))) for i, p in enumerate(picked)]
+    frames = [
+        go.Frame(name=frame_name(steps_arr[p]), data=traces(i), traces=list(range(len(names))))
+        for i, p in enumerate(picked)
+    ]
     add_step_slider(fig, frames, steps_arr[picked], active)
     for j, k in enumerate(names):
         c = data[k].shape[2]
-        fig.update_xaxes(title_text=(x_titles or {}).get(k, ""), row=1, col=j + 1, **({} if k in x_labels else {"range": [-0.5, c - 0.5]}))
+        fig.update_xaxes(
+            title_text=(x_titles or {}).get(k, ""),
+            row=1,
+            col=j + 1,
+            **({} if k in x_labels else {"range": [-0.5, c - 0.5]}),
+        )
         # one y title: on later panels it would collide with the previous panel's colour bar
-        fig.update_yaxes(title_text=(y_titles or {}).get(k, "") if j == 0 else "", row=1, col=j + 1, autorange="reversed")
+        fig.update_yaxes(
+            title_text=(y_titles or {}).get(k, "") if j == 0 else "", row=1, col=j + 1, autorange="reversed"
+        )
     fig.update_layout(title=title, height=height, **{**_LAYOUT, "margin": {"l": 70, "r": 30, "t": 70, "b": 120}})
     return fig
 
@@ -214,10 +253,16 @@ def parity_weights_figure(
     bits = [f"{b}*" if b in rel else str(b) for b in range(n_bits)]
     neurons = [f"n{j}" for j in order]
     fig = slider_heatmaps_figure(
-        steps, {"first-layer weight": z}, x_labels={"first-layer weight": bits}, y_labels={"first-layer weight": neurons},
-        x_titles={"first-layer weight": "input bit (* = relevant)"}, y_titles={"first-layer weight": "hidden neuron (sorted)"},
-        title="Parity MLP first-layer weights [neuron × bit]", max_frames=max_frames,
-        include_steps=[s for _, s, _ in event_steps(events)], height=max(520, min(900, 10 * len(order) + 200)),
+        steps,
+        {"first-layer weight": z},
+        x_labels={"first-layer weight": bits},
+        y_labels={"first-layer weight": neurons},
+        x_titles={"first-layer weight": "input bit (* = relevant)"},
+        y_titles={"first-layer weight": "hidden neuron (sorted)"},
+        title="Parity MLP first-layer weights [neuron × bit]",
+        max_frames=max_frames,
+        include_steps=[s for _, s, _ in event_steps(events)],
+        height=max(520, min(900, 10 * len(order) + 200)),
     )
     for b in rel:
         fig.add_vrect(x0=b - 0.5, x1=b + 0.5, line={"color": "black", "width": 1.5}, fillcolor="rgba(0,0,0,0)")
@@ -284,10 +329,19 @@ def modular_weights_figure(
         raise ValueError("modular_weights_figure: nothing to draw")
     a_labels = list(range(p))
     return slider_heatmaps_figure(
-        steps, panels, x_labels=x_labels, y_labels={k: a_labels for k in panels},
-        x_titles={k: ("principal direction (final embedding)" if k.startswith("embedding") else "hidden neuron") for k in panels},
-        y_titles={k: "operand a" for k in panels}, title="Weights over the operand a (noisy → periodic)",
-        max_frames=max_frames, include_steps=[s for _, s, _ in event_steps(events)], height=620,
+        steps,
+        panels,
+        x_labels=x_labels,
+        y_labels={k: a_labels for k in panels},
+        x_titles={
+            k: ("principal direction (final embedding)" if k.startswith("embedding") else "hidden neuron")
+            for k in panels
+        },
+        y_titles={k: "operand a" for k in panels},
+        title="Weights over the operand a (noisy → periodic)",
+        max_frames=max_frames,
+        include_steps=[s for _, s, _ in event_steps(events)],
+        height=620,
     )
 
 
@@ -325,42 +379,97 @@ def bit_dependence_figure(
         rel_mask[rel_arr.astype(int)] = True
     n_rows = len(names) + (ratio is not None)
     ratio_title = "largest irrelevant-bit weight ÷ largest relevant-bit weight"
-    fig = make_subplots(rows=n_rows, cols=1, shared_xaxes=True, vertical_spacing=0.05,
-                        subplot_titles=[*names, *([ratio_title] if ratio is not None else [])])
+    fig = make_subplots(
+        rows=n_rows,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.05,
+        subplot_titles=[*names, *([ratio_title] if ratio is not None else [])],
+    )
     fig.update_xaxes(type="log", range=step_axis_range(s_all))
     for r, name in enumerate(names, start=1):
         v = to_numpy(measures[name], np.float64)
         s, vv = s_all[s_all > 0], v[s_all > 0]
         first_irr = True
         for b in np.nonzero(~rel_mask)[0]:
-            fig.add_trace(go.Scatter(
-                x=s.astype(np.float32), y=vv[:, b].astype(np.float32), mode="lines", line={"color": "rgba(130,130,130,0.35)", "width": 1},
-                name="irrelevant bits", legendgroup="irrelevant", showlegend=(r == 1 and first_irr),
-                hovertemplate=f"bit {b}" + ": %{y:.3g} at step %{x:,}<extra></extra>"), row=r, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=s.astype(np.float32),
+                    y=vv[:, b].astype(np.float32),
+                    mode="lines",
+                    line={"color": "rgba(130,130,130,0.35)", "width": 1},
+                    name="irrelevant bits",
+                    legendgroup="irrelevant",
+                    showlegend=(r == 1 and first_irr),
+                    hovertemplate=f"bit {b}" + ": %{y:.3g} at step %{x:,}<extra></extra>",
+                ),
+                row=r,
+                col=1,
+            )
             first_irr = False
         if (~rel_mask).any():
-            fig.add_trace(go.Scatter(
-                x=s.astype(np.float32), y=vv[:, ~rel_mask].mean(1).astype(np.float32), mode="lines", line={"color": "black", "width": 2, "dash": "dot"},
-                name="irrelevant mean", legendgroup="irrelevant-mean", showlegend=r == 1,
-                hovertemplate="irrelevant mean: %{y:.3g} at step %{x:,}<extra></extra>"), row=r, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=s.astype(np.float32),
+                    y=vv[:, ~rel_mask].mean(1).astype(np.float32),
+                    mode="lines",
+                    line={"color": "black", "width": 2, "dash": "dot"},
+                    name="irrelevant mean",
+                    legendgroup="irrelevant-mean",
+                    showlegend=r == 1,
+                    hovertemplate="irrelevant mean: %{y:.3g} at step %{x:,}<extra></extra>",
+                ),
+                row=r,
+                col=1,
+            )
         for i, b in enumerate(np.nonzero(rel_mask)[0]):
-            fig.add_trace(go.Scatter(
-                x=s.astype(np.float32), y=vv[:, b].astype(np.float32), mode="lines", line={"color": _BIT_COLORS[i % len(_BIT_COLORS)], "width": 2.2},
-                name=f"bit {b} (relevant)", legendgroup=f"bit{b}", showlegend=r == 1,
-                hovertemplate=f"bit {b}" + ": %{y:.3g} at step %{x:,}<extra></extra>"), row=r, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=s.astype(np.float32),
+                    y=vv[:, b].astype(np.float32),
+                    mode="lines",
+                    line={"color": _BIT_COLORS[i % len(_BIT_COLORS)], "width": 2.2},
+                    name=f"bit {b} (relevant)",
+                    legendgroup=f"bit{b}",
+                    showlegend=r == 1,
+                    hovertemplate=f"bit {b}" + ": %{y:.3g} at step %{x:,}<extra></extra>",
+                ),
+                row=r,
+                col=1,
+            )
         fig.update_yaxes(range=lin_range(vv, floor=0.0), row=r, col=1)
     if ratio is not None:
         rv = to_numpy(ratio, np.float64)[s_all > 0]
-        fig.add_trace(go.Scatter(x=s_all[s_all > 0].astype(np.float32), y=rv.astype(np.float32), mode="lines", name="irrelevant ÷ relevant",
-                                 line={"color": "#9467bd", "width": 2.2},
-                                 hovertemplate="ratio %{y:.3g} at step %{x:,}<extra></extra>"), row=n_rows, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=s_all[s_all > 0].astype(np.float32),
+                y=rv.astype(np.float32),
+                mode="lines",
+                name="irrelevant ÷ relevant",
+                line={"color": "#9467bd", "width": 2.2},
+                hovertemplate="ratio %{y:.3g} at step %{x:,}<extra></extra>",
+            ),
+            row=n_rows,
+            col=1,
+        )
         extra = [prune_threshold] if prune_threshold else []
         fig.update_yaxes(type="log", range=log_range(np.concatenate([rv, extra])), row=n_rows, col=1)
         if prune_threshold:
             fig.add_hline(y=prune_threshold, line={"color": "#9467bd", "dash": "dot", "width": 1.5}, row=n_rows, col=1)
             # annotations on a log axis take log10 coordinates
-            fig.add_annotation(x=0.01, xref="x domain", y=math.log10(prune_threshold), yref=f"y{n_rows}", text=f"pruning threshold {prune_threshold:g}",
-                               showarrow=False, xanchor="left", yanchor="top", font={"size": 10, "color": "#9467bd"}, row=n_rows, col=1)
+            fig.add_annotation(
+                x=0.01,
+                xref="x domain",
+                y=math.log10(prune_threshold),
+                yref=f"y{n_rows}",
+                text=f"pruning threshold {prune_threshold:g}",
+                showarrow=False,
+                xanchor="left",
+                yanchor="top",
+                font={"size": 10, "color": "#9467bd"},
+                row=n_rows,
+                col=1,
+            )
     fig.update_xaxes(title_text="step (log scale)", row=n_rows, col=1)
     add_event_lines(fig, events, rows=list(range(1, n_rows + 1)), annotate_row=1)
     fig.update_layout(title=title, height=260 * n_rows + 80, **_LAYOUT)
@@ -382,23 +491,41 @@ def prune_now_accuracy_figure(
     if metrics is not None:
         ms = to_numpy(metrics["step"], np.float64)
         rows = downsample_log(ms, 2000)
-        for key, name, color in (("train_acc", "train accuracy", "#1f77b4"), ("test_acc", "test accuracy (real)", "#d62728")):
+        for key, name, color in (
+            ("train_acc", "train accuracy", "#1f77b4"),
+            ("test_acc", "test accuracy (real)", "#d62728"),
+        ):
             if key not in metrics:
                 continue
             y = to_numpy(metrics[key], np.float64)[rows]
             x = ms[rows]
             ok = np.isfinite(y) & (x > 0)
-            fig.add_trace(go.Scatter(x=x[ok].astype(np.float32), y=y[ok].astype(np.float32), mode="lines", name=name, line={"color": color, "width": 1.5},
-                                     hovertemplate=name + " %{y:.3f} at step %{x:,}<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=x[ok].astype(np.float32),
+                    y=y[ok].astype(np.float32),
+                    mode="lines",
+                    name=name,
+                    line={"color": color, "width": 1.5},
+                    hovertemplate=name + " %{y:.3f} at step %{x:,}<extra></extra>",
+                )
+            )
     ok = s > 0
-    fig.add_trace(go.Scatter(x=s[ok].astype(np.float32), y=acc[ok].astype(np.float32), mode="lines+markers", name="test accuracy if pruned now",
-                             line={"color": "#9467bd", "width": 2.2}, marker={"size": 5},
-                             hovertemplate="pruned now: %{y:.3f} at step %{x:,}<extra></extra>"))
+    fig.add_trace(
+        go.Scatter(
+            x=s[ok].astype(np.float32),
+            y=acc[ok].astype(np.float32),
+            mode="lines+markers",
+            name="test accuracy if pruned now",
+            line={"color": "#9467bd", "width": 2.2},
+            marker={"size": 5},
+            hovertemplate="pruned now: %{y:.3f} at step %{x:,}<extra></extra>",
+        )
+    )
     fig.update_xaxes(type="log", range=step_axis_range(s), title_text="step (log scale)")
     fig.update_yaxes(range=[-0.02, 1.05], title_text="accuracy")
     add_event_lines(fig, events)
-    fig.update_layout(title="Causal check: zero the irrelevant-bit weights at each checkpoint", height=440,
-                       **_LAYOUT)
+    fig.update_layout(title="Causal check: zero the irrelevant-bit weights at each checkpoint", height=440, **_LAYOUT)
     return fig
 
 
@@ -432,15 +559,34 @@ def fourier_spectrum_figure(
             power = z**2
             z = power / np.maximum(power.sum(1, keepdims=True), 1e-30)
         K = z.shape[1]
-        fig.add_trace(go.Heatmap(
-            x=s.astype(np.float32), y=np.arange(1, K + 1), z=z.T.astype(np.float32), colorscale=SEQUENTIAL, zmin=0,
-            zmax=float(np.nanmax(z)) if z.size else 1.0,
-            colorbar={"len": 0.9 / len(names), "y": 1 - (r - 0.5) / len(names), "thickness": 12,
-                      "title": {"text": "share" if normalise else "norm"}},
-            hovertemplate="freq %{y} at step %{x:,}: %{z:.3g}<extra>" + name + "</extra>"), row=r, col=1)
+        fig.add_trace(
+            go.Heatmap(
+                x=s.astype(np.float32),
+                y=np.arange(1, K + 1),
+                z=z.T.astype(np.float32),
+                colorscale=SEQUENTIAL,
+                zmin=0,
+                zmax=float(np.nanmax(z)) if z.size else 1.0,
+                colorbar={
+                    "len": 0.9 / len(names),
+                    "y": 1 - (r - 0.5) / len(names),
+                    "thickness": 12,
+                    "title": {"text": "share" if normalise else "norm"},
+                },
+                hovertemplate="freq %{y} at step %{x:,}: %{z:.3g}<extra>" + name + "</extra>",
+            ),
+            row=r,
+            col=1,
+        )
         ticks = sorted(set(range(0, K + 1, max(1, K // 8))[1:]) | keys)
-        fig.update_yaxes(title_text="frequency k", range=[0.5, K + 0.5], tickvals=ticks,
-                         ticktext=[f"★{t}" if t in keys else str(t) for t in ticks], row=r, col=1)
+        fig.update_yaxes(
+            title_text="frequency k",
+            range=[0.5, K + 0.5],
+            tickvals=ticks,
+            ticktext=[f"★{t}" if t in keys else str(t) for t in ticks],
+            row=r,
+            col=1,
+        )
     fig.update_xaxes(type="log", range=step_axis_range(s))
     fig.update_xaxes(title_text="step (log scale)", row=len(names), col=1)
     fig.update_layout(title=title, height=330 * len(names) + 80, **_LAYOUT)
@@ -466,19 +612,43 @@ def key_frequency_norms_figure(
     others = np.array([k for k in range(1, K + 1) if k not in keys], dtype=int)
     fig = go.Figure()
     for i, k in enumerate(keys):
-        fig.add_trace(go.Scatter(x=s, y=z[:, k - 1].astype(np.float32), mode="lines", name=f"k = {k}",
-                                 line={"color": _BIT_COLORS[i % len(_BIT_COLORS)], "width": 2.2},
-                                 hovertemplate=f"k={k}" + ": %{y:.3g} at step %{x:,}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=s,
+                y=z[:, k - 1].astype(np.float32),
+                mode="lines",
+                name=f"k = {k}",
+                line={"color": _BIT_COLORS[i % len(_BIT_COLORS)], "width": 2.2},
+                hovertemplate=f"k={k}" + ": %{y:.3g} at step %{x:,}<extra></extra>",
+            )
+        )
     if others.size:
-        fig.add_trace(go.Scatter(x=s, y=z[:, others - 1].max(1).astype(np.float32), mode="lines", name="largest other frequency",
-                                 line={"color": "grey", "width": 1.5, "dash": "dash"}))
-        fig.add_trace(go.Scatter(x=s, y=z[:, others - 1].mean(1).astype(np.float32), mode="lines", name="mean of other frequencies",
-                                 line={"color": "black", "width": 1.5, "dash": "dot"}))
+        fig.add_trace(
+            go.Scatter(
+                x=s,
+                y=z[:, others - 1].max(1).astype(np.float32),
+                mode="lines",
+                name="largest other frequency",
+                line={"color": "grey", "width": 1.5, "dash": "dash"},
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=s,
+                y=z[:, others - 1].mean(1).astype(np.float32),
+                mode="lines",
+                name="mean of other frequencies",
+                line={"color": "black", "width": 1.5, "dash": "dot"},
+            )
+        )
     fig.update_xaxes(type="log", range=step_axis_range(s_all), title_text="step (log scale)")
     fig.update_yaxes(range=lin_range(z, floor=0.0), title_text="norm")
     add_event_lines(fig, events)
-    fig.update_layout(title=title + (f" (key frequencies {', '.join(map(str, keys))})" if keys else " (no key frequencies found)"),
-                      height=440, **_LAYOUT)
+    fig.update_layout(
+        title=title + (f" (key frequencies {', '.join(map(str, keys))})" if keys else " (no key frequencies found)"),
+        height=440,
+        **_LAYOUT,
+    )
     return fig
 
 
@@ -498,9 +668,19 @@ def progress_measures_figure(
     s_all = to_numpy(steps, np.float64)
     keep = s_all > 0
     s = s_all[keep].astype(np.float32)
-    get = lambda k: to_numpy(tensors[k], np.float64)[keep] if k in tensors else None  # noqa: E731
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.5, 0.25, 0.25],
-                        subplot_titles=("loss on the training set, restricted and excluded", "Fourier sparsity", "sum of squared weights"))
+    get = lambda k: to_numpy(tensors[k], np.float64)[keep] if k in tensors else None
+    fig = make_subplots(
+        rows=3,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.06,
+        row_heights=[0.5, 0.25, 0.25],
+        subplot_titles=(
+            "loss on the training set, restricted and excluded",
+            "Fourier sparsity",
+            "sum of squared weights",
+        ),
+    )
     losses = []
     for key, name, color, dash in (
         ("progress/train_loss", "train loss", "#1f77b4", "solid"),
@@ -512,16 +692,39 @@ def progress_measures_figure(
         if y is None:
             continue
         losses.append(y)
-        fig.add_trace(go.Scatter(x=s, y=y.astype(np.float32), mode="lines", name=name, line={"color": color, "dash": dash, "width": 2},
-                                 hovertemplate=name + " %{y:.4g} at step %{x:,}<extra></extra>"), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=s,
+                y=y.astype(np.float32),
+                mode="lines",
+                name=name,
+                line={"color": color, "dash": dash, "width": 2},
+                hovertemplate=name + " %{y:.4g} at step %{x:,}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
     if losses:
         fig.update_yaxes(type="log", range=log_range(np.concatenate(losses)), title_text="loss", row=1, col=1)
-    for r, key, name, color in ((2, "fourier/sparsity", "Fourier sparsity", "#ff7f0e"), (3, "progress/sum_sq_weights", "sum of squared weights", "#7f7f7f")):
+    for r, key, name, color in (
+        (2, "fourier/sparsity", "Fourier sparsity", "#ff7f0e"),
+        (3, "progress/sum_sq_weights", "sum of squared weights", "#7f7f7f"),
+    ):
         y = get(key)
         if y is None:
             continue
-        fig.add_trace(go.Scatter(x=s, y=y.astype(np.float32), mode="lines", name=name, line={"color": color, "width": 2},
-                                 hovertemplate=name + " %{y:.4g} at step %{x:,}<extra></extra>"), row=r, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=s,
+                y=y.astype(np.float32),
+                mode="lines",
+                name=name,
+                line={"color": color, "width": 2},
+                hovertemplate=name + " %{y:.4g} at step %{x:,}<extra></extra>",
+            ),
+            row=r,
+            col=1,
+        )
         fig.update_yaxes(range=lin_range(y, floor=0.0), title_text="sparsity" if r == 2 else "Σ w²", row=r, col=1)
     fig.update_xaxes(type="log", range=step_axis_range(s_all))
     fig.update_xaxes(title_text="step (log scale)", row=3, col=1)
@@ -568,28 +771,63 @@ def neuron_circles_figure(
         curves["phase spread (1 = evenly around the circle)"] = (to_numpy(spread, np.float64), "#2ca02c")
     if norm_cv is not None:
         curves["norm CV (0 = equal norms)"] = (to_numpy(norm_cv, np.float64), "#d62728")
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.12,
-                        subplot_titles=("neurons in the (cos, sin) plane of their frequency", "circle measures"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.5, 0.5],
+        horizontal_spacing=0.12,
+        subplot_titles=("neurons in the (cos, sin) plane of their frequency", "circle measures"),
+    )
 
     def circle_traces(i: int) -> list[go.Scatter]:
         c, s_, f = C[i, order], S[i, order], F[i, order]
         spokes_x = np.column_stack([np.zeros_like(c), c, np.full_like(c, np.nan)]).ravel()
         spokes_y = np.column_stack([np.zeros_like(s_), s_, np.full_like(s_, np.nan)]).ravel()
         phase = np.degrees(np.arctan2(s_, c))
-        text = [f"neuron {j}<br>freq {int(fj)}<br>norm {nj:.3g}<br>phase {ph:.0f}°" for j, fj, nj, ph in zip(order, f, np.hypot(c, s_), phase)]
+        text = [
+            f"neuron {j}<br>freq {int(fj)}<br>norm {nj:.3g}<br>phase {ph:.0f}°"
+            for j, fj, nj, ph in zip(order, f, np.hypot(c, s_), phase)
+        ]
         return [
-            go.Scatter(x=spokes_x.astype(np.float32), y=spokes_y.astype(np.float32), mode="lines", line={"color": "rgba(120,120,120,0.5)", "width": 1},
-                       hoverinfo="skip", showlegend=False),
-            go.Scatter(x=c.astype(np.float32), y=s_.astype(np.float32), mode="markers", text=text, hovertemplate="%{text}<extra></extra>", showlegend=False,
-                       marker={"size": 11, "color": f.astype(np.float32), "cmin": 0.5, "cmax": fmax + 0.5, "colorscale": "Turbo",
-                               "line": {"color": "black", "width": 1}, "showscale": not one_freq,
-                               "colorbar": {"title": {"text": "freq"}, "x": 0.44, "len": 0.8, "thickness": 10}}),
+            go.Scatter(
+                x=spokes_x.astype(np.float32),
+                y=spokes_y.astype(np.float32),
+                mode="lines",
+                line={"color": "rgba(120,120,120,0.5)", "width": 1},
+                hoverinfo="skip",
+                showlegend=False,
+            ),
+            go.Scatter(
+                x=c.astype(np.float32),
+                y=s_.astype(np.float32),
+                mode="markers",
+                text=text,
+                hovertemplate="%{text}<extra></extra>",
+                showlegend=False,
+                marker={
+                    "size": 11,
+                    "color": f.astype(np.float32),
+                    "cmin": 0.5,
+                    "cmax": fmax + 0.5,
+                    "colorscale": "Turbo",
+                    "line": {"color": "black", "width": 1},
+                    "showscale": not one_freq,
+                    "colorbar": {"title": {"text": "freq"}, "x": 0.44, "len": 0.8, "thickness": 10},
+                },
+            ),
         ]
 
     def marker_trace(i: int) -> go.Scatter:
         x = float(max(steps_arr[picked[i]], 1))
-        return go.Scatter(x=[x, x], y=[0, ymax], mode="lines", line={"color": "black", "width": 1.5, "dash": "dot"},
-                          name="slider step", showlegend=False, hoverinfo="skip")
+        return go.Scatter(
+            x=[x, x],
+            y=[0, ymax],
+            mode="lines",
+            line={"color": "black", "width": 1.5, "dash": "dot"},
+            name="slider step",
+            showlegend=False,
+            hoverinfo="skip",
+        )
 
     ymax = 1.05
     for y, _ in curves.values():
@@ -600,12 +838,32 @@ def neuron_circles_figure(
         fig.add_trace(tr, row=1, col=1)
     theta = np.linspace(0, 2 * np.pi, 97)
     ref_r = float(np.median(norms[-1, order])) if order.size else 0.0
-    fig.add_trace(go.Scatter(x=(ref_r * np.cos(theta)).astype(np.float32), y=(ref_r * np.sin(theta)).astype(np.float32), mode="lines",
-                             line={"color": "rgba(0,0,0,0.25)", "dash": "dash"}, hoverinfo="skip", showlegend=False), row=1, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=(ref_r * np.cos(theta)).astype(np.float32),
+            y=(ref_r * np.sin(theta)).astype(np.float32),
+            mode="lines",
+            line={"color": "rgba(0,0,0,0.25)", "dash": "dash"},
+            hoverinfo="skip",
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
     keep = steps_arr > 0
     for name, (y, color) in curves.items():
-        fig.add_trace(go.Scatter(x=steps_arr[keep].astype(np.float32), y=y[keep].astype(np.float32), mode="lines", name=name,
-                                 line={"color": color, "width": 2}, hovertemplate=name + " %{y:.3f} at step %{x:,}<extra></extra>"), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(
+                x=steps_arr[keep].astype(np.float32),
+                y=y[keep].astype(np.float32),
+                mode="lines",
+                name=name,
+                line={"color": color, "width": 2},
+                hovertemplate=name + " %{y:.3f} at step %{x:,}<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
     fig.add_trace(marker_trace(active), row=1, col=2)
     marker_index = len(fig.data) - 1
     frames = [
@@ -614,10 +872,16 @@ def neuron_circles_figure(
     ]
     add_step_slider(fig, frames, steps_arr[picked], active, redraw=True)
     fig.update_xaxes(range=[-R, R], title_text="cos component", zeroline=True, row=1, col=1)
-    fig.update_yaxes(range=[-R, R], title_text="sin component", zeroline=True, scaleanchor="x", scaleratio=1, row=1, col=1)
+    fig.update_yaxes(
+        range=[-R, R], title_text="sin component", zeroline=True, scaleanchor="x", scaleratio=1, row=1, col=1
+    )
     fig.update_xaxes(type="log", range=step_axis_range(steps_arr), title_text="step (log scale)", row=1, col=2)
     fig.update_yaxes(range=[0, ymax], row=1, col=2)
     add_event_lines(fig, events, rows=[1], col=2, annotate_row=1)
-    fig.update_layout(title="Neuron circles", height=580, legend={"orientation": "h", "x": 0.56, "y": 1.16, "xanchor": "left"},
-                      **{**_LAYOUT, "margin": {"l": 70, "r": 30, "t": 110, "b": 120}})
+    fig.update_layout(
+        title="Neuron circles",
+        height=580,
+        legend={"orientation": "h", "x": 0.56, "y": 1.16, "xanchor": "left"},
+        **{**_LAYOUT, "margin": {"l": 70, "r": 30, "t": 110, "b": 120}},
+    )
     return fig

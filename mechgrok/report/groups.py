@@ -41,7 +41,10 @@ def irrep_spectrum_figure(
     s = s_all[keep]
     names = list(spectra)
     keys = set(key_irreps)
-    labels = [("★" if n in keys else "") + n + (f" ({dims[i]}d)" if dims is not None else "") for i, n in enumerate(irrep_names)]
+    labels = [
+        ("★" if n in keys else "") + n + (f" ({dims[i]}d)" if dims is not None else "")
+        for i, n in enumerate(irrep_names)
+    ]
     fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=names)
     for r, name in enumerate(names, start=1):
         z = to_numpy(spectra[name], np.float64)[keep]  # [n, R]
@@ -49,14 +52,29 @@ def irrep_spectrum_figure(
             power = z**2
             z = power / np.maximum(power.sum(1, keepdims=True), 1e-30)
         R = z.shape[1]
-        fig.add_trace(go.Heatmap(
-            x=s.astype(np.float32), y=np.arange(R), z=z.T.astype(np.float32), colorscale=SEQUENTIAL, zmin=0,
-            zmax=float(np.nanmax(z)) if z.size else 1.0,
-            colorbar={"len": 0.9 / len(names), "y": 1 - (r - 0.5) / len(names), "thickness": 12,
-                      "title": {"text": "share" if normalise else "norm"}},
-            customdata=np.array([[lab] * len(s) for lab in labels], dtype=object),
-            hovertemplate="%{customdata} at step %{x:,}: %{z:.3g}<extra>" + name + "</extra>"), row=r, col=1)
-        fig.update_yaxes(title_text="irrep", range=[-0.5, R - 0.5], tickvals=list(range(R)), ticktext=labels, row=r, col=1)
+        fig.add_trace(
+            go.Heatmap(
+                x=s.astype(np.float32),
+                y=np.arange(R),
+                z=z.T.astype(np.float32),
+                colorscale=SEQUENTIAL,
+                zmin=0,
+                zmax=float(np.nanmax(z)) if z.size else 1.0,
+                colorbar={
+                    "len": 0.9 / len(names),
+                    "y": 1 - (r - 0.5) / len(names),
+                    "thickness": 12,
+                    "title": {"text": "share" if normalise else "norm"},
+                },
+                customdata=np.array([[lab] * len(s) for lab in labels], dtype=object),
+                hovertemplate="%{customdata} at step %{x:,}: %{z:.3g}<extra>" + name + "</extra>",
+            ),
+            row=r,
+            col=1,
+        )
+        fig.update_yaxes(
+            title_text="irrep", range=[-0.5, R - 0.5], tickvals=list(range(R)), ticktext=labels, row=r, col=1
+        )
     fig.update_xaxes(type="log", range=step_axis_range(s))
     fig.update_xaxes(title_text="step (log scale)", row=len(names), col=1)
     add_event_lines(fig, events, rows=list(range(1, len(names) + 1)), annotate_row=1)

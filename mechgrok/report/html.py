@@ -5,9 +5,10 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 
@@ -99,15 +100,17 @@ def render_html(title: str, sections: Sequence[Section], *, header_html: str = "
             )
         body.append("</section>")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
-        f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head><body>"
-        f"<header><h1>{html.escape(title)}</h1><div class=\"sub\">{html.escape(subtitle)}</div></header>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+        f'<header><h1>{html.escape(title)}</h1><div class="sub">{html.escape(subtitle)}</div></header>'
         f"<main>{header_html}<nav>{''.join(nav)}</nav>{''.join(body)}</main></body></html>\n"
     )
 
 
-def write_html(path: str | Path, title: str, sections: Sequence[Section], *, header_html: str = "", subtitle: str = "") -> Path:
+def write_html(
+    path: str | Path, title: str, sections: Sequence[Section], *, header_html: str = "", subtitle: str = ""
+) -> Path:
     """Render and write the report atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,16 +34,39 @@ def llc_figure(
     fig = go.Figure()
     if llc_std is not None:
         sd = to_numpy(llc_std, np.float64)[keep]
-        fig.add_trace(go.Scatter(x=np.concatenate([s, s[::-1]]), y=np.concatenate([y + sd, (y - sd)[::-1]]),
-                                 fill="toself", fillcolor="rgba(31,119,180,0.2)", line={"width": 0},
-                                 name="+- chain std", hoverinfo="skip"))
-    fig.add_trace(go.Scatter(x=s, y=y, mode="lines+markers", name="LLC", line={"color": "#1f77b4", "width": 2.2},
-                             hovertemplate="LLC %{y:.3g} at step %{x:,}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([s, s[::-1]]),
+                y=np.concatenate([y + sd, (y - sd)[::-1]]),
+                fill="toself",
+                fillcolor="rgba(31,119,180,0.2)",
+                line={"width": 0},
+                name="+- chain std",
+                hoverinfo="skip",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=s,
+            y=y,
+            mode="lines+markers",
+            name="LLC",
+            line={"color": "#1f77b4", "width": 2.2},
+            hovertemplate="LLC %{y:.3g} at step %{x:,}<extra></extra>",
+        )
+    )
     if flagged is not None:
         f = to_numpy(flagged, np.float64)[keep] > 0
         if f.any():
-            fig.add_trace(go.Scatter(x=s[f], y=y[f], mode="markers", name="flagged (chain negative or diverged)",
-                                     marker={"symbol": "x", "size": 10, "color": "#d62728"}))
+            fig.add_trace(
+                go.Scatter(
+                    x=s[f],
+                    y=y[f],
+                    mode="markers",
+                    name="flagged (chain negative or diverged)",
+                    marker={"symbol": "x", "size": 10, "color": "#d62728"},
+                )
+            )
     fig.update_xaxes(type="log", range=step_axis_range(s_all), title_text="step (log scale)")
     fig.update_yaxes(range=lin_range(y), title_text="estimated LLC")
     add_event_lines(fig, events)
@@ -76,13 +99,28 @@ def llc_traces_figure(
     for i, r in enumerate(rows):
         y = nbeta * (tr[r] - l0[r])
         for c in range(C):
-            fig.add_trace(go.Scatter(x=t, y=y[c], mode="lines", line={"color": colors[i % len(colors)], "width": 1},
-                                     name=f"step {int(to_numpy(steps, np.int64)[r]):,}", legendgroup=str(r),
-                                     showlegend=c == 0,
-                                     opacity=0.7))
+            fig.add_trace(
+                go.Scatter(
+                    x=t,
+                    y=y[c],
+                    mode="lines",
+                    line={"color": colors[i % len(colors)], "width": 1},
+                    name=f"step {int(to_numpy(steps, np.int64)[r]):,}",
+                    legendgroup=str(r),
+                    showlegend=c == 0,
+                    opacity=0.7,
+                )
+            )
     if burnin:
-        fig.add_vrect(x0=0, x1=burnin, fillcolor="grey", opacity=0.12, line_width=0,
-                      annotation_text="burn-in", annotation_position="top left")
+        fig.add_vrect(
+            x0=0,
+            x1=burnin,
+            fillcolor="grey",
+            opacity=0.12,
+            line_width=0,
+            annotation_text="burn-in",
+            annotation_position="top left",
+        )
     fig.add_hline(y=0, line={"color": "black", "width": 1, "dash": "dot"})
     fig.update_xaxes(title_text="SGLD step")
     fig.update_yaxes(title_text="n*beta * (L(w) - L(w*))")
@@ -96,14 +134,27 @@ def llc_calibration_figure(calibration: Any, *, nbeta_index: int = 0) -> go.Figu
     z = to_numpy(calibration.llc[nbeta_index], np.float64)
     flagged = to_numpy(calibration.flagged[nbeta_index], np.float64) > 0
     stable = to_numpy(calibration.stable[nbeta_index], np.float64) > 0
-    text = [[f"{v:.3g}" + (" !" if f else " *" if s else "") for v, f, s in zip(zr, fr, sr)]
-            for zr, fr, sr in zip(z, flagged, stable)]
-    fig = go.Figure(go.Heatmap(z=np.where(flagged, np.nan, z), x=[f"{g:g}" for g in calibration.gammas],
-                               y=[f"{e:g}" for e in calibration.epsilons], text=text, texttemplate="%{text}",
-                               colorscale="Viridis", colorbar={"title": "LLC"}))
+    text = [
+        [f"{v:.3g}" + (" !" if f else " *" if s else "") for v, f, s in zip(zr, fr, sr)]
+        for zr, fr, sr in zip(z, flagged, stable)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=np.where(flagged, np.nan, z),
+            x=[f"{g:g}" for g in calibration.gammas],
+            y=[f"{e:g}" for e in calibration.epsilons],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Viridis",
+            colorbar={"title": "LLC"},
+        )
+    )
     fig.update_xaxes(title_text="gamma (localisation)", type="category")
     fig.update_yaxes(title_text="epsilon (step size)", type="category")
-    fig.update_layout(title=f"LLC calibration at step {calibration.step:,}, n*beta = "
-                            f"{calibration.nbetas[nbeta_index]:.4g} (! flagged, * stable in epsilon)",
-                      height=420, **_LAYOUT)
+    fig.update_layout(
+        title=f"LLC calibration at step {calibration.step:,}, n*beta = "
+        f"{calibration.nbetas[nbeta_index]:.4g} (! flagged, * stable in epsilon)",
+        height=420,
+        **_LAYOUT,
+    )
     return fig

@@ -44,7 +44,9 @@ def _events(run: Run, analysis: Any, phase_rule: str | None = None) -> dict[str,
 def _describe_task(cfg) -> str:
     t, m = cfg.task, cfg.model
     if t.kind == "parity":
-        task = f"sparse parity of bits {list(t.relevant_bits)} in {t.n_bits}-bit strings, {t.n_train:,} training strings"
+        task = (
+            f"sparse parity of bits {list(t.relevant_bits)} in {t.n_bits}-bit strings, {t.n_train:,} training strings"
+        )
     else:
         task = f"(a {dict(add='+', sub='−', mul='×', div='÷')[t.op]} b) mod {t.p}, {t.pairs} pairs, {t.train_fraction:.0%} for training"
     sizes = {
@@ -86,10 +88,13 @@ def run_header_html(run: Run, events: dict[str, Any], analysis: Any = None) -> s
     wd = f"{o.weight_decay:g}" + (f", schedule {[list(x) for x in o.wd_schedule]}" if o.wd_schedule else "")
     settings = {
         "task / model": _describe_task(cfg),
-        "optimiser": f"AdamW lr {o.lr:g}, betas {list(o.betas)}, weight decay {wd}" + (f", L1 {o.l1:g}" if o.l1 else "")
+        "optimiser": f"AdamW lr {o.lr:g}, betas {list(o.betas)}, weight decay {wd}"
+        + (f", L1 {o.l1:g}" if o.l1 else "")
         + (f", batch {o.batch_size}" if o.batch_size else ", full batch"),
         "training": f"{cfg.train.steps:,} steps, seed {cfg.train.seed}, {len(run.steps)} checkpoints",
-        "versions": ", ".join(f"{k} {v}" for k, v in run.versions.items() if k in ("mechgrok", "torch", "transformer_lens")),
+        "versions": ", ".join(
+            f"{k} {v}" for k, v in run.versions.items() if k in ("mechgrok", "torch", "transformer_lens")
+        ),
         "run folder": str(run.path),
     }
     never_parts = [f"{label} at step {step:,}" for label, step, _ in event_steps(events)]
@@ -97,8 +102,12 @@ def run_header_html(run: Run, events: dict[str, Any], analysis: Any = None) -> s
         f'<section><div class="summary"><span class="phase" style="background:{color}">{html.escape(phase)}</span> '
         f"{html.escape(', '.join(never_parts) or 'no events')}</div>"
         + (f"<p>{html.escape(summary)}</p>" if summary else "")
-        + '<div class="grid"><div><h3>events</h3>' + html_table(ev_rows) + "</div>"
-        + "<div><h3>settings</h3>" + html_table(settings) + "</div></div>"
+        + '<div class="grid"><div><h3>events</h3>'
+        + html_table(ev_rows)
+        + "</div>"
+        + "<div><h3>settings</h3>"
+        + html_table(settings)
+        + "</div></div>"
         + f"<details><summary>full config</summary><pre>{html.escape(json.dumps(cfg.to_dict(), indent=2))}</pre></details>"
         + "</section>"
     )
@@ -110,8 +119,9 @@ def _picked_trajectory(run: Run, events: dict[str, Any], max_frames: int):
     return run.trajectory(steps=[steps[i] for i in picked], errors="warn")
 
 
-def run_sections(run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MAX_FRAMES,
-                 phase_rule: str | None = None) -> list[Section]:
+def run_sections(
+    run: Run, analysis: Any = None, *, max_frames: int = DEFAULT_MAX_FRAMES, phase_rule: str | None = None
+) -> list[Section]:
     """The figures of a run's report, chosen by its task; probe figures need ``analysis``."""
     cfg = run.config
     metrics = run.metrics()
@@ -144,15 +154,23 @@ def _stability_sections(cfg: RunConfig, steps: Any, tensors: dict[str, Any], eve
         return []
     oc = cfg.optim
     loss = f"{'StableMax' if oc.loss == 'stablemax' else 'softmax'} in {oc.loss_dtype}"
-    return [Section(
-        "Numerical stability",
-        stability_figure(steps, tensors["stability/collapse_fraction"], tensors["stability/alignment"],
-                         tensors["stability/logit_norm"], events=events, loss=loss),
-        "Softmax collapse (Prieto et al. 2025): training samples whose loss is exactly zero in the run's loss "
-        "precision, so their label's gradient is zero; cosine between -grad and the weights (near 1: the update "
-        "mostly scales the weights up, naive loss minimisation); mean norm of the logits.",
-        "stability",
-    )]
+    return [
+        Section(
+            "Numerical stability",
+            stability_figure(
+                steps,
+                tensors["stability/collapse_fraction"],
+                tensors["stability/alignment"],
+                tensors["stability/logit_norm"],
+                events=events,
+                loss=loss,
+            ),
+            "Softmax collapse (Prieto et al. 2025): training samples whose loss is exactly zero in the run's loss "
+            "precision, so their label's gradient is zero; cosine between -grad and the weights (near 1: the update "
+            "mostly scales the weights up, naive loss minimisation); mean norm of the logits.",
+            "stability",
+        )
+    ]
 
 
 def _llc_sections(analysis: Any, steps: Any, tensors: dict[str, Any], events: dict[str, Any]) -> list[Section]:
@@ -174,8 +192,13 @@ def _llc_sections(analysis: Any, steps: Any, tensors: dict[str, Any], events: di
         ),
         Section(
             "LLC chains",
-            llc_traces_figure(steps, tensors["llc/llc_trace"], tensors["llc/llc_init_loss"], nbeta=float(info.get("nbeta", 1.0)),
-                              burnin=int(options.get("burnin", 0))),
+            llc_traces_figure(
+                steps,
+                tensors["llc/llc_trace"],
+                tensors["llc/llc_init_loss"],
+                nbeta=float(info.get("nbeta", 1.0)),
+                burnin=int(options.get("burnin", 0)),
+            ),
             "n*beta (L(w) - L(w*)) along each chain at the first, middle and last checkpoint; the estimate is its mean "
             "over the draws after the shaded burn-in. Flat chains above 0 are what a good estimate looks like.",
             "llc-chains",
@@ -183,99 +206,162 @@ def _llc_sections(analysis: Any, steps: Any, tensors: dict[str, Any], events: di
     ]
 
 
-def _parity_sections(cfg: RunConfig, traj: Trajectory | None, steps: Any, tensors: dict[str, Any],
-                     metrics: dict[str, Any], events: dict[str, Any], max_frames: int) -> list[Section]:
+def _parity_sections(
+    cfg: RunConfig,
+    traj: Trajectory | None,
+    steps: Any,
+    tensors: dict[str, Any],
+    metrics: dict[str, Any],
+    events: dict[str, Any],
+    max_frames: int,
+) -> list[Section]:
     """First-layer weights over training, dependence on each bit, the prune-now check."""
     sections: list[Section] = []
     if traj is not None:
-        sections.append(Section(
-            "First-layer weights",
-            parity_weights_figure(traj.steps, traj.params["blocks.0.mlp.W_in"], cfg.task.relevant_bits, max_frames=max_frames, events=events),
-            "Each row is a hidden neuron, each column an input bit (relevant bits starred and outlined). Move the slider: "
-            "weights on irrelevant bits decay away while a few neurons keep reading the relevant bits.",
-            "weights",
-        ))
+        sections.append(
+            Section(
+                "First-layer weights",
+                parity_weights_figure(
+                    traj.steps,
+                    traj.params["blocks.0.mlp.W_in"],
+                    cfg.task.relevant_bits,
+                    max_frames=max_frames,
+                    events=events,
+                ),
+                "Each row is a hidden neuron, each column an input bit (relevant bits starred and outlined). Move the slider: "
+                "weights on irrelevant bits decay away while a few neurons keep reading the relevant bits.",
+                "weights",
+            )
+        )
     bits = {k: tensors[f"bits/{k}"] for k in ("weight_norm", "grad_attr", "flip_sensitivity") if f"bits/{k}" in tensors}
     if bits:
         relevant = tensors.get("bits/relevant", list(cfg.task.relevant_bits))
-        titles = {"weight_norm": "first-layer weight norm", "grad_attr": "input-gradient attribution", "flip_sensitivity": "bit-flip sensitivity"}
-        sections.append(Section(
-            "Dependence on each bit",
-            bit_dependence_figure(steps, {titles[k]: v for k, v in bits.items()}, relevant, events=events,
-                           ratio=tensors.get("bits/irrelevant_weight_ratio"),
-                           prune_threshold=(events.get("extra") or {}).get("prune_threshold")),
-            "How much the network depends on each input bit, three ways. Irrelevant bits (grey) must fall to zero before the "
-            "network can generalise. Last row: the pruning rule - the irrelevant bits count as pruned once their largest "
-            "weight stays below the threshold times the largest relevant-bit weight.",
-            "bits",
-        ))
+        titles = {
+            "weight_norm": "first-layer weight norm",
+            "grad_attr": "input-gradient attribution",
+            "flip_sensitivity": "bit-flip sensitivity",
+        }
+        sections.append(
+            Section(
+                "Dependence on each bit",
+                bit_dependence_figure(
+                    steps,
+                    {titles[k]: v for k, v in bits.items()},
+                    relevant,
+                    events=events,
+                    ratio=tensors.get("bits/irrelevant_weight_ratio"),
+                    prune_threshold=(events.get("extra") or {}).get("prune_threshold"),
+                ),
+                "How much the network depends on each input bit, three ways. Irrelevant bits (grey) must fall to zero before the "
+                "network can generalise. Last row: the pruning rule - the irrelevant bits count as pruned once their largest "
+                "weight stays below the threshold times the largest relevant-bit weight.",
+                "bits",
+            )
+        )
     if "bits/prune_now_acc" in tensors:
-        sections.append(Section(
-            "Prune-now causal check",
-            prune_now_accuracy_figure(steps, tensors["bits/prune_now_acc"], metrics, events=events),
-            "At every checkpoint, a copy of the network with its irrelevant-bit weights zeroed is evaluated on the test set. "
-            "Where this curve is high long before the real test accuracy, pruning alone is what the run was waiting for.",
-            "prune",
-        ))
+        sections.append(
+            Section(
+                "Prune-now causal check",
+                prune_now_accuracy_figure(steps, tensors["bits/prune_now_acc"], metrics, events=events),
+                "At every checkpoint, a copy of the network with its irrelevant-bit weights zeroed is evaluated on the test set. "
+                "Where this curve is high long before the real test accuracy, pruning alone is what the run was waiting for.",
+                "prune",
+            )
+        )
     return sections
 
 
-def _modular_sections(cfg: RunConfig, traj: Trajectory | None, steps: Any, tensors: dict[str, Any], keys: list[int],
-                      events: dict[str, Any], max_frames: int) -> list[Section]:
+def _modular_sections(
+    cfg: RunConfig,
+    traj: Trajectory | None,
+    steps: Any,
+    tensors: dict[str, Any],
+    keys: list[int],
+    events: dict[str, Any],
+    max_frames: int,
+) -> list[Section]:
     """Weights over the operand, Fourier spectra, key-frequency norms, progress measures, circles."""
     sections: list[Section] = []
     if traj is not None:
         W_in = traj.params.get("blocks.0.mlp.W_in")
         if "embed.W_E" in traj.params:
-            fig = modular_weights_figure(traj.steps, traj.params["embed.W_E"], W_in, p=cfg.task.p, max_frames=max_frames, events=events)
+            fig = modular_weights_figure(
+                traj.steps, traj.params["embed.W_E"], W_in, p=cfg.task.p, max_frames=max_frames, events=events
+            )
         elif cfg.model.kind == "cossin_mlp":
             from ..models import cossin_embedding
 
-            fig = modular_weights_figure(traj.steps, None, W_in, fixed_embedding=cossin_embedding(cfg.task.p, cfg.model.frequency, cfg.model.embed_norm),
-                                          max_frames=max_frames, events=events)
+            fig = modular_weights_figure(
+                traj.steps,
+                None,
+                W_in,
+                fixed_embedding=cossin_embedding(cfg.task.p, cfg.model.frequency, cfg.model.embed_norm),
+                max_frames=max_frames,
+                events=events,
+            )
         else:
             fig = None
         if fig is not None:
-            sections.append(Section(
-                "Weights over the operand",
-                fig,
-                "Rows: the operand a = 0..p−1. Noisy at first; after grokking each column becomes a wave of a few frequencies.",
-                "weights",
-            ))
-    spectra = {name: tensors[k] for k, name in (("fourier/embed_freq_norms", "embedding"), ("fourier/logit_freq_norms", "logits")) if k in tensors}
+            sections.append(
+                Section(
+                    "Weights over the operand",
+                    fig,
+                    "Rows: the operand a = 0..p−1. Noisy at first; after grokking each column becomes a wave of a few frequencies.",
+                    "weights",
+                )
+            )
+    spectra = {
+        name: tensors[k]
+        for k, name in (("fourier/embed_freq_norms", "embedding"), ("fourier/logit_freq_norms", "logits"))
+        if k in tensors
+    }
     if spectra:
-        sections.append(Section(
-            "Fourier spectrum over training",
-            fourier_spectrum_figure(steps, spectra, keys),
-            "Share of each frequency in the embedding and the logits at every checkpoint (★ = key frequencies).",
-            "spectrum",
-        ))
+        sections.append(
+            Section(
+                "Fourier spectrum over training",
+                fourier_spectrum_figure(steps, spectra, keys),
+                "Share of each frequency in the embedding and the logits at every checkpoint (★ = key frequencies).",
+                "spectrum",
+            )
+        )
     if "fourier/embed_freq_norms" in tensors:
-        sections.append(Section(
-            "Key-frequency norms",
-            key_frequency_norms_figure(steps, tensors["fourier/embed_freq_norms"], keys, events=events),
-            "Embedding norm of each key frequency against the other frequencies.",
-            "keyfreq",
-        ))
+        sections.append(
+            Section(
+                "Key-frequency norms",
+                key_frequency_norms_figure(steps, tensors["fourier/embed_freq_norms"], keys, events=events),
+                "Embedding norm of each key frequency against the other frequencies.",
+                "keyfreq",
+            )
+        )
     if any(k.startswith("progress/") for k in tensors):
-        sections.append(Section(
-            "Progress measures",
-            progress_measures_figure(steps, tensors, events=events),
-            "Restricted loss keeps only the key-frequency part of the logits; excluded loss removes it (on the training set). "
-            "Restricted loss falls before the test loss does: the circuit forms before it shows.",
-            "progress",
-        ))
+        sections.append(
+            Section(
+                "Progress measures",
+                progress_measures_figure(steps, tensors, events=events),
+                "Restricted loss keeps only the key-frequency part of the logits; excluded loss removes it (on the training set). "
+                "Restricted loss falls before the test loss does: the circuit forms before it shows.",
+                "progress",
+            )
+        )
     if "circles/cos" in tensors:
-        sections.append(Section(
-            "Neuron circles",
-            neuron_circles_figure(
-                steps, tensors["circles/cos"], tensors["circles/sin"], freq=tensors.get("circles/freq"),
-                spread=tensors.get("circles/phase_spread"), norm_cv=tensors.get("circles/norm_cv"), max_frames=max_frames, events=events,
-            ),
-            "Each point is a neuron at (cos, sin) of its dominant frequency; distance from the centre is its norm. "
-            "After training the neurons sit evenly around a circle with similar norms.",
-            "circles",
-        ))
+        sections.append(
+            Section(
+                "Neuron circles",
+                neuron_circles_figure(
+                    steps,
+                    tensors["circles/cos"],
+                    tensors["circles/sin"],
+                    freq=tensors.get("circles/freq"),
+                    spread=tensors.get("circles/phase_spread"),
+                    norm_cv=tensors.get("circles/norm_cv"),
+                    max_frames=max_frames,
+                    events=events,
+                ),
+                "Each point is a neuron at (cos, sin) of its dominant frequency; distance from the centre is its norm. "
+                "After training the neurons sit evenly around a circle with similar norms.",
+                "circles",
+            )
+        )
     return sections
 
 
@@ -286,31 +372,52 @@ def _group_sections(analysis: Any, steps: Any, tensors: dict[str, Any], events: 
 
     sections: list[Section] = []
     group = analysis.records.get("group") if analysis is not None else None
-    spectra = {name: tensors[k] for k, name in (("irreps/embed_irrep_norms", "embedding"), ("irreps/logit_irrep_norms", "logits"))
-               if k in tensors}
+    spectra = {
+        name: tensors[k]
+        for k, name in (("irreps/embed_irrep_norms", "embedding"), ("irreps/logit_irrep_norms", "logits"))
+        if k in tensors
+    }
     if spectra and group:
         names = [r["name"] for r in group["irreps"]]
         keys = [k["name"] for k in analysis.records.get("key_irreps", [])]
-        sections.append(Section(
-            "Irrep spectrum over training",
-            irrep_spectrum_figure(steps, spectra, names, keys, dims=[r["dim"] for r in group["irreps"]], events=events),
-            f"Share of each irreducible representation of {group['name']} in the embedding and the logits at every "
-            "checkpoint (the group Fourier transform; ★ = key irreps). Dashed lines: detected events.",
-            "irreps",
-        ))
+        sections.append(
+            Section(
+                "Irrep spectrum over training",
+                irrep_spectrum_figure(
+                    steps, spectra, names, keys, dims=[r["dim"] for r in group["irreps"]], events=events
+                ),
+                f"Share of each irreducible representation of {group['name']} in the embedding and the logits at every "
+                "checkpoint (the group Fourier transform; ★ = key irreps). Dashed lines: detected events.",
+                "irreps",
+            )
+        )
     if any(k.startswith("progress/") for k in tensors):
-        sections.append(Section(
-            "Progress measures",
-            progress_measures_figure(steps, tensors, events=events, title="Progress measures (key irreps)" if group else "Losses"),
-            "Restricted loss keeps only the key irreps' part of the logits; excluded loss removes it (on the training set)."
-            if group else "Losses and weight norm at every checkpoint.",
-            "progress",
-        ))
+        sections.append(
+            Section(
+                "Progress measures",
+                progress_measures_figure(
+                    steps, tensors, events=events, title="Progress measures (key irreps)" if group else "Losses"
+                ),
+                "Restricted loss keeps only the key irreps' part of the logits; excluded loss removes it (on the training set)."
+                if group
+                else "Losses and weight norm at every checkpoint.",
+                "progress",
+            )
+        )
     return sections
 
 
-_REUSED_OPTIONS = ("max_checkpoints", "n_eval", "prune_threshold", "sensitivity_tol", "min_gap", "min_explained", "circles",
-                   "circle_min_frac", "phase_rule")
+_REUSED_OPTIONS = (
+    "max_checkpoints",
+    "n_eval",
+    "prune_threshold",
+    "sensitivity_tol",
+    "min_gap",
+    "min_explained",
+    "circles",
+    "circle_min_frac",
+    "phase_rule",
+)
 
 
 def _load_analysis(run: Run, compute: bool, phase_rule: str | None = None) -> Any:
@@ -370,4 +477,6 @@ def write_run_report(
     sections = run_sections(run, analysis, max_frames=max_frames, phase_rule=phase_rule)
     header = run_header_html(run, events, analysis)
     out = Path(out) if out is not None else run.path / REPORT_FILE
-    return write_html(out, f"mechgrok report: {run.config.name}", sections, header_html=header, subtitle=_describe_task(run.config))
+    return write_html(
+        out, f"mechgrok report: {run.config.name}", sections, header_html=header, subtitle=_describe_task(run.config)
+    )

@@ -31,21 +31,42 @@ def stability_figure(
     s_all = to_numpy(steps, np.float64)
     keep = s_all > 0  # log step axis
     s = s_all[keep]
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
-                        subplot_titles=(f"softmax collapse ({loss})" if loss else "softmax collapse",
-                                        "cos(-grad, w)", "mean logit norm"))
-    panels = [(100 * to_numpy(collapse_fraction, np.float64), "collapsed %", "#d62728", "%{y:.1f}% at step %{x:,}"),
-              (to_numpy(alignment, np.float64), "alignment", "#1f77b4", "%{y:.3f} at step %{x:,}"),
-              (to_numpy(logit_norm, np.float64), "logit norm", "#2ca02c", "%{y:.3g} at step %{x:,}")]
+    fig = make_subplots(
+        rows=3,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.07,
+        subplot_titles=(
+            f"softmax collapse ({loss})" if loss else "softmax collapse",
+            "cos(-grad, w)",
+            "mean logit norm",
+        ),
+    )
+    panels = [
+        (100 * to_numpy(collapse_fraction, np.float64), "collapsed %", "#d62728", "%{y:.1f}% at step %{x:,}"),
+        (to_numpy(alignment, np.float64), "alignment", "#1f77b4", "%{y:.3f} at step %{x:,}"),
+        (to_numpy(logit_norm, np.float64), "logit norm", "#2ca02c", "%{y:.3g} at step %{x:,}"),
+    ]
     for row, (y, name, colour, hover) in enumerate(panels, start=1):
-        fig.add_trace(go.Scatter(x=s, y=y[keep], mode="lines+markers", name=name, line={"color": colour, "width": 2},
-                                 hovertemplate=hover + "<extra></extra>"), row=row, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=s,
+                y=y[keep],
+                mode="lines+markers",
+                name=name,
+                line={"color": colour, "width": 2},
+                hovertemplate=hover + "<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
     fig.update_xaxes(type="log", range=step_axis_range(s_all))
     fig.update_xaxes(title_text="step (log scale)", row=3, col=1)
     fig.update_yaxes(range=[0, 100], title_text="% of train", row=1, col=1)
     fig.update_yaxes(range=[-1, 1], title_text="cosine", row=2, col=1)
     fig.update_yaxes(type="log", title_text="norm", row=3, col=1)
     add_event_lines(fig, events, rows=[1, 2, 3])
-    fig.update_layout(title=title, height=640, showlegend=False, template="plotly_white",
-                      margin={"l": 70, "r": 30, "t": 70, "b": 50})
+    fig.update_layout(
+        title=title, height=640, showlegend=False, template="plotly_white", margin={"l": 70, "r": 30, "t": 70, "b": 50}
+    )
     return fig

@@ -12,8 +12,9 @@ import html
 import itertools
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -27,13 +28,43 @@ from ..store import StoreError
 from ._common import PHASE_COLORS
 from .html import Section, html_table, write_html
 
-__all__ = ["phase_map_figure", "steps_to_generalise_figure", "swept_parameters", "read_results", "sweep_sections", "write_sweep_report", "SWEEP_REPORT_FILE"]
+__all__ = [
+    "phase_map_figure",
+    "steps_to_generalise_figure",
+    "swept_parameters",
+    "read_results",
+    "sweep_sections",
+    "write_sweep_report",
+    "SWEEP_REPORT_FILE",
+]
 
 SWEEP_REPORT_FILE = REPORT_FILES["sweep"]
 _OUTCOME = {
-    "phase", "phase_rule", "memorised_step", "generalised_step", "lag", "ratio", "final_train_acc", "final_test_acc", "total_steps",
-    "pruned_step", "seed", "member", "index", "id", "run_dir", "path", "steps", "status", "seconds", "name",
-    "stopped_early", "stopped_step", "final_train_loss", "final_test_loss", "final_weight_norm",
+    "phase",
+    "phase_rule",
+    "memorised_step",
+    "generalised_step",
+    "lag",
+    "ratio",
+    "final_train_acc",
+    "final_test_acc",
+    "total_steps",
+    "pruned_step",
+    "seed",
+    "member",
+    "index",
+    "id",
+    "run_dir",
+    "path",
+    "steps",
+    "status",
+    "seconds",
+    "name",
+    "stopped_early",
+    "stopped_step",
+    "final_train_loss",
+    "final_test_loss",
+    "final_weight_norm",
 }
 
 
@@ -72,8 +103,11 @@ def _is_numeric(col: np.ndarray) -> bool:
 def swept_parameters(table: Any) -> list[str]:
     """Numeric hyperparameter columns that vary across the sweep, most distinct values first."""
     cols = _columns(table)
-    out = [(len(np.unique(v[np.isfinite(v)])), k) for k, v in cols.items()
-           if k not in _OUTCOME and not k.endswith(("_step", "_acc", "_loss")) and _is_numeric(v)]
+    out = [
+        (len(np.unique(v[np.isfinite(v)])), k)
+        for k, v in cols.items()
+        if k not in _OUTCOME and not k.endswith(("_step", "_acc", "_loss")) and _is_numeric(v)
+    ]
     found = [k for n, k in sorted(out, key=lambda t: -t[0]) if n >= 2]
     # weight decay first: it is the parameter the grokking story is about
     return sorted(found, key=lambda k: 0 if k.split(".")[-1] in ("weight_decay", "wd") else 1)
@@ -148,7 +182,9 @@ def phase_map_figure(table: Any, x: str | None = None, y: str | None = None, *, 
     x = x or (params[0] if params else None)
     y = y or next((p for p in params if p != x), None)
     if x is None or y is None:
-        raise ValueError(f"phase_map_figure: need two swept parameters, found {params or 'none'}; name them with x= and y=")
+        raise ValueError(
+            f"phase_map_figure: need two swept parameters, found {params or 'none'}; name them with x= and y="
+        )
     for name in (x, y):
         if name not in cols:
             raise ValueError(f"phase_map_figure: no column {name!r}; have {', '.join(cols)}")
@@ -161,23 +197,40 @@ def phase_map_figure(table: Any, x: str | None = None, y: str | None = None, *, 
         rows = np.nonzero(phases == phase)[0]
         if phase == "unknown" and rows.size == 0:  # legend entry only when some member lacks the evidence
             continue
-        fig.add_trace(go.Scatter(
-            x=xj[rows], y=yj[rows], mode="markers", name=f"{phase} ({rows.size})",
-            marker={"color": PHASE_COLORS.get(phase, "#7f7f7f"), "size": 9 if len(phases) < 400 else 6, "line": {"width": 0.5, "color": "white"}},
-            text=_hover(cols, rows), hovertemplate="%{text}<extra>" + phase + "</extra>",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=xj[rows],
+                y=yj[rows],
+                mode="markers",
+                name=f"{phase} ({rows.size})",
+                marker={
+                    "color": PHASE_COLORS.get(phase, "#7f7f7f"),
+                    "size": 9 if len(phases) < 400 else 6,
+                    "line": {"width": 0.5, "color": "white"},
+                },
+                text=_hover(cols, rows),
+                hovertemplate="%{text}<extra>" + phase + "</extra>",
+            )
+        )
     for axis, name, vals, settings in (("x", x, xv, xset), ("y", y, yv, yset)):
         u = np.unique(vals[np.isfinite(vals)])
         upd = {"title_text": name, **settings, "range": _padded_range(u, settings["type"] == "log")}
         if "tickvals" not in settings and u.size <= 12:
             upd.update(tickvals=u.tolist(), ticktext=[f"{t:g}" for t in u])
         (fig.update_xaxes if axis == "x" else fig.update_yaxes)(**upd)
-    fig.update_layout(title=title or f"Phase map: {x} × {y} ({len(phases)} models)", height=560, template="plotly_white",
-                      legend={"title": {"text": "phase"}}, margin={"l": 70, "r": 30, "t": 60, "b": 60})
+    fig.update_layout(
+        title=title or f"Phase map: {x} × {y} ({len(phases)} models)",
+        height=560,
+        template="plotly_white",
+        legend={"title": {"text": "phase"}},
+        margin={"l": 70, "r": 30, "t": 60, "b": 60},
+    )
     return fig
 
 
-def steps_to_generalise_figure(table: Any, params: Sequence[str] | None = None, *, step_column: str = "generalised_step") -> go.Figure:
+def steps_to_generalise_figure(
+    table: Any, params: Sequence[str] | None = None, *, step_column: str = "generalised_step"
+) -> go.Figure:
     """Steps until the test accuracy reached the threshold against each swept parameter (one panel
     per parameter, log step axis, colour = phase, median per grid value as a line). Members that
     never generalised are drawn as ``×`` above the top of the axis."""
@@ -190,7 +243,13 @@ def steps_to_generalise_figure(table: Any, params: Sequence[str] | None = None, 
     steps = cols[step_column].astype(np.float64)
     done = np.isfinite(steps) & (steps > 0)
     total = cols.get("total_steps")
-    ceiling = float(np.nanmax(total)) if total is not None and np.isfinite(total).any() else float(np.nanmax(steps[done])) if done.any() else 10.0
+    ceiling = (
+        float(np.nanmax(total))
+        if total is not None and np.isfinite(total).any()
+        else float(np.nanmax(steps[done]))
+        if done.any()
+        else 10.0
+    )
     top = max(ceiling * 1.6, float(np.nanmax(steps[done])) * 1.3 if done.any() else 0.0)
     phases = cols["phase"].astype(str)
     fig = make_subplots(rows=1, cols=len(params), shared_yaxes=True, horizontal_spacing=0.04, subplot_titles=params)
@@ -206,22 +265,47 @@ def steps_to_generalise_figure(table: Any, params: Sequence[str] | None = None, 
             for rr, yvals, symbol in ((rows, steps[rows], "circle"), (never, np.full(never.size, top), "x")):
                 if rr.size == 0:
                     continue
-                fig.add_trace(go.Scatter(
-                    x=vj[rr], y=yvals, mode="markers", name=phase, legendgroup=phase, showlegend=phase not in shown,
-                    marker={"color": color, "symbol": symbol, "size": 7, "opacity": 0.8}, text=_hover(cols, rr),
-                    hovertemplate="%{text}<extra></extra>"), row=1, col=c)
+                fig.add_trace(
+                    go.Scatter(
+                        x=vj[rr],
+                        y=yvals,
+                        mode="markers",
+                        name=phase,
+                        legendgroup=phase,
+                        showlegend=phase not in shown,
+                        marker={"color": color, "symbol": symbol, "size": 7, "opacity": 0.8},
+                        text=_hover(cols, rr),
+                        hovertemplate="%{text}<extra></extra>",
+                    ),
+                    row=1,
+                    col=c,
+                )
                 shown.add(phase)
         u = np.unique(v[np.isfinite(v)])
         med = [float(np.median(steps[done & (v == val)])) if (done & (v == val)).any() else np.nan for val in u]
-        fig.add_trace(go.Scatter(x=u, y=med, mode="lines", line={"color": "black", "width": 1.5}, name="median (generalised)",
-                                 legendgroup="median", showlegend=c == 1, hoverinfo="skip"), row=1, col=c)
+        fig.add_trace(
+            go.Scatter(
+                x=u,
+                y=med,
+                mode="lines",
+                line={"color": "black", "width": 1.5},
+                name="median (generalised)",
+                legendgroup="median",
+                showlegend=c == 1,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=c,
+        )
         fig.update_xaxes(title_text=name, row=1, col=c, **settings)
     lo = float(np.nanmin(steps[done])) if done.any() else 1.0
     # shared y axes must agree on type and range: set them on every panel
     fig.update_yaxes(type="log", range=[math.log10(max(lo, 1.0)) - 0.2, math.log10(top) + 0.1])
     fig.update_yaxes(title_text=f"{step_column.replace('_', ' ')} (× = never)", row=1, col=1)
     fig.add_hline(y=ceiling, line={"color": "grey", "dash": "dot", "width": 1})
-    fig.update_layout(title="Steps to generalise", height=460, template="plotly_white", margin={"l": 70, "r": 30, "t": 70, "b": 60})
+    fig.update_layout(
+        title="Steps to generalise", height=460, template="plotly_white", margin={"l": 70, "r": 30, "t": 70, "b": 60}
+    )
     return fig
 
 
@@ -259,13 +343,19 @@ def read_results(sweep_dir: str | Path, phase_rule: str | None = None) -> tuple[
         try:
             table = pd.read_csv(results)
         except Exception as e:  # pandas raises many types for damaged files
-            raise StoreError(f"{results}: unreadable results table ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise StoreError(
+                f"{results}: unreadable results table ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from None
         swept, spec = [], {}
         if phase_rule is not None and len(table) and _table_rule(table) != phase_rule:
-            raise StoreError(f"{results}: phases by the {_table_rule(table)} rule, and without the sweep folder's members "
-                             f"they cannot be classified by the {phase_rule} rule")
+            raise StoreError(
+                f"{results}: phases by the {_table_rule(table)} rule, and without the sweep folder's members "
+                f"they cannot be classified by the {phase_rule} rule"
+            )
     else:
-        raise StoreError(f"{sweep_dir}: not a run or sweep folder (no {RUN_FILES['config']}, {SWEEP_FILES['spec']} or {SWEEP_FILES['results']})")
+        raise StoreError(
+            f"{sweep_dir}: not a run or sweep folder (no {RUN_FILES['config']}, {SWEEP_FILES['spec']} or {SWEEP_FILES['results']})"
+        )
     if len(table) == 0 or "phase" not in table.columns:
         raise StoreError(f"{sweep_dir}: no finished members in the results table yet")
     return table, swept or swept_parameters(table), spec
@@ -279,8 +369,9 @@ def _table_rule(table: Any) -> str:
     return rules.pop() if len(rules) == 1 else "mixed"
 
 
-def sweep_sections(table: Any, params: Sequence[str] | None = None, *, x: str | None = None, y: str | None = None,
-                   max_maps: int = 3) -> list[Section]:
+def sweep_sections(
+    table: Any, params: Sequence[str] | None = None, *, x: str | None = None, y: str | None = None, max_maps: int = 3
+) -> list[Section]:
     """Sections of a sweep report: a phase map per pair of swept ``params`` (``x`` / ``y`` first,
     at most ``max_maps``) and steps to generalise against each parameter."""
     cols = _columns(table)
@@ -296,19 +387,36 @@ def sweep_sections(table: Any, params: Sequence[str] | None = None, *, x: str | 
         pairs.append((first, second))
     pairs += [pr for pr in itertools.combinations(params, 2) if pr not in pairs and pr[::-1] not in pairs]
     for a, b in pairs[:max_maps]:
-        sections.append(Section(f"Phase map: {a} × {b}", phase_map_figure(cols, a, b),
-                                "Each point is one model; members at the same grid point (seeds, other parameters) are spread "
-                                "slightly around it. Hover for the member's settings, events and run folder.",
-                                f"map-{a}-{b}".replace(".", "-")))
+        sections.append(
+            Section(
+                f"Phase map: {a} × {b}",
+                phase_map_figure(cols, a, b),
+                "Each point is one model; members at the same grid point (seeds, other parameters) are spread "
+                "slightly around it. Hover for the member's settings, events and run folder.",
+                f"map-{a}-{b}".replace(".", "-"),
+            )
+        )
     if params and "generalised_step" in cols:
-        sections.append(Section("Steps to generalise", steps_to_generalise_figure(cols, params),
-                                "Step at which each model's test accuracy first reached the threshold (× = never).", "steps"))
+        sections.append(
+            Section(
+                "Steps to generalise",
+                steps_to_generalise_figure(cols, params),
+                "Step at which each model's test accuracy first reached the threshold (× = never).",
+                "steps",
+            )
+        )
     return sections
 
 
 @with_threads  # adds threads=: intra-op threads while reading and drawing (automatic: 1)
-def write_sweep_report(sweep_dir: str | Path, out: str | Path | None = None, *, x: str | None = None, y: str | None = None,
-                       phase_rule: str | None = None) -> Path:
+def write_sweep_report(
+    sweep_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    x: str | None = None,
+    y: str | None = None,
+    phase_rule: str | None = None,
+) -> Path:
     """Write ``SWEEP/report.html`` (or ``out``): phase maps and steps to generalise, one offline file.
     ``phase_rule``: classify members by ``"accuracy"`` or ``"loss"`` (PAIR's rule); default: as
     ``results.csv`` does."""
@@ -324,14 +432,28 @@ def write_sweep_report(sweep_dir: str | Path, out: str | Path | None = None, *, 
     for p in params:
         col = cols[p]
         vals = np.unique(col[np.isfinite(col)]) if _is_numeric(col) else sorted(set(col.tolist()), key=str)
-        ranges[p] = f"{vals[0]:g} … {vals[-1]:g} ({len(vals)} values)" if _is_numeric(col) else ", ".join(map(str, vals))
+        ranges[p] = (
+            f"{vals[0]:g} … {vals[-1]:g} ({len(vals)} values)" if _is_numeric(col) else ", ".join(map(str, vals))
+        )
     header = (
-        "<section><div class=\"summary\">"
-        + " ".join(f'<span class="phase" style="background:{PHASE_COLORS.get(p, "#7f7f7f")}">{html.escape(p)} {n}</span>' for p, n in counts)
-        + f" of {len(phases)} models (phases by the {html.escape(rule)} rule)</div><div class=\"grid\"><div><h3>swept parameters</h3>{html_table(ranges)}</div></div>"
-        + (f"<details><summary>sweep specification</summary><pre>{html.escape(json.dumps(spec, indent=2))}</pre></details>" if spec else "")
+        '<section><div class="summary">'
+        + " ".join(
+            f'<span class="phase" style="background:{PHASE_COLORS.get(p, "#7f7f7f")}">{html.escape(p)} {n}</span>'
+            for p, n in counts
+        )
+        + f' of {len(phases)} models (phases by the {html.escape(rule)} rule)</div><div class="grid"><div><h3>swept parameters</h3>{html_table(ranges)}</div></div>'
+        + (
+            f"<details><summary>sweep specification</summary><pre>{html.escape(json.dumps(spec, indent=2))}</pre></details>"
+            if spec
+            else ""
+        )
         + "</section>"
     )
     out = Path(out) if out is not None else sweep_dir / SWEEP_REPORT_FILE
-    return write_html(out, f"mechgrok sweep report: {sweep_dir.name}", sweep_sections(cols, params, x=x, y=y), header_html=header,
-                      subtitle=f"{len(phases)} models, {', '.join(params)}")
+    return write_html(
+        out,
+        f"mechgrok sweep report: {sweep_dir.name}",
+        sweep_sections(cols, params, x=x, y=y),
+        header_html=header,
+        subtitle=f"{len(phases)} models, {', '.join(params)}",
+    )

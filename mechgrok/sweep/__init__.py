@@ -7,8 +7,8 @@ configs, sweep folders with one run folder per member and a results table, and a
 >>> sweep.run(7)                          # member 7's ordinary run folder
 """
 
-from .engine_config import GROUP_FIELDS, EngineConfig
 from .engine import train_batch
+from .engine_config import GROUP_FIELDS, EngineConfig
 from .spec import SweepSpec, lin_range, log_range, parse_axis
 from .store import SWEEP_FILES, Sweep, SweepMember, run_sweep
 

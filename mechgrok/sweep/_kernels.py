@@ -106,8 +106,9 @@ class BatchedModel:
         count: torch.Tensor,
         shared: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, acc, _ = ce_loss_grad(self(params, x, shared), y, mask, count, want_grad=False, div=self.loss_div,
-                                    **self.loss_opts)
+        loss, acc, _ = ce_loss_grad(
+            self(params, x, shared), y, mask, count, want_grad=False, div=self.loss_div, **self.loss_opts
+        )
         return loss, acc
 
 
@@ -192,11 +193,15 @@ class _FusedModular(BatchedModel):
             g_hu = torch.cat([g_h, g_ut], dim=-1)  # [c, p, 2m]
             g_E = torch.bmm(g_hu, W_cat.transpose(1, 2))  # [c, p, d]
             g_cat = torch.bmm(E.transpose(1, 2), g_hu)  # [c, d, 2m]
-        return loss, acc, {
-            "embed.W_E": g_E,
-            "blocks.0.mlp.W_in": g_cat[..., :m],
-            "blocks.0.mlp.W_out": g_cat[..., m:].transpose(1, 2),
-        }
+        return (
+            loss,
+            acc,
+            {
+                "embed.W_E": g_E,
+                "blocks.0.mlp.W_in": g_cat[..., :m],
+                "blocks.0.mlp.W_out": g_cat[..., m:].transpose(1, 2),
+            },
+        )
 
 
 class _FusedParity(BatchedModel):
@@ -436,8 +441,7 @@ class _LoopForward(BatchedModel):
         c = next(iter(params.values())).shape[0]
         module = self._modules.module()
         outs = [
-            functional_call(module, {k: v[i] for k, v in params.items()}, (x if shared else x[i],))
-            for i in range(c)
+            functional_call(module, {k: v[i] for k, v in params.items()}, (x if shared else x[i],)) for i in range(c)
         ]
         return torch.stack(outs)
 
@@ -466,7 +470,9 @@ def _make_model(config: RunConfig, model: torch.nn.Module, engine: str) -> Batch
         raise ConfigError(f"engine: 'fused' supports {', '.join(FUSED_KINDS)}, not {kind!r}; use 'vmap' or 'auto'")
     if engine == "vmap":
         if kind not in VMAP_KINDS:
-            raise ConfigError(f"engine: 'vmap' cannot batch {kind!r} (no vmap rule for its recurrent op); use 'loop' or 'auto'")
+            raise ConfigError(
+                f"engine: 'vmap' cannot batch {kind!r} (no vmap rule for its recurrent op); use 'loop' or 'auto'"
+            )
         return _VmapForward(config, model)
     if engine == "loop":
         return _LoopForward(config, model)
@@ -605,12 +611,12 @@ def adamw_step(
         # scalars, which torch rounds to float32 exactly as the per-row columns below are
         # rounded, and its kernels run vectorised instead of broadcasting a [c, 1, ...] column
         decay, neg_step, bc2 = (float(a[0]) for a in scalars)
-        col = lambda v, p: v  # noqa: E731
+        col = lambda v, p: v
     else:
         dev = params[0].device
         # a Python scalar takes the tensor's dtype in torch's kernels: float32, or float64 params
         decay, neg_step, bc2 = (torch.from_numpy(np.ascontiguousarray(a)).to(params[0].dtype).to(dev) for a in scalars)
-        col = lambda v, p: v.view((-1,) + (1,) * (p.dim() - 1))  # noqa: E731
+        col = lambda v, p: v.view((-1,) + (1,) * (p.dim() - 1))
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
         p.mul_(col(decay, p))
         m.lerp_(g, 1 - beta1)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,13 +103,17 @@ class Pool:
             raise ValueError("no members to train")
         keys = {group_key(m.config) for m in members}
         if len(keys) > 1:
-            raise ConfigError("train_batch: members differ in a field a batch must share (architecture, task shape, "
-                              "betas, eps, grad_clip, grokfast, batch_size); use run_sweep, which groups them")
+            raise ConfigError(
+                "train_batch: members differ in a field a batch must share (architecture, task shape, "
+                "betas, eps, grad_clip, grokfast, batch_size); use run_sweep, which groups them"
+            )
         self.cfg0 = members[0].config
         if self.cfg0.optim.grokfast_lambda > 0 and self.cfg0.optim.grokfast_filter == "ma":
             # its [window, *shape] ring buffers are not among the stacked tables (yet)
-            raise ConfigError("optim.grokfast_filter: 'ma' is trained by the single trainer (mechgrok train), "
-                              "not by the sweep engine; use 'ema' or train the members one by one")
+            raise ConfigError(
+                "optim.grokfast_filter: 'ma' is trained by the single trainer (mechgrok train), "
+                "not by the sweep engine; use 'ema' or train the members one by one"
+            )
         self.engine = engine
         self.device = torch.device(engine.device or self.cfg0.train.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -202,6 +207,7 @@ class Pool:
         with its checkpoints); in memory: the columns are kept for its TrainResult."""
         if run is None:
             return MetricsBuffer(None, history=True)
+
         def sink(text: str) -> None:
             self.writer.submit(key, lambda: run.append_metrics_text(text))
 
@@ -358,8 +364,17 @@ class Pool:
             norm_all[s0:s1] = row_norms(list(params.values())).tolist()
         return grads
 
-    def _update(self, s0: int, s1: int, grads: dict[str, torch.Tensor], steps: np.ndarray, lr: np.ndarray,
-                wd: np.ndarray, l1: np.ndarray, stopping: list[int]) -> None:
+    def _update(
+        self,
+        s0: int,
+        s1: int,
+        grads: dict[str, torch.Tensor],
+        steps: np.ndarray,
+        lr: np.ndarray,
+        wd: np.ndarray,
+        l1: np.ndarray,
+        stopping: list[int],
+    ) -> None:
         """L1, Grokfast, clipping and AdamW for rows ``s0:s1`` (views into the stacked state)."""
         P = self.rows.slices("param", s0, s1)
         G = [grads[k] for k in self.names]
@@ -376,8 +391,17 @@ class Pool:
             clip_grad_norms(G, self.cfg0.optim.grad_clip)
         if self.cfg0.optim.orthograd:  # wraps the AdamW step, as in the single trainer
             orthograd_rows_(P, G)
-        adamw_step(P, G, self.rows.slices("exp_avg", s0, s1), self.rows.slices("exp_avg_sq", s0, s1),
-                   steps[s0:s1] + 1, lr[s0:s1], wd[s0:s1], self.betas, self.eps)
+        adamw_step(
+            P,
+            G,
+            self.rows.slices("exp_avg", s0, s1),
+            self.rows.slices("exp_avg_sq", s0, s1),
+            steps[s0:s1] + 1,
+            lr[s0:s1],
+            wd[s0:s1],
+            self.betas,
+            self.eps,
+        )
         if snapshot is not None:
             # rows stopping at this step keep the state they were logged with (no update)
             self.rows.restore(stopping, snapshot)
@@ -524,7 +548,8 @@ class Pool:
             # which rows evaluate / log this step; evaluations see the parameters before the update
             eval_rows = [r for r, s in enumerate(slots) if s.step % s.config.train.eval_every == 0]
             log_rows = [
-                r for r, s in enumerate(slots)
+                r
+                for r, s in enumerate(slots)
                 if s.step % s.config.train.eval_every == 0 or (s.full_batch and s.step % eng.log_every == 0)
             ]
             test: dict[int, tuple[float, float]] = {}
@@ -550,8 +575,9 @@ class Pool:
                         s.stop = "generalised"
                 return s.stop is not None
 
-            loss_l, acc_l, wn = self._train_step(steps, lr, wd, l1, bool(log_rows), decide,
-                                                 want_metrics=bool(log_rows) or eng.early_stop)
+            loss_l, acc_l, wn = self._train_step(
+                steps, lr, wd, l1, bool(log_rows), decide, want_metrics=bool(log_rows) or eng.early_stop
+            )
             for r in log_rows:
                 s = slots[r]
                 train = mini_train[r] if r in mini_train else (loss_l[r], acc_l[r])

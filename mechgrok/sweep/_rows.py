@@ -4,7 +4,7 @@ same rows in the same order; rows are added, dropped and reordered in all of the
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -9,8 +9,9 @@ written first, so a kill leaves either the previous state or the new one, never 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -78,7 +79,7 @@ class SavedStates:
 
             try:
                 self.loaded = {path: load_file(path)}  # keep one file in memory at a time
-            except Exception as e:  # noqa: BLE001 - safetensors raises several types
+            except Exception as e:
                 raise StoreError(f"{path}: unreadable sweep resume state ({e})") from None
         t = self.loaded[path]
         names = [k[6:] for k in t if k.startswith("param.")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from ..store import StoreError
 
@@ -30,7 +30,7 @@ class Writer:
                     return
                 if self.error is None:
                     job()
-            except BaseException as e:  # noqa: BLE001 - reported on the main thread by join()
+            except BaseException as e:
                 self.error = self.error or e
             finally:
                 q.task_done()

@@ -24,8 +24,8 @@ The parts, one concern a file:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..config import RunConfig
 from ..store import FILES, StoreError
@@ -59,8 +59,12 @@ def train_batch(
     if data is not None and len(data) != len(configs):
         raise ValueError(f"data: expected {len(configs)} datasets, got {len(data)}")
     members = [
-        Member(cfg, Path(outs[i]) if outs is not None and outs[i] is not None else None,
-               data[i] if data is not None else None, key=i)
+        Member(
+            cfg,
+            Path(outs[i]) if outs is not None and outs[i] is not None else None,
+            data[i] if data is not None else None,
+            key=i,
+        )
         for i, cfg in enumerate(configs)
     ]
     for m in members:
@@ -69,8 +73,15 @@ def train_batch(
     total = sum(c.train.steps for c in configs)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, disable=not progress, desc=f"{len(configs)} x {configs[0].name}", unit="model-step",
-               mininterval=0.5, leave=False, unit_scale=True)
+    bar = tqdm(
+        total=total,
+        disable=not progress,
+        desc=f"{len(configs)} x {configs[0].name}",
+        unit="model-step",
+        mininterval=0.5,
+        leave=False,
+        unit_scale=True,
+    )
     pool = Pool(members, engine, on_steps=bar.update)
     try:
         results = pool.run()

@@ -76,7 +76,7 @@ class EngineConfig:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EngineConfig":
+    def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
         known = set(cls.__dataclass_fields__)
         bad = set(data) - known
         if bad:
@@ -88,8 +88,20 @@ class EngineConfig:
 GROUP_FIELDS = {
     "task": ("kind", "p", "op", "pairs", "format", "n_bits"),
     "model": None,  # all of it: one architecture per batch
-    "optim": ("betas", "eps", "grad_clip", "grokfast_alpha", "grokfast_lambda", "batch_size", "loss_reduction",
-              "loss", "loss_dtype", "orthograd", "grokfast_filter", "grokfast_window"),
+    "optim": (
+        "betas",
+        "eps",
+        "grad_clip",
+        "grokfast_alpha",
+        "grokfast_lambda",
+        "batch_size",
+        "loss_reduction",
+        "loss",
+        "loss_dtype",
+        "orthograd",
+        "grokfast_filter",
+        "grokfast_window",
+    ),
     "train": ("device",),
 }
 

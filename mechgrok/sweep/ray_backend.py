@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import ConfigError
 from ..store import FILES, StoreError
@@ -32,9 +33,16 @@ def split_for_tasks(groups: list[list[int]], tasks: int, max_batch: int) -> list
     return chunks
 
 
-def run_on_ray(sweep, groups: list[list[int]], task: Callable[[str, list[int], dict[str, Any], int], int], *,
-               address: str | None = None, tasks: int | None = None, cpus_per_task: int = 1,
-               progress: bool = True) -> None:
+def run_on_ray(
+    sweep,
+    groups: list[list[int]],
+    task: Callable[[str, list[int], dict[str, Any], int], int],
+    *,
+    address: str | None = None,
+    tasks: int | None = None,
+    cpus_per_task: int = 1,
+    progress: bool = True,
+) -> None:
     """Train the pending ``groups`` of ``sweep`` as Ray tasks (connecting to ``address`` or
     starting a local Ray instance unless one is already initialised in this process).
 
@@ -57,10 +65,18 @@ def run_on_ray(sweep, groups: list[list[int]], task: Callable[[str, list[int], d
         chunks = split_for_tasks(groups, n_tasks, sweep.engine.max_batch)
         remote = ray.remote(num_cpus=cpus_per_task, max_retries=0)(task)
         engine = sweep.engine.to_dict()
-        futures = {remote.remote(str(Path(sweep.path).resolve()), chunk, engine, cpus_per_task): chunk for chunk in chunks}
+        futures = {
+            remote.remote(str(Path(sweep.path).resolve()), chunk, engine, cpus_per_task): chunk for chunk in chunks
+        }
         pending_members = [i for g in groups for i in g]
-        bar = tqdm(total=len(pending_members), disable=not progress, desc=f"sweep {sweep.path.name} on ray ({len(chunks)} tasks)",
-                   unit="model", mininterval=0.5, leave=False)
+        bar = tqdm(
+            total=len(pending_members),
+            disable=not progress,
+            desc=f"sweep {sweep.path.name} on ray ({len(chunks)} tasks)",
+            unit="model",
+            mininterval=0.5,
+            leave=False,
+        )
         waiting = list(futures)
         try:
             while waiting:
@@ -68,7 +84,7 @@ def run_on_ray(sweep, groups: list[list[int]], task: Callable[[str, list[int], d
                 for ref in ready:
                     try:
                         ray.get(ref)
-                    except Exception as e:  # noqa: BLE001 - RayTaskError wraps the task's exception
+                    except Exception as e:
                         cause = getattr(e, "cause", None) or e
                         msg = str(cause).strip().splitlines()
                         raise StoreError(f"ray task failed: {msg[-1] if msg else type(cause).__name__}") from None

@@ -85,8 +85,9 @@ def parse_axis(text: str, base: RunConfig | None = None, max_values: int | None 
             raise ConfigError(f"--grid {text!r}: {full} is not numeric; list its values instead")
         limit = MAX_MEMBERS if max_values is None else max_values
         if n_i > limit:  # before generating and validating each value
-            raise ConfigError(f"--grid {text!r}: {n_i:,} values, over the limit of {limit:,} members "
-                              f"(raise --max-members)")
+            raise ConfigError(
+                f"--grid {text!r}: {n_i:,} values, over the limit of {limit:,} members (raise --max-members)"
+            )
         values = (log_range if kind == "log" else lin_range)(lo_f, hi_f, n_i)
         if hint is int:
             values = list(dict.fromkeys(int(round(v)) for v in values))
@@ -230,7 +231,7 @@ class SweepSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SweepSpec":
+    def from_dict(cls, data: dict[str, Any]) -> SweepSpec:
         try:
             return cls(
                 base=RunConfig.from_dict(data["base"]),
@@ -245,11 +246,17 @@ class SweepSpec:
             raise ConfigError(f"sweep spec: unreadable ({e})") from None
 
     @classmethod
-    def from_cli(cls, base: RunConfig, axes: list[str], seeds: int = 1, seed_start: int = 0,
-                 max_members: int = MAX_MEMBERS) -> "SweepSpec":
+    def from_cli(
+        cls, base: RunConfig, axes: list[str], seeds: int = 1, seed_start: int = 0, max_members: int = MAX_MEMBERS
+    ) -> SweepSpec:
         """From ``--grid`` texts (see :func:`parse_axis`)."""
-        return cls(base=base, grid=tuple(parse_axis(a, base, max_members) for a in axes), seeds=seeds, seed_start=seed_start,
-                   max_members=max_members)
+        return cls(
+            base=base,
+            grid=tuple(parse_axis(a, base, max_members) for a in axes),
+            seeds=seeds,
+            seed_start=seed_start,
+            max_members=max_members,
+        )
 
     def describe_axes(self) -> str:
         axes = ", ".join(f"{column_name(k)} x{len(v)}" for k, v in self.grid) or "no grid"
@@ -257,4 +264,3 @@ class SweepSpec:
 
     def describe(self) -> str:
         return f"{self.size:,} models of {self.base.name}: {self.describe_axes()}"
-

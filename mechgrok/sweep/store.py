@@ -24,14 +24,22 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import ConfigError, RunConfig
 from ..layout import NAME_PATTERNS, SWEEP_FILES
 from ..store import (
-    FILES, Run, RunLock, StoreError, atomic_write_bytes, atomic_write_json, library_versions, remove_temporary,
+    FILES,
+    Run,
+    RunLock,
+    StoreError,
+    atomic_write_bytes,
+    atomic_write_json,
+    library_versions,
+    remove_temporary,
 )
 from ._pool import Member, Pool
 from ._saved import SavedStates
@@ -45,8 +53,20 @@ __all__ = ["SWEEP_FILES", "Sweep", "SweepMember", "run_sweep", "RESULT_COLUMNS"]
 # hyperparameters every results row carries (besides the swept ones)
 _ALWAYS = ("optim.lr", "optim.weight_decay", "model.d_mlp", "train.steps")
 RESULT_COLUMNS = (
-    "phase", "phase_rule", "memorised_step", "generalised_step", "lag", "ratio", "final_train_acc", "final_test_acc",
-    "final_train_loss", "final_test_loss", "final_weight_norm", "total_steps", "stopped_early", "seconds",
+    "phase",
+    "phase_rule",
+    "memorised_step",
+    "generalised_step",
+    "lag",
+    "ratio",
+    "final_train_acc",
+    "final_test_acc",
+    "final_train_loss",
+    "final_test_loss",
+    "final_weight_norm",
+    "total_steps",
+    "stopped_early",
+    "seconds",
 )
 # machine-specific engine settings that may change when a sweep is resumed
 _MACHINE_FIELDS = ("device", "max_batch", "chunk_mb", "writers")
@@ -80,7 +100,7 @@ class Sweep:
         self.engine = engine
 
     @classmethod
-    def create(cls, path: str | Path, spec: SweepSpec, engine: EngineConfig, *, lock: RunLock | None = None) -> "Sweep":
+    def create(cls, path: str | Path, spec: SweepSpec, engine: EngineConfig, *, lock: RunLock | None = None) -> Sweep:
         """Create the sweep folder and write ``sweep.json``.
 
         The check for an existing sweep and the write happen under the folder's lock (``lock``,
@@ -101,8 +121,13 @@ class Sweep:
             if not _holds_nothing(path):
                 raise StoreError(f"{path}: folder is not empty and holds no sweep; choose another --out")
             remove_temporary(path)  # a killed create's sweep.json
-            record = {"spec": spec.to_dict(), "engine": engine.to_dict(), "size": spec.size,
-                      "versions": library_versions(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            record = {
+                "spec": spec.to_dict(),
+                "engine": engine.to_dict(),
+                "size": spec.size,
+                "versions": library_versions(),
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
             atomic_write_json(path / SWEEP_FILES["spec"], record)
             (path / SWEEP_FILES["members"]).mkdir(exist_ok=True)
         finally:
@@ -111,7 +136,7 @@ class Sweep:
         return cls(path, spec, engine)
 
     @classmethod
-    def open(cls, path: str | Path) -> "Sweep":
+    def open(cls, path: str | Path) -> Sweep:
         path = Path(path)
         spec_path = path / SWEEP_FILES["spec"]
         if not path.is_dir():
@@ -193,8 +218,11 @@ class Sweep:
             if events.get("rule", "accuracy") != phase_rule:
                 try:
                     cfg_i = self.spec.config(i)
-                    events.update(detect_events(Run(path, cfg_i).metrics(), rule=phase_rule,
-                                                loss_scale=loss_scale_of(cfg_i)).to_dict())
+                    events.update(
+                        detect_events(
+                            Run(path, cfg_i).metrics(), rule=phase_rule, loss_scale=loss_scale_of(cfg_i)
+                        ).to_dict()
+                    )
                 except ValueError:  # no loss columns: the rule cannot say
                     events.update(phase="unknown", memorised_step=None, generalised_step=None, lag=None, ratio=None)
             events["phase_rule"] = phase_rule
@@ -237,13 +265,20 @@ class Sweep:
             for i in ids:
                 run = self.run(i)
                 lasts.append(run.trajectory([run.steps[-1]], errors="raise"))
-            stacked = Trajectory(torch.cat([t.steps for t in lasts]),
-                                 {k: torch.cat([t.params[k] for t in lasts]) for k in lasts[0].params},
-                                 self.spec.config(ids[0]))
+            stacked = Trajectory(
+                torch.cat([t.steps for t in lasts]),
+                {k: torch.cat([t.params[k] for t in lasts]) for k in lasts[0].params},
+                self.spec.config(ids[0]),
+            )
             res = llc_probe(stacked, config)
             for j, i in enumerate(ids):
-                members[str(i)] = {"step": int(res.steps[j]), "llc": float(res.llc[j]), "llc_std": float(res.llc_std[j]),
-                                   "flagged": bool(res.flagged[j]), "nbeta": res.nbeta}
+                members[str(i)] = {
+                    "step": int(res.steps[j]),
+                    "llc": float(res.llc[j]),
+                    "llc_std": float(res.llc_std[j]),
+                    "flagged": bool(res.flagged[j]),
+                    "nbeta": res.nbeta,
+                }
         path = self.path / SWEEP_FILES["llc"]
         atomic_write_json(path, {"config": config.to_dict(), "members": members})
         return path
@@ -257,7 +292,9 @@ class Sweep:
             writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()})
+                writer.writerow(
+                    {k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()}
+                )
         path = self.path / SWEEP_FILES["results"]
         atomic_write_bytes(path, buf.getvalue().encode())
         return path
@@ -267,7 +304,9 @@ class Sweep:
         try:
             import pandas as pd
         except ImportError:
-            raise StoreError("Sweep.results: needs pandas (pip install pandas); the table is in " + SWEEP_FILES["results"]) from None
+            raise StoreError(
+                "Sweep.results: needs pandas (pip install pandas); the table is in " + SWEEP_FILES["results"]
+            ) from None
         path = self.path / SWEEP_FILES["results"]
         if not path.exists():
             self.write_results()
@@ -313,8 +352,9 @@ def _clean_state_dir(state_dir: Path, finished: set[int]) -> None:
 def _holds_nothing(path: Path) -> bool:
     """Whether a folder holds nothing but what a create killed before ``sweep.json`` leaves (the
     lock and temporary files): such a folder may still become a sweep."""
-    return all(p.name == SWEEP_FILES["lock"] or (p.name.startswith(".") and p.name.endswith(".tmp"))
-               for p in path.iterdir())
+    return all(
+        p.name == SWEEP_FILES["lock"] or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in path.iterdir()
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,8 +388,16 @@ def train_members(
     members = [Member(sweep.spec.config(i), sweep.member_path(i), None, key=i) for i in order]
     claimed = {p for i in indices if i in saved.where for p in [saved.where[i][0]]}
     name = f"pool-{uuid.uuid4().hex[:10]}"
-    pool = Pool(members, engine, state_dir=state_dir, state_name=name, saved=saved, on_steps=on_steps,
-                on_done=on_done, keep_results=False)
+    pool = Pool(
+        members,
+        engine,
+        state_dir=state_dir,
+        state_name=name,
+        saved=saved,
+        on_steps=on_steps,
+        on_done=on_done,
+        keep_results=False,
+    )
     pool.run()
     # this pool's state and the states it took over are obsolete once its members are finished
     for meta_path in {state_dir / f"{name}.json", *claimed}:
@@ -433,7 +481,9 @@ def run_sweep(
         if (out / SWEEP_FILES["spec"]).exists():
             sweep = Sweep.open(out)
             if spec is not None and spec.to_dict() != sweep.spec.to_dict():
-                raise StoreError(f"{out}: holds a different sweep; continue it with --resume {out} or choose another --out")
+                raise StoreError(
+                    f"{out}: holds a different sweep; continue it with --resume {out} or choose another --out"
+                )
             if engine is not None:
                 stored = sweep.engine.to_dict()
                 stored.update({k: getattr(engine, k) for k in _MACHINE_FIELDS})
@@ -463,8 +513,16 @@ def _run_local(sweep: Sweep, groups: list[list[int]], progress: bool) -> None:
     state_dir = sweep.path / SWEEP_FILES["state"]
     saved = SavedStates(state_dir) if state_dir.exists() else None
     resumed = sum(saved.where[i][2] for g in groups for i in g if i in saved.where) if saved else 0
-    bar = tqdm(total=total, initial=resumed, disable=not progress, desc=f"sweep {sweep.path.name}", unit="model-step",
-               unit_scale=True, mininterval=0.5, leave=False)
+    bar = tqdm(
+        total=total,
+        initial=resumed,
+        disable=not progress,
+        desc=f"sweep {sweep.path.name}",
+        unit="model-step",
+        unit_scale=True,
+        mininterval=0.5,
+        leave=False,
+    )
     phases: dict[str, int] = {}
     lock = threading.Lock()
 
