@@ -54,7 +54,11 @@ def presets() -> None:
     table = Table("preset", "model", "task", "steps", "description")
     for name, (_, desc) in PRESETS.items():
         cfg = preset(name)
-        task = f"parity n={cfg.task.n_bits}" if cfg.task.kind == "parity" else f"{cfg.task.op} mod {cfg.task.p}"
+        task = {
+            "parity": f"parity n={cfg.task.n_bits}",
+            "group": f"group {cfg.task.group} (order {cfg.task.p})",
+            "custom": f"custom {cfg.task.factory}",
+        }.get(cfg.task.kind, f"{cfg.task.op} mod {cfg.task.p}")
         table.add_row(name, cfg.model.kind, task, f"{cfg.train.steps:,}", desc)
     console.print(table)
 
