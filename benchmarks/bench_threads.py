@@ -1,5 +1,5 @@
 """Training-step speed per preset: mechgrok's automatic thread count vs torch's default, on an idle
-machine and beside a competing busy process (issue 11 s.5).
+machine and beside a competing busy process.
 
 For each preset (one per model family and size) the script times full-batch training steps - the
 model, data, AdamW and loss that ``mechgrok.train`` uses - for ``--seconds`` (at most ``--steps``
@@ -108,8 +108,10 @@ def main() -> None:
                 rows.append((load, name, work_per_step(preset(name)), auto, t_auto, n_auto, default, t_def, n_def))
                 r = rows[-1]
                 print(
-                    f"{load:4s} {name:20s} work {r[2]:8.2e}  auto {auto} thr {1e3 * t_auto:8.2f} ms/step ({n_auto} steps)"
-                    f"  default {default} thr {1e3 * t_def:8.2f} ms/step ({n_def} steps)  default/auto {t_def / t_auto:6.2f}x",
+                    f"{load:4s} {name:20s} work {r[2]:8.2e}  "
+                    f"auto {auto} thr {1e3 * t_auto:8.2f} ms/step ({n_auto} steps)"
+                    f"  default {default} thr {1e3 * t_def:8.2f} ms/step ({n_def} steps)  "
+                    f"default/auto {t_def / t_auto:6.2f}x",
                     flush=True,
                 )
         finally:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (issue 11 s.7): everything mechgrok does on CUDA, in one script under 8 minutes on a
+# GPU check: everything mechgrok does on CUDA, in one script under 8 minutes on a
 # machine with one CUDA GPU, set-up included. From the repository root:
 #
 #     bash benchmarks/gpu_check.sh [OUT_DIR]          # default OUT_DIR: /tmp/mechgrok-gpu-check

@@ -2,7 +2,7 @@
 
 torch starts with one OpenMP thread per core. Between two small matmuls those threads spin-wait
 at a barrier; when another process holds a core, a spinning thread waits for a thread that is not
-running, and a tiny model's step takes 100x longer (issue 11 s.5: ``mechgrok train parity`` took
+running, and a tiny model's step takes 100x longer (``mechgrok train parity`` took
 55 s for 400 steps beside one busy process, 0.9 s with one thread). So mechgrok picks the count
 from the work per step: one thread below :data:`MACS_PER_EXTRA_THREAD`, and one more per that much
 work above it, up to the cores this process may use (and ``OMP_NUM_THREADS`` when set). The

@@ -123,7 +123,7 @@ def _modadd_pizza() -> RunConfig:
     )
 
 
-# Per-cell settings of the recurrent presets, measured on a shared 2-core CPU (RESULTS.md, issue 6).
+# Per-cell settings of the recurrent presets, measured on a shared 2-core CPU (RESULTS.md, section 1).
 # The poster's own settings are not public. The guessed start (width 128, lr 1e-3, 50% train,
 # 20k steps) memorised slowly and generalised together with memorisation (LSTM) or not at all
 # within 4.5k steps (RNN). What groks in minutes:
@@ -172,10 +172,10 @@ def _recurrent(cell: str, variant: str = "") -> RunConfig:
 # Chughtai et al. 2023 ("A Toy Model of Universality"): composition in finite groups, their
 # OneLayerMLP (embed 256 per operand, hidden 128; mechgrok's group MLP with d_model 2 x embed holds
 # the same functions: W_E's rows for b are the second operand's), AdamW lr 1e-3, wd 1, betas
-# (0.9, 0.98), full batch, 40% of the table. Measured on a shared CPU (RESULTS.md, issue 16),
+# (0.9, 0.98), full batch, 40% of the table. Measured on a shared CPU (RESULTS.md, finite groups),
 # seed 0: S_4 memorises by step ~70 and stays near chance at 40% train for 30k steps, but at 60%
 # train reaches >= 98% test accuracy at ~24k steps (grokking); D_30 at 40% memorises by ~500 and
-# is at ~80% test accuracy by 8k steps. S_5 with their settings groks far later than a CPU session
+# is at ~80% test accuracy by 8k steps. S_5 with their settings groks far later than a few CPU hours
 # allows (4% test accuracy at 7.6k steps, lr 3e-3).
 _GROUPS = {
     "s4": dict(train_fraction=0.6, d_model=256, steps=30_000),

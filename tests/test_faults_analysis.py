@@ -1,4 +1,4 @@
-"""Faults in analysis and reporting that once gave wrong results without an error (issue 11, part C):
+"""Faults in analysis and reporting that once gave wrong results without an error:
 stale stored analyses, the analysis's commit point, streamed (chunked) analysis, imported runs with
 loss curves only, every parity bit relevant, diverged runs, hostile run names."""
 

@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 11, section 6): size limits, sweep validation, OS errors, run names,
+"""Hostile inputs: size limits, sweep validation, OS errors, run names,
 lesser validation faults and hostile ``.pth`` imports. Each is tried as a user would (the CLI's
 ``main``: one ``error: ...`` line, exit status 2, nothing created) and at the API."""
 

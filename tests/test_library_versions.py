@@ -1,4 +1,4 @@
-"""Every run records the installed library versions (issue 11 s.3: transformer_lens was 'unknown')."""
+"""Every run records the installed library versions (transformer_lens was once recorded as 'unknown')."""
 
 import importlib.metadata
 

@@ -238,8 +238,8 @@ HOW = [
 @pytest.mark.parametrize("how", HOW)
 @pytest.mark.parametrize("name", list(HOOK_CASES))
 def test_every_hook_kind_fires_at_every_hook_point(name, how, device):
-    """A fast path that skips a hook point must notice every kind of hook on it (issue 11 s.2:
-    backward hooks on the MLPs' hook_embed / hook_mlp_out never fired); the hooked path gives the
+    """A fast path that skips a hook point must notice every kind of hook on it
+    (backward hooks on the MLPs' hook_embed / hook_mlp_out never fired); the hooked path gives the
     same logits and parameter gradients as the fast one."""
     mcfg, tcfg = HOOK_CASES[name]
     model = build_model(mcfg, tcfg, seed=0).to(device)

@@ -1,4 +1,4 @@
-"""Numerical stability options (issue 13): StableMax, the loss precision, ⊥Grad, Grokfast-MA, in
+"""Numerical stability options: StableMax, the loss precision, ⊥Grad, Grokfast-MA, in
 the single trainer and the batched engine, and the stability probes - against float64 reference
 implementations of the publishers' formulas."""
 

@@ -1,4 +1,4 @@
-"""Intra-op thread count (issue 11 s.5): chosen from the work size, overridable, applied while
+"""Intra-op thread count: chosen from the work size, overridable, applied while
 training / analysing / sweeping, and the caller's count restored afterwards."""
 
 import dataclasses
