@@ -22,21 +22,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import einops
 import torch
 from safetensors.torch import load_file
 
-from ..config import RunConfig
+from ..config import MAX_NAME, RunConfig
 from ..layout import IMPORT_FILES, RUN_FILES
+from ..metrics import loss_and_accuracy
 from ..store import Run, RunLock, StoreError
 from ..tasks import Dataset, encode_pairs, make_dataset
 
 __all__ = [
     "IMPORT_FILES",
+    "check_shapes",
     "default_import_dir",
     "existing_import",
     "file_sha256",
+    "load_weights_only",
+    "one_layer_transformer",
     "plain",
     "run_dataset",
+    "run_name",
+    "split_losses",
     "write_import",
 ]
 
@@ -171,3 +178,62 @@ def run_dataset(run: Run) -> Dataset:
 
     (train_x, train_y), (test_x, test_y) = xy(train_ab), xy(test_ab)
     return Dataset(task, train_x, train_y, test_x, test_y, train_ab, test_ab)
+
+
+def run_name(prefix: str, path: Path) -> str:
+    """``PREFIX-STEM``, cut to a valid run name (control characters and slashes replaced)."""
+    stem = "".join(c if ord(c) >= 32 and c not in "/\\" else "_" for c in path.stem) or "run"
+    return f"{prefix}-{stem}"[:MAX_NAME]
+
+
+def load_weights_only(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU; any failure as a :class:`StoreError`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises pickle / runtime errors of many types
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StoreError(f"{path}: cannot read as a weights-only torch file ({msg[:200]})") from None
+
+
+def check_shapes(state: dict[str, Any], where: str, expect: dict[str, tuple[int, ...]]) -> None:
+    """Every ``state[key]`` has the shape ``expect[key]`` (checked in ``expect``'s order)."""
+    for key, shape in expect.items():
+        if tuple(state[key].shape) != shape:
+            raise StoreError(f"{where}: {key} has shape {list(state[key].shape)}, expected {list(shape)}")
+
+
+def one_layer_transformer(
+    state: dict[str, torch.Tensor], p: int, n_heads: int, n_tokens: int
+) -> dict[str, torch.Tensor]:
+    """A progress-measures-paper layout one-layer transformer (their ``W_E [d_model, vocab]``,
+    ``W_Q [head, d_head, d_model]``, ``W_O [d_model, head * d_head]``, ``W_in [d_mlp, d_model]``,
+    ...) as :class:`~mechgrok.models.OneLayerTransformer`'s state dict in float32: the first
+    ``n_tokens`` embeddings and the first ``p`` logits (those beyond p, e.g. '=', are ignored)."""
+    f = lambda k: state[k].detach().to(torch.float32)
+    return {
+        "embed.W_E": f("embed.W_E")[:, :n_tokens].T.contiguous(),
+        "pos_embed.W_pos": f("pos_embed.W_pos").contiguous(),
+        "blocks.0.attn.W_Q": f("blocks.0.attn.W_Q").transpose(1, 2).contiguous(),
+        "blocks.0.attn.W_K": f("blocks.0.attn.W_K").transpose(1, 2).contiguous(),
+        "blocks.0.attn.W_V": f("blocks.0.attn.W_V").transpose(1, 2).contiguous(),
+        # their z is flattened as (head, d_head) -> head-major columns of W_O
+        "blocks.0.attn.W_O": einops.rearrange(f("blocks.0.attn.W_O"), "d (h e) -> h e d", h=n_heads).contiguous(),
+        "blocks.0.mlp.W_in": f("blocks.0.mlp.W_in").T.contiguous(),
+        "blocks.0.mlp.b_in": f("blocks.0.mlp.b_in").contiguous(),
+        "blocks.0.mlp.W_out": f("blocks.0.mlp.W_out").T.contiguous(),
+        "blocks.0.mlp.b_out": f("blocks.0.mlp.b_out").contiguous(),
+        "unembed.W_U": f("unembed.W_U")[:, :p].contiguous(),
+    }
+
+
+def split_losses(model: torch.nn.Module, data: Dataset) -> tuple[torch.Tensor, ...]:
+    """``(train_loss, train_acc, test_loss, test_acc)`` of ``model`` on ``data`` (NaN for an empty
+    test split)."""
+    with torch.no_grad():
+        tr_loss, tr_acc = loss_and_accuracy(model(data.train_x), data.train_y)
+        te_loss, te_acc = (
+            loss_and_accuracy(model(data.test_x), data.test_y)
+            if data.test_x.shape[0]
+            else (torch.tensor(float("nan")),) * 2
+        )
+    return tr_loss, tr_acc, te_loss, te_acc

@@ -51,7 +51,15 @@ from ..groups import FiniteGroup, finite_group
 from ..layout import IMPORT_FILES, RUN_FILES
 from ..metrics import loss_and_accuracy
 from ..store import Run, StoreError, atomic_save_tensors, atomic_write_bytes, atomic_write_json
-from ._common import default_import_dir, existing_import, file_sha256, plain, run_dataset, write_import
+from ._common import (
+    default_import_dir,
+    existing_import,
+    file_sha256,
+    load_weights_only,
+    plain,
+    run_dataset,
+    write_import,
+)
 
 __all__ = [
     "CHUGHTAI_FORMAT",
@@ -293,11 +301,7 @@ def import_chughtai_checkpoint(path: str | Path, config_path: str | Path, out: s
     existing = existing_import(out, digest)
     if existing is not None:
         return existing
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises pickle / runtime errors of many types
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StoreError(f"{path}: cannot read as a weights-only torch file ({msg[:200]})") from None
+    state = load_weights_only(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):

@@ -41,14 +41,24 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import einops
 import torch
 
-from ..config import MAX_NAME, ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
+from ..config import ConfigError, ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
 from ..layout import IMPORT_FILES, RUN_FILES
-from ..metrics import loss_and_accuracy
 from ..store import Run, StoreError, atomic_save_tensors, atomic_write_bytes, atomic_write_json
-from ._common import default_import_dir, existing_import, file_sha256, plain, run_dataset, write_import
+from ._common import (
+    check_shapes,
+    default_import_dir,
+    existing_import,
+    file_sha256,
+    load_weights_only,
+    one_layer_transformer,
+    plain,
+    run_dataset,
+    run_name,
+    split_losses,
+    write_import,
+)
 
 __all__ = ["NANDA_FORMAT", "import_nanda_checkpoint", "nanda_split", "nanda_state_to_mechgrok"]
 
@@ -89,9 +99,7 @@ def _shapes(state: dict[str, torch.Tensor], where: str) -> dict[str, int]:
         "blocks.0.mlp.b_out": (d_model,),
         "unembed.W_U": (d_model, d_vocab),
     }
-    for key, shape in expect.items():
-        if tuple(state[key].shape) != shape:
-            raise StoreError(f"{where}: {key} has shape {list(state[key].shape)}, expected {list(shape)}")
+    check_shapes(state, where, expect)
     if n_ctx != 3:
         raise StoreError(f"{where}: pos_embed.W_pos has {n_ctx} positions; only 'a b =' inputs (3) are supported")
     if d_vocab < 3:
@@ -109,24 +117,8 @@ def _shapes(state: dict[str, torch.Tensor], where: str) -> dict[str, int]:
 def nanda_state_to_mechgrok(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Convert one of their state dicts to :class:`~mechgrok.models.OneLayerTransformer`'s."""
     shapes = _shapes(state, "state dict")
-    p = shapes["p"]
-    f = lambda k: state[k].detach().to(torch.float32)
-    return {
-        "embed.W_E": f("embed.W_E").T.contiguous(),
-        "pos_embed.W_pos": f("pos_embed.W_pos").contiguous(),
-        "blocks.0.attn.W_Q": f("blocks.0.attn.W_Q").transpose(1, 2).contiguous(),
-        "blocks.0.attn.W_K": f("blocks.0.attn.W_K").transpose(1, 2).contiguous(),
-        "blocks.0.attn.W_V": f("blocks.0.attn.W_V").transpose(1, 2).contiguous(),
-        # their z is flattened as (head, d_head) -> head-major columns of W_O
-        "blocks.0.attn.W_O": einops.rearrange(
-            f("blocks.0.attn.W_O"), "d (h e) -> h e d", h=shapes["n_heads"]
-        ).contiguous(),
-        "blocks.0.mlp.W_in": f("blocks.0.mlp.W_in").T.contiguous(),
-        "blocks.0.mlp.b_in": f("blocks.0.mlp.b_in").contiguous(),
-        "blocks.0.mlp.W_out": f("blocks.0.mlp.W_out").T.contiguous(),
-        "blocks.0.mlp.b_out": f("blocks.0.mlp.b_out").contiguous(),
-        "unembed.W_U": f("unembed.W_U")[:, :p].contiguous(),  # logits beyond p ('=') are ignored
-    }
+    # every token embedded (the p residues and '='); logits beyond p ('=') are ignored
+    return one_layer_transformer(state, shapes["p"], shapes["n_heads"], shapes["d_vocab"])
 
 
 def nanda_split(p: int, frac_train: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,11 +185,7 @@ def import_nanda_checkpoint(
 def _load(path: Path, max_memory_gb: float) -> dict[str, Any]:
     """Their file, read weights-only after checking what it unpacks to."""
     _check_unpacked_size(path, max_memory_gb)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises pickle / runtime errors of many types
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StoreError(f"{path}: cannot read as a weights-only torch file ({msg[:200]})") from None
+    obj = load_weights_only(path)
     if not isinstance(obj, dict) or not any(k in obj for k in ("model", "state_dicts", "checkpoints")):
         raise StoreError(f"{path}: not a progress-measures-paper run (expected a dict with a 'model' state dict)")
     return obj
@@ -250,7 +238,7 @@ def _run_config(
     limit = max_memory_gb if max_memory_gb else 0.0
     try:
         config = RunConfig(
-            name=_run_name(path),
+            name=run_name("nanda", path),
             task=TaskConfig(
                 kind="modular", p=p, op="add", pairs="ordered", format="equals", train_fraction=frac, seed=seed
             ),
@@ -300,12 +288,6 @@ def _check_converted_size(path: Path, states: list[tuple[int, Any]], max_disk_gb
             f"{path}: {len(states):,} checkpoints of {n_params:,} parameters would take "
             f"~{need / 1e9:,.3g} GB, over the limit of {max_disk_gb:g} GB"
         )
-
-
-def _run_name(path: Path) -> str:
-    """``nanda-STEM``, cut to a valid run name (control characters replaced)."""
-    stem = "".join(c if ord(c) >= 32 and c not in "/\\" else "_" for c in path.stem) or "run"
-    return f"nanda-{stem}"[:MAX_NAME]
 
 
 def _check_unpacked_size(path: Path, max_memory_gb: float) -> None:
@@ -391,14 +373,7 @@ def _write_import(
         for i, v in enumerate(losses):
             rows.setdefault(i * every, {"step": i * every})[column] = v
     for epoch, _ in states:
-        model = run.model(epoch)
-        with torch.no_grad():
-            tr_loss, tr_acc = loss_and_accuracy(model(data.train_x), data.train_y)
-            te_loss, te_acc = (
-                loss_and_accuracy(model(data.test_x), data.test_y)
-                if data.test_x.shape[0]
-                else (torch.tensor(float("nan")),) * 2
-            )
+        tr_loss, tr_acc, te_loss, te_acc = split_losses(run.model(epoch), data)
         row = rows.setdefault(epoch, {"step": epoch})
         row.setdefault("train_loss", float(tr_loss))
         row.setdefault("test_loss", float(te_loss))

@@ -36,11 +36,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import einops
 import torch
 
 from ..config import (
-    MAX_NAME,
     ConfigError,
     ModelConfig,
     OptimConfig,
@@ -50,14 +48,18 @@ from ..config import (
     load_json_text,
 )
 from ..layout import IMPORT_FILES, RUN_FILES
-from ..metrics import loss_and_accuracy
 from ..store import Run, StoreError, atomic_write_bytes, atomic_write_json
 from ._common import (
+    check_shapes,
     default_import_dir,
     existing_import,
     file_sha256,
+    load_weights_only,
+    one_layer_transformer,
     plain,
     run_dataset,
+    run_name,
+    split_losses,
     write_import,
 )
 from .nanda import _check_unpacked_size
@@ -110,9 +112,7 @@ def _shapes(state: dict[str, Any], where: str, p: int, n_ctx: int) -> dict[str, 
         "blocks.0.mlp.W_out": (d_model, d_mlp),
         "blocks.0.mlp.b_out": (d_model,),
     }
-    for key, shape in expect.items():
-        if tuple(state[key].shape) != shape:
-            raise StoreError(f"{where}: {key} has shape {list(state[key].shape)}, expected {list(shape)}")
+    check_shapes(state, where, expect)
     if vocab < p + (n_ctx == 3):
         raise StoreError(f"{where}: embed.W_E has {vocab} tokens, fewer than the config's C={p} (+ '=')")
     return {"d_model": d_model, "n_heads": n_heads, "d_head": d_head, "d_mlp": d_mlp}
@@ -120,22 +120,8 @@ def _shapes(state: dict[str, Any], where: str, p: int, n_ctx: int) -> dict[str, 
 
 def zhong_state_to_mechgrok(state: dict[str, torch.Tensor], p: int, n_heads: int) -> dict[str, torch.Tensor]:
     """Their state dict as :class:`~mechgrok.models.OneLayerTransformer`'s (module docstring)."""
-    f = lambda k: state[k].detach().to(torch.float32)
     n_tokens = p + 1 if state["pos_embed.W_pos"].shape[0] == 3 else p  # '=' is token p
-    return {
-        "embed.W_E": f("embed.W_E")[:, :n_tokens].T.contiguous(),
-        "pos_embed.W_pos": f("pos_embed.W_pos").contiguous(),
-        "blocks.0.attn.W_Q": f("blocks.0.attn.W_Q").transpose(1, 2).contiguous(),
-        "blocks.0.attn.W_K": f("blocks.0.attn.W_K").transpose(1, 2).contiguous(),
-        "blocks.0.attn.W_V": f("blocks.0.attn.W_V").transpose(1, 2).contiguous(),
-        # their z is flattened as (head, d_head) -> head-major columns of W_O
-        "blocks.0.attn.W_O": einops.rearrange(f("blocks.0.attn.W_O"), "d (h e) -> h e d", h=n_heads).contiguous(),
-        "blocks.0.mlp.W_in": f("blocks.0.mlp.W_in").T.contiguous(),
-        "blocks.0.mlp.b_in": f("blocks.0.mlp.b_in").contiguous(),
-        "blocks.0.mlp.W_out": f("blocks.0.mlp.W_out").T.contiguous(),
-        "blocks.0.mlp.b_out": f("blocks.0.mlp.b_out").contiguous(),
-        "unembed.W_U": f("unembed.W_U")[:, :p].contiguous(),
-    }
+    return one_layer_transformer(state, p, n_heads, n_tokens)
 
 
 def _read_config(config_path: Path) -> dict[str, Any]:
@@ -188,7 +174,7 @@ def _run_config(
         raise StoreError(f"{where}: d_model={cfg['d_model']} but the weights have width {shapes['d_model']}")
     try:
         config = RunConfig(
-            name=_run_name(path),
+            name=run_name("zhong", path),
             task=TaskConfig(
                 kind="modular", p=p, op="add", pairs="ordered", format="equals" if eqn else "pairs", train_fraction=frac
             ),
@@ -209,11 +195,6 @@ def _run_config(
     except ConfigError as e:
         raise StoreError(f"{where}: {e}") from None
     return config, steps
-
-
-def _run_name(path: Path) -> str:
-    stem = "".join(c if ord(c) >= 32 and c not in "/\\" else "_" for c in path.stem) or "run"
-    return f"zhong-{stem}"[:MAX_NAME]
 
 
 def import_zhong_checkpoint(
@@ -238,11 +219,7 @@ def import_zhong_checkpoint(
     if existing is not None:
         return existing
     _check_unpacked_size(path, max_memory_gb)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StoreError(f"{path}: cannot read as a weights-only torch file ({msg[:200]})") from None
+    state = load_weights_only(path)
     if not isinstance(state, dict):
         raise StoreError(f"{path}: not a state dict (their torch.save(model.state_dict()))")
     run_config, step = _run_config(path, config_path, cfg, state, max_memory_gb)
@@ -263,14 +240,7 @@ def _write_import(
 ) -> None:
     run.write_checkpoint(step, converted)
     data = run_dataset(run)
-    model = run.model(step)
-    with torch.no_grad():
-        tr_loss, tr_acc = loss_and_accuracy(model(data.train_x), data.train_y)
-        te_loss, te_acc = (
-            loss_and_accuracy(model(data.test_x), data.test_y)
-            if data.test_x.shape[0]
-            else (torch.tensor(float("nan")),) * 2
-        )
+    tr_loss, tr_acc, te_loss, te_acc = split_losses(run.model(step), data)
     row = {
         "step": step,
         "train_loss": float(tr_loss),
