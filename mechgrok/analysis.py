@@ -74,7 +74,8 @@ from .probes._modular import modular_sweep
 from .probes.bits import bit_dependence, irrelevant_series, parity_events, prune_now_accuracy
 from .probes.circles import circles_from_coefficients
 from .probes.events import PHASE_RULES, GrokEvents, detect_events, loss_scale_of
-from .probes.progress import modular_events
+from .probes.fourier import FOURIER_KEYS
+from .probes.progress import PROGRESS_KEYS, modular_events
 from .probes.stability import stability_over_training
 from .store import Run, StoreError, Trajectory, atomic_save_tensors, atomic_write_json
 from .tasks import Dataset, make_dataset
@@ -657,28 +658,6 @@ def _analyze_parity(
     return steps, tensors, events
 
 
-_FOURIER_KEYS = (
-    "embed_freq_norms",
-    "neuron_dominant_freq",
-    "neuron_frac_explained",
-    "logit_freq_norms",
-    "logit_freq_frac",
-    "sparsity",
-    "sparsity_logits",
-    "key_freq_mask",
-    "input_freq_norms",
-)
-_PROGRESS_KEYS = (
-    "restricted_loss",
-    "excluded_loss",
-    "train_loss",
-    "test_loss",
-    "train_acc",
-    "test_acc",
-    "sum_sq_weights",
-)
-
-
 def _analyze_modular(
     job: _Job,
     records: dict[str, Any],
@@ -717,8 +696,8 @@ def _analyze_modular(
     res = _concat(parts, keep=("key_frequencies",))
     steps = torch.cat(step_parts)
     key_freqs = [int(k) for k in res.pop("key_frequencies")]
-    tensors = {f"fourier/{key}": res[key] for key in _FOURIER_KEYS if key in res}
-    tensors.update({f"progress/{key}": res[key] for key in _PROGRESS_KEYS})
+    tensors = {f"fourier/{key}": res[key] for key in FOURIER_KEYS if key in res}
+    tensors.update({f"progress/{key}": res[key] for key in PROGRESS_KEYS})
     if maybe_circles:
         frac = res["neuron_frac_explained"][-1]
         mean_frac = float(frac.mean()) if frac.numel() else float("nan")
@@ -773,7 +752,7 @@ def _analyze_group(
     steps = torch.cat(step_parts)
     res.pop("key_irreps")
     tensors = {f"irreps/{k}": res[k] for k in _IRREP_KEYS if k in res}
-    tensors.update({f"progress/{k}": res[k] for k in _PROGRESS_KEYS})
+    tensors.update({f"progress/{k}": res[k] for k in PROGRESS_KEYS})
     irreps = group.irreps()[1:]
     records["group"] = {
         "spec": group.spec,
@@ -896,7 +875,8 @@ def _stability_line(config, tensors: dict[str, torch.Tensor]) -> str:
     return (
         f"Softmax collapse at the last checkpoint: {float(tensors['stability/collapse_fraction'][-1]):.1%} of training "
         f"samples have exactly zero loss in {oc.loss_dtype} ({loss}); gradient-weight alignment "
-        f"{float(tensors['stability/alignment'][-1]):.2f}, mean logit norm {float(tensors['stability/logit_norm'][-1]):.3g}."
+        f"{float(tensors['stability/alignment'][-1]):.2f}, "
+        f"mean logit norm {float(tensors['stability/logit_norm'][-1]):.3g}."
     )
 
 

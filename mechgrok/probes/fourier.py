@@ -48,11 +48,25 @@ from ._modular import modular_sweep
 # this module can import the sweep without a cycle); they stay public under this module's name
 from ._spectral import (
     fourier_basis,
+    frac_explained_by_frequency,  # noqa: F401 (re-exported, not in __all__)
     frequency_norms,
     frequency_of_row,
     gini,
     key_frequency_mask,
     neuron_frequency_energy,
+)
+
+# what fourier_over_training returns (and an analysis stores as ``fourier/<key>``)
+FOURIER_KEYS = (
+    "embed_freq_norms",
+    "neuron_dominant_freq",
+    "neuron_frac_explained",
+    "logit_freq_norms",
+    "logit_freq_frac",
+    "sparsity",
+    "sparsity_logits",
+    "key_freq_mask",
+    "input_freq_norms",
 )
 
 __all__ = [
@@ -157,15 +171,4 @@ def fourier_over_training(
         budget=budget,
         progress=progress,
     )
-    keys = (
-        "embed_freq_norms",
-        "neuron_dominant_freq",
-        "neuron_frac_explained",
-        "logit_freq_norms",
-        "logit_freq_frac",
-        "sparsity",
-        "sparsity_logits",
-        "key_freq_mask",
-        "input_freq_norms",
-    )
-    return {k: res[k] for k in keys if k in res}
+    return {k: res[k] for k in FOURIER_KEYS if k in res}

@@ -44,6 +44,7 @@ from ._batch import DEFAULT_BUDGET, grid_forward, grid_row_cost, row_chunks
 from ._common import as_trajectory
 from ._modular import _logsumexp_argmax, sum_sq_weights
 from ._spectral import gini, key_frequency_mask
+from .progress import PROGRESS_KEYS
 
 __all__ = [
     "irrep_names",
@@ -316,17 +317,7 @@ def irrep_progress_measures(
     (column numbers + 1, default those of the last checkpoint), every checkpoint."""
     traj = as_trajectory(traj, data.task)
     res = irrep_sweep(traj, data, ("progress",), key_irreps=key_irreps, budget=budget)
-    keys = (
-        "restricted_loss",
-        "excluded_loss",
-        "train_loss",
-        "test_loss",
-        "train_acc",
-        "test_acc",
-        "sum_sq_weights",
-        "key_irreps",
-    )
-    return {k: res[k] for k in keys}
+    return {k: res[k] for k in (*PROGRESS_KEYS, "key_irreps")}
 
 
 def planted_group_mlp(spec: str, irreps: Sequence[str], scale: float = 1.0):

@@ -44,6 +44,17 @@ from .events import ModularEvents
 
 __all__ = ["progress_measures", "modular_events"]
 
+# what progress_measures returns (and an analysis stores as ``progress/<key>``)
+PROGRESS_KEYS = (
+    "restricted_loss",
+    "excluded_loss",
+    "train_loss",
+    "test_loss",
+    "train_acc",
+    "test_acc",
+    "sum_sq_weights",
+)
+
 
 def progress_measures(
     traj: Trajectory | Run | nn.Module,
@@ -61,8 +72,7 @@ def progress_measures(
     """
     traj = as_trajectory(traj, data.task)
     res = modular_sweep(traj, data, ("progress",), key_freqs=key_freqs, budget=budget, progress=progress)
-    keys = ("restricted_loss", "excluded_loss", "train_loss", "test_loss", "train_acc", "test_acc", "sum_sq_weights")
-    return {k: res[k] for k in keys}
+    return {k: res[k] for k in PROGRESS_KEYS}
 
 
 def modular_events(
