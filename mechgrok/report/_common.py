@@ -290,3 +290,35 @@ def downsample_log(steps: np.ndarray, max_points: int) -> np.ndarray:
     grid = np.linspace(logs[0], logs[-1], max_points)
     idx = np.unique(np.searchsorted(logs, grid).clip(0, n - 1))
     return np.union1d(idx, [0, n - 1])
+
+
+def power_shares(z: np.ndarray, normalise: bool = True) -> np.ndarray:
+    """``z [n, K]`` of spectrum norms or, with ``normalise``, each row's share of the squared norm
+    per column (weight decay shrinks the weights; the shares show sparsity)."""
+    if not normalise:
+        return z
+    power = z**2
+    return power / np.maximum(power.sum(1, keepdims=True), 1e-30)
+
+
+def spectrum_heatmap(
+    s: np.ndarray, y: np.ndarray, z: np.ndarray, row: int, n_rows: int, *, normalise: bool, **kw: Any
+) -> go.Heatmap:
+    """Panel ``row`` of ``n_rows`` of a spectrum-over-training figure: ``z [n, K]`` (norms or
+    shares) as a column x step heatmap on a sequential scale from 0, with its own colour bar;
+    ``kw`` (the hover template, custom data) goes to :class:`plotly.graph_objects.Heatmap`."""
+    return go.Heatmap(
+        x=s.astype(np.float32),
+        y=y,
+        z=z.T.astype(np.float32),
+        colorscale=SEQUENTIAL,
+        zmin=0,
+        zmax=float(np.nanmax(z)) if z.size else 1.0,
+        colorbar={
+            "len": 0.9 / n_rows,
+            "y": 1 - (row - 0.5) / n_rows,
+            "thickness": 12,
+            "title": {"text": "share" if normalise else "norm"},
+        },
+        **kw,
+    )

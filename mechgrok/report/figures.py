@@ -19,7 +19,6 @@ from plotly.subplots import make_subplots
 from ._common import (
     DEFAULT_MAX_FRAMES,
     DIVERGING,
-    SEQUENTIAL,
     add_event_lines,
     add_step_slider,
     downsample_log,
@@ -28,6 +27,8 @@ from ._common import (
     frame_name,
     lin_range,
     log_range,
+    power_shares,
+    spectrum_heatmap,
     step_axis_range,
     symmetric_limit,
     to_numpy,
@@ -45,6 +46,19 @@ __all__ = [
     "progress_measures_figure",
     "neuron_circles_figure",
 ]
+
+
+def _curve(x: np.ndarray, y: np.ndarray, name: str, color: str, width: float) -> go.Scatter:
+    """A named accuracy-like curve over steps (float32 points, hover to 3 decimals)."""
+    return go.Scatter(
+        x=x.astype(np.float32),
+        y=y.astype(np.float32),
+        mode="lines",
+        name=name,
+        line={"color": color, "width": width},
+        hovertemplate=name + " %{y:.3f} at step %{x:,}<extra></extra>",
+    )
+
 
 _BIT_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 70, "r": 30, "t": 60, "b": 50}}
@@ -500,16 +514,7 @@ def prune_now_accuracy_figure(
             y = to_numpy(metrics[key], np.float64)[rows]
             x = ms[rows]
             ok = np.isfinite(y) & (x > 0)
-            fig.add_trace(
-                go.Scatter(
-                    x=x[ok].astype(np.float32),
-                    y=y[ok].astype(np.float32),
-                    mode="lines",
-                    name=name,
-                    line={"color": color, "width": 1.5},
-                    hovertemplate=name + " %{y:.3f} at step %{x:,}<extra></extra>",
-                )
-            )
+            fig.add_trace(_curve(x[ok], y[ok], name, color, 1.5))
     ok = s > 0
     fig.add_trace(
         go.Scatter(
@@ -554,25 +559,16 @@ def fourier_spectrum_figure(
     fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=names)
     keys = {int(k) for k in key_frequencies}
     for r, name in enumerate(names, start=1):
-        z = to_numpy(spectra[name], np.float64)[keep]  # [n, K]
-        if normalise:
-            power = z**2
-            z = power / np.maximum(power.sum(1, keepdims=True), 1e-30)
+        z = power_shares(to_numpy(spectra[name], np.float64)[keep], normalise)  # [n, K]
         K = z.shape[1]
         fig.add_trace(
-            go.Heatmap(
-                x=s.astype(np.float32),
-                y=np.arange(1, K + 1),
-                z=z.T.astype(np.float32),
-                colorscale=SEQUENTIAL,
-                zmin=0,
-                zmax=float(np.nanmax(z)) if z.size else 1.0,
-                colorbar={
-                    "len": 0.9 / len(names),
-                    "y": 1 - (r - 0.5) / len(names),
-                    "thickness": 12,
-                    "title": {"text": "share" if normalise else "norm"},
-                },
+            spectrum_heatmap(
+                s,
+                np.arange(1, K + 1),
+                z,
+                r,
+                len(names),
+                normalise=normalise,
                 hovertemplate="freq %{y} at step %{x:,}: %{z:.3g}<extra>" + name + "</extra>",
             ),
             row=r,
@@ -852,18 +848,7 @@ def neuron_circles_figure(
     )
     keep = steps_arr > 0
     for name, (y, color) in curves.items():
-        fig.add_trace(
-            go.Scatter(
-                x=steps_arr[keep].astype(np.float32),
-                y=y[keep].astype(np.float32),
-                mode="lines",
-                name=name,
-                line={"color": color, "width": 2},
-                hovertemplate=name + " %{y:.3f} at step %{x:,}<extra></extra>",
-            ),
-            row=1,
-            col=2,
-        )
+        fig.add_trace(_curve(steps_arr[keep], y[keep], name, color, 2), row=1, col=2)
     fig.add_trace(marker_trace(active), row=1, col=2)
     marker_index = len(fig.data) - 1
     frames = [

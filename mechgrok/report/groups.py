@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._common import SEQUENTIAL, add_event_lines, step_axis_range, to_numpy
+from ._common import add_event_lines, power_shares, spectrum_heatmap, step_axis_range, to_numpy
 
 __all__ = ["irrep_spectrum_figure"]
 
@@ -47,25 +47,16 @@ def irrep_spectrum_figure(
     ]
     fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=names)
     for r, name in enumerate(names, start=1):
-        z = to_numpy(spectra[name], np.float64)[keep]  # [n, R]
-        if normalise:
-            power = z**2
-            z = power / np.maximum(power.sum(1, keepdims=True), 1e-30)
+        z = power_shares(to_numpy(spectra[name], np.float64)[keep], normalise)  # [n, R]
         R = z.shape[1]
         fig.add_trace(
-            go.Heatmap(
-                x=s.astype(np.float32),
-                y=np.arange(R),
-                z=z.T.astype(np.float32),
-                colorscale=SEQUENTIAL,
-                zmin=0,
-                zmax=float(np.nanmax(z)) if z.size else 1.0,
-                colorbar={
-                    "len": 0.9 / len(names),
-                    "y": 1 - (r - 0.5) / len(names),
-                    "thickness": 12,
-                    "title": {"text": "share" if normalise else "norm"},
-                },
+            spectrum_heatmap(
+                s,
+                np.arange(R),
+                z,
+                r,
+                len(names),
+                normalise=normalise,
                 customdata=np.array([[lab] * len(s) for lab in labels], dtype=object),
                 hovertemplate="%{customdata} at step %{x:,}: %{z:.3g}<extra>" + name + "</extra>",
             ),

@@ -25,6 +25,7 @@ from ..config import ConfigError
 from ..layout import REPORT_FILES, RUN_FILES, SWEEP_FILES
 from ..probes.events import PHASE_RULES, PHASES
 from ..store import StoreError
+from ..sweep.store import RESULT_COLUMNS
 from ._common import PHASE_COLORS
 from .html import Section, html_table, write_html
 
@@ -39,16 +40,9 @@ __all__ = [
 ]
 
 SWEEP_REPORT_FILE = REPORT_FILES["sweep"]
+# columns of a results table that are outcomes or bookkeeping, not swept hyperparameters
 _OUTCOME = {
-    "phase",
-    "phase_rule",
-    "memorised_step",
-    "generalised_step",
-    "lag",
-    "ratio",
-    "final_train_acc",
-    "final_test_acc",
-    "total_steps",
+    *RESULT_COLUMNS,
     "pruned_step",
     "seed",
     "member",
@@ -58,13 +52,8 @@ _OUTCOME = {
     "path",
     "steps",
     "status",
-    "seconds",
     "name",
-    "stopped_early",
     "stopped_step",
-    "final_train_loss",
-    "final_test_loss",
-    "final_weight_norm",
 }
 
 
@@ -354,7 +343,8 @@ def read_results(sweep_dir: str | Path, phase_rule: str | None = None) -> tuple[
             )
     else:
         raise StoreError(
-            f"{sweep_dir}: not a run or sweep folder (no {RUN_FILES['config']}, {SWEEP_FILES['spec']} or {SWEEP_FILES['results']})"
+            f"{sweep_dir}: not a run or sweep folder "
+            f"(no {RUN_FILES['config']}, {SWEEP_FILES['spec']} or {SWEEP_FILES['results']})"
         )
     if len(table) == 0 or "phase" not in table.columns:
         raise StoreError(f"{sweep_dir}: no finished members in the results table yet")
@@ -441,9 +431,11 @@ def write_sweep_report(
             f'<span class="phase" style="background:{PHASE_COLORS.get(p, "#7f7f7f")}">{html.escape(p)} {n}</span>'
             for p, n in counts
         )
-        + f' of {len(phases)} models (phases by the {html.escape(rule)} rule)</div><div class="grid"><div><h3>swept parameters</h3>{html_table(ranges)}</div></div>'
+        + f" of {len(phases)} models (phases by the {html.escape(rule)} rule)</div>"
+        + f'<div class="grid"><div><h3>swept parameters</h3>{html_table(ranges)}</div></div>'
         + (
-            f"<details><summary>sweep specification</summary><pre>{html.escape(json.dumps(spec, indent=2))}</pre></details>"
+            "<details><summary>sweep specification</summary>"
+            f"<pre>{html.escape(json.dumps(spec, indent=2))}</pre></details>"
             if spec
             else ""
         )
