@@ -55,7 +55,8 @@ for folder in folders:
     counts.update(keys)
     print(
         f"  {folder.name}: {ev.phase}, memorised {format_step(ev.memorised_step)}, generalised "
-        f"{format_step(ev.generalised_step)}, final test acc {ev.final_test_acc:.3f}; key irreps: {', '.join(keys) or 'none'}"
+        f"{format_step(ev.generalised_step)}, final test acc {ev.final_test_acc:.3f}; "
+        f"key irreps: {', '.join(keys) or 'none'}"
     )
 print("how often each irrep is key:", ", ".join(f"{k} {n}/{len(folders)}" for k, n in counts.most_common()) or "none")
 

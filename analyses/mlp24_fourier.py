@@ -60,7 +60,8 @@ for label, i in (("first checkpoint", 0), ("last checkpoint", -1)):
     top3 = e.topk(3)
     print(f"  {label} (step {int(traj.steps[i]):,}):")
     print(
-        f"    embedding: top-3 frequencies {[int(k) + 1 for k in top3.indices]} hold {float(top3.values.sum() / e.sum()):.0%} of the power"
+        f"    embedding: top-3 frequencies {[int(k) + 1 for k in top3.indices]} "
+        f"hold {float(top3.values.sum() / e.sum()):.0%} of the power"
     )
     print(
         f"    neurons: median share of the top frequency {float(top_share[i].median()):.0%} "

@@ -15,8 +15,8 @@ locates the paper's three phases:
   ``test_drop``); weight decay removes the memorising components.
 
 The paper's claims checked here: restricted loss falls before test loss
-(``restricted_drop_step < test_drop``, the same rule on both curves), excluded loss rises during circuit formation, a few
-key frequencies, Fourier sparsity (Gini of the embedding spectrum) rising over training.
+(``restricted_drop_step < test_drop``, the same rule on both curves), excluded loss rises during circuit formation, a
+few key frequencies, Fourier sparsity (Gini of the embedding spectrum) rising over training.
 
     python analyses/nanda_transformer.py                       # plain preset -> checkpoints/nanda
     python analyses/nanda_transformer.py --steps 16000         # shorter run
@@ -149,7 +149,7 @@ def main() -> None:
         else None
     )
     kf = an.key_frequencies
-    sparsity = an["fourier/sparsity"] if "fourier/sparsity" in an else None
+    sparsity = an.tensors.get("fourier/sparsity")
 
     print(f"\nkey frequencies (final model): {kf}")
     print(f"memorised (train acc >= 99%):          step {ev.memorised_step}")
@@ -171,7 +171,8 @@ def main() -> None:
 
     print("\nat the phase boundaries:")
     print(
-        f"{'step':>8s} {'train_loss':>11s} {'test_loss':>10s} {'restricted':>11s} {'excluded':>10s} {'sum_sq_w':>9s} {'gini(W_E)':>9s}"
+        f"{'step':>8s} {'train_loss':>11s} {'test_loss':>10s} {'restricted':>11s} {'excluded':>10s} "
+        f"{'sum_sq_w':>9s} {'gini(W_E)':>9s}"
     )
     marks = [
         0,

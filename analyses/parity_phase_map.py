@@ -76,7 +76,8 @@ elapsed = time.perf_counter() - t0
 df = sweep.results()
 steps_run = df["total_steps"].sum()
 print(
-    f"\n{len(df):,} models in {elapsed:,.0f} s ({steps_run:,.0f} model-steps, {steps_run / max(elapsed, 1e-9):,.0f} model-steps/s;"
+    f"\n{len(df):,} models in {elapsed:,.0f} s ({steps_run:,.0f} model-steps, "
+    f"{steps_run / max(elapsed, 1e-9):,.0f} model-steps/s;"
     f" {(df['stopped_early'] == 'generalised').sum():,} stopped early)"
 )
 counts = df["phase"].value_counts()

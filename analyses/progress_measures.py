@@ -58,11 +58,14 @@ ev, x = analysis.events, analysis.events.extra
 
 print(f"\n{run.config.name} ({run.config.model.kind}, p = {run.config.task.p}): {len(analysis.steps)} checkpoints")
 print(
-    f"  key frequencies: {analysis.key_frequencies or 'none'} (in the logits' cut from step {format_step(x.get('key_freq_step'))})"
+    f"  key frequencies: {analysis.key_frequencies or 'none'} "
+    f"(in the logits' cut from step {format_step(x.get('key_freq_step'))})"
 )
 print(
-    f"  memorised at step {format_step(ev.memorised_step)}; excluded loss rises at {format_step(x.get('excluded_rise_step'))}; "
-    f"restricted loss drops at {format_step(x.get('restricted_drop_step'))}; generalised at {format_step(ev.generalised_step)}"
+    f"  memorised at step {format_step(ev.memorised_step)}; "
+    f"excluded loss rises at {format_step(x.get('excluded_rise_step'))}; "
+    f"restricted loss drops at {format_step(x.get('restricted_drop_step'))}; "
+    f"generalised at {format_step(ev.generalised_step)}"
 )
 r, g = x.get("restricted_drop_step"), ev.generalised_step
 if r is not None and g is not None:

@@ -47,7 +47,7 @@ try:
         {**parse_sets(args.set), "optim.weight_decay": 0.0, "optim.wd_schedule": ""}
     )
 except mg.ConfigError as e:
-    raise SystemExit(f"error: {e}")
+    raise SystemExit(f"error: {e}") from None
 
 print(
     f"{'variant':<11} {'test>=99%':>9} {'final test':>10} {'collapse end':>12} {'collapse max':>12} "

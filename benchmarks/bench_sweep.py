@@ -150,7 +150,8 @@ def main() -> None:
     peak0 = matmul_gflops()
     print(
         f"# {platform.machine()}, torch {torch.__version__}, {args.threads} intra-op thread(s), {args.workers} engine "
-        f"worker(s); loop = single-model steps on {'1 thread' if args.threads == 1 else f'1 or {args.threads} threads, the faster'}"
+        "worker(s); loop = single-model steps on "
+        f"{'1 thread' if args.threads == 1 else f'1 or {args.threads} threads, the faster'}"
     )
     print(f"# fp32 matmul 2048^3: {peak0:.1f} GFLOP/s")
     header = (
@@ -191,7 +192,8 @@ def main() -> None:
         )
         peaks.append(matmul_gflops())
     print(
-        f"# fp32 matmul peak over the run: {min(peaks):.1f} .. {max(peaks):.1f} GFLOP/s (% peak: the highest before the row)"
+        f"# fp32 matmul peak over the run: {min(peaks):.1f} .. {max(peaks):.1f} GFLOP/s "
+        "(% peak: the highest before the row)"
     )
 
 

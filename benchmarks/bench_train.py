@@ -72,7 +72,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = args.presets or preset_names()
     print(
-        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), device {args.device}"
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), device {args.device}"
     )
     print(f"{'preset':30s} {'batch':>6s} {'ms/step':>9s} {'steps/s':>8s}")
     for name in names:
@@ -87,7 +88,8 @@ def main() -> None:
             t_fast, t_full = min(fast), min(full)
             print(f"{name + ' (full positions)':30s} {bs:6d} {t_full * 1e3:9.1f} {1 / t_full:8.1f}")
             print(
-                f"{name + ' (last position)':30s} {bs:6d} {t_fast * 1e3:9.1f} {1 / t_fast:8.1f}   speedup x{t_full / t_fast:.2f}"
+                f"{name + ' (last position)':30s} {bs:6d} {t_fast * 1e3:9.1f} {1 / t_fast:8.1f}   "
+                f"speedup x{t_full / t_fast:.2f}"
             )
         else:
             t = _time(step, args.steps, args.device)

@@ -133,7 +133,7 @@ def main() -> None:
             }
         )
     except mg.ConfigError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     grid = [(lr, wd, w) for lr in args.lrs for wd in args.wds for w in args.warmups]
     print(
         f"{args.preset} {parse_sets(args.set) or ''}: grid {len(grid)} points (lr {args.lrs} x wd {args.wds} x "
@@ -178,7 +178,8 @@ def main() -> None:
         print(f"  {method}: {len(configs)} members in {time.perf_counter() - t:.0f} s", flush=True)
 
     print(
-        f"\n{'method':<22} {'steps to 99% (best/seed)':>24} {'seconds':>12} {'vs preset':>10} {'vs tuned':>9}  best (lr, wd, warmup) per seed"
+        f"\n{'method':<22} {'steps to 99% (best/seed)':>24} {'seconds':>12} {'vs preset':>10} {'vs tuned':>9}  "
+        "best (lr, wd, warmup) per seed"
     )
     tuned = best.get("plain", {})
 

@@ -147,7 +147,8 @@ def analyze(
     their_config: Path | None = typer.Option(
         None,
         "--config",
-        help="Zhong et al.'s config_<id>.json (import PATH, their model_<id>.pt, as a clock-and-pizza model) or Chughtai et al.'s cfg.json (PATH their group MLP's model.pt).",
+        help="Zhong et al.'s config_<id>.json (import PATH, their model_<id>.pt, as a clock-and-pizza model) "
+        "or Chughtai et al.'s cfg.json (PATH their group MLP's model.pt).",
     ),
     signatures: bool = typer.Option(
         False, "--signatures", help="Also print the clock/pizza signatures (always with --config)."

@@ -123,9 +123,8 @@ def check_types(obj: Any) -> None:
                 # flat numeric tuples (betas, relevant_bits): each element must be a number of
                 # the field's type; int() / float() of a string or of 1.5 would pass silently
                 elem = args[0]
-                if len(args) != 2 or args[1] is not Ellipsis:
-                    if len(value) != len(args):
-                        _fail(owner, f.name, f"expected {len(args)} values, got {value!r}")
+                if (len(args) != 2 or args[1] is not Ellipsis) and len(value) != len(args):
+                    _fail(owner, f.name, f"expected {len(args)} values, got {value!r}")
                 conv = []
                 for v in value:
                     c = (
@@ -231,8 +230,8 @@ class TaskConfig:
     pairs: Literal["ordered", "unordered"] = "ordered"
     """``ordered``: all p^2 pairs; ``unordered``: only a <= b (PAIR's models)."""
     format: Literal["pairs", "equals", "sequence"] = "pairs"
-    """Input encoding: ``pairs`` [a, b] (MLPs; the transformer as Zhong et al. feed it), ``equals`` tokens ``a b =`` (transformer),
-    ``sequence`` tokens ``<sos> a + b mod =`` (RNN / LSTM)."""
+    """Input encoding: ``pairs`` [a, b] (MLPs; the transformer as Zhong et al. feed it), ``equals`` tokens ``a b =``
+    (transformer), ``sequence`` tokens ``<sos> a + b mod =`` (RNN / LSTM)."""
     train_fraction: float = 0.3
     """Fraction of the table used for training, in (0, 1]."""
     n_bits: int = 30

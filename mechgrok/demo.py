@@ -93,7 +93,10 @@ def headline(analysis: Any) -> str:
                 f"zeroing the irrelevant-bit weights already generalises from step {extra['prune_now_step']:,}"
             )
         return text + (f"; {'; '.join(notes)}" if notes else "")
-    text = f"{name}: {_at('memorised', ev['memorised_step'])}, {_at('generalised', ev['generalised_step'])} [{ev['phase']}]"
+    text = (
+        f"{name}: {_at('memorised', ev['memorised_step'])}, "
+        f"{_at('generalised', ev['generalised_step'])} [{ev['phase']}]"
+    )
     keys = rec.get("key_frequencies") or []
     text += f"; key frequencies {keys}" if keys else "; no key frequencies"
     t = analysis.tensors
@@ -146,7 +149,8 @@ def ensure_run(
         return run
     if log:
         log(
-            f"{config.name}: {'resuming' if action == 'resume' else 'training'} {config.train.steps:,} steps -> {run_dir}"
+            f"{config.name}: {'resuming' if action == 'resume' else 'training'} "
+            f"{config.train.steps:,} steps -> {run_dir}"
         )
     result = train(config, run_dir, resume=action == "resume", progress=progress)
     if log:

@@ -191,11 +191,9 @@ def load_factory(spec: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # the user's module may fail in any way while importing
-        raise ConfigError(
-            f"task.factory: cannot import {module_name!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"[
-                :300
-            ]
-        ) from None
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        message = f"task.factory: cannot import {module_name!r} ({type(e).__name__}: {first_line})"
+        raise ConfigError(message[:300]) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"task.factory: {module_name!r} has no function {attr!r}")

@@ -12,6 +12,7 @@ uninterrupted run would have done, so the final weights are bitwise equal on CPU
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -352,10 +353,8 @@ def _train(
     # trainer keeps its phase in results.csv
     from .probes.events import detect_events, loss_scale_of
 
-    try:
+    with contextlib.suppress(ValueError):  # no test metrics (train_fraction=1): no events to claim
         summary["events"] = detect_events(metrics, loss_scale=loss_scale_of(config)).to_dict()
-    except ValueError:  # no test metrics (train_fraction=1): no events to claim
-        pass
     if run is not None:
         run.write_checkpoint(tc.steps, model.state_dict())
         tensors, meta = resume_tensors(model, opt, ema, gen, ma)

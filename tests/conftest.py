@@ -9,7 +9,7 @@ import torch
 # when other processes share the 2 cores.
 torch.set_num_threads(1)
 
-from mechgrok import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
+from mechgrok import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig  # noqa: E402 (threads set first)
 
 # benchmarks/gpu_check.sh runs the suite with MECHGROK_TEST_DEVICE=cuda: the fixtures below (and so
 # every test that trains from them, the sweep engine's equivalence tests included) then train on

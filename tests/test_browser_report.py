@@ -116,7 +116,8 @@ def _state(page, fig_id: str) -> dict:
         f"""() => {{
             const gd = document.getElementById('{fig_id}');
             const img = gd.querySelector('g.hm image');
-            const pts = Array.from(gd.querySelectorAll('g.scatterlayer .point')).slice(0, 8).map(p => p.getAttribute('transform'));
+            const pts = Array.from(gd.querySelectorAll('g.scatterlayer .point'))
+                .slice(0, 8).map(p => p.getAttribute('transform'));
             return {{
                 active: gd.layout.sliders[0].active,
                 label: gd.querySelector('.slider-group > text.slider-label').textContent,

@@ -31,7 +31,12 @@ FACTORY_MODULE = textwrap.dedent('''
 
     def bad_labels(task):
         x = torch.zeros(4, 2, dtype=torch.int64)
-        return {"train_x": x, "train_y": torch.full((4,), task.p), "test_x": x, "test_y": torch.zeros(4, dtype=torch.int64)}
+        return {
+            "train_x": x,
+            "train_y": torch.full((4,), task.p),
+            "test_x": x,
+            "test_y": torch.zeros(4, dtype=torch.int64),
+        }
 
     def not_a_dataset(task):
         return 42

@@ -1,6 +1,7 @@
 """Faults of run and sweep folders: a crash at every write boundary, kills, races, damaged and
 crafted files. Each test names the fault it keeps fixed."""
 
+import contextlib
 import json
 import os
 import struct
@@ -270,10 +271,8 @@ def test_two_creators_at_once_leave_one_consistent_config(tiny_modadd, tmp_path,
     versions = store.library_versions
 
     def slow_versions():
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait()
-        except threading.BrokenBarrierError:
-            pass
         return versions()
 
     monkeypatch.setattr(store, "library_versions", slow_versions)
@@ -339,10 +338,8 @@ def test_two_sweeps_created_at_once(tmp_path, tiny_parity, monkeypatch):
     versions = sweep_store.library_versions
 
     def slow_versions():
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait()
-        except threading.BrokenBarrierError:
-            pass
         return versions()
 
     monkeypatch.setattr(sweep_store, "library_versions", slow_versions)
@@ -544,7 +541,7 @@ def test_crafted_index_is_one_line_error(tiny_modadd, tmp_path, capsys, index):
     train(tiny_modadd.with_overrides({"train.steps": 30}), tmp_path / "r", progress=False)
     (tmp_path / "r" / FILES["index"]).write_text(index)
     with pytest.raises(StoreError, match="checkpoints.json"):
-        Run.open(tmp_path / "r").steps
+        _ = Run.open(tmp_path / "r").steps
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--resume", str(tmp_path / "r"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()

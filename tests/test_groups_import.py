@@ -19,7 +19,7 @@ from mechgrok.importers.chughtai import chughtai_element_map
 from mechgrok.probes.irreps import key_irreps
 
 sympy = pytest.importorskip("sympy")
-from sympy.combinatorics.named_groups import AlternatingGroup, SymmetricGroup
+from sympy.combinatorics.named_groups import AlternatingGroup, SymmetricGroup  # noqa: E402 (after importorskip)
 
 
 def their_table(name: str, n: int) -> torch.Tensor:

@@ -151,7 +151,6 @@ def test_parity_heatmap_slider(steps, events):
 
 
 def test_bit_dependence_and_prune_now(steps, events, metrics):
-    n = len(steps)
     decay = torch.exp(-steps.double() / 500)
     wn = torch.stack([decay] * N_BITS, 1)
     wn[:, [1, 4]] = 1.0

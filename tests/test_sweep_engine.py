@@ -1,6 +1,5 @@
 """The batched engine against the single-model trainer (the reference), member by member."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -271,7 +270,7 @@ def test_member_run_folders_are_ordinary_runs(tiny_modadd, tmp_path):
     configs = _per_member(tiny_modadd, VARIANTS_MODULAR[:2])
     outs = [tmp_path / "a", tmp_path / "b"]
     batched = train_batch(configs, outs, progress=False)
-    single = train(configs[0], tmp_path / "single", progress=False)
+    train(configs[0], tmp_path / "single", progress=False)
     a, s = Run.open(outs[0]), Run.open(tmp_path / "single")
     assert a.config == configs[0]
     assert a.steps == s.steps  # the same dense checkpoint schedule

@@ -1,7 +1,8 @@
 """Probes: analysis on checkpoints (Fourier, neuron circles, bit dependence, progress measures,
-clock / pizza signatures, numerical stability, events). Every probe is a plain function of checkpoints (a Trajectory) or a live model returning
-tensors / records; nothing here writes files (the pipeline that runs them all and stores the
-results is :mod:`mechgrok.analysis`, importers of other projects' files :mod:`mechgrok.importers`)."""
+clock / pizza signatures, numerical stability, events). Every probe is a plain function of
+checkpoints (a Trajectory) or a live model returning tensors / records; nothing here writes files
+(the pipeline that runs them all and stores the results is :mod:`mechgrok.analysis`, importers of
+other projects' files :mod:`mechgrok.importers`)."""
 
 from .algorithms import (
     ALGORITHMS,

@@ -123,7 +123,10 @@ class GrokEvents:
                 f"unknown: not enough evidence for a phase ({ev.get('n_train', 0)} evaluated train step(s), "
                 f"{ev.get('n_test', 0)} test step(s); need {ev.get('min_evaluated', MIN_EVALUATED)} of each)"
             )
-        text = f"{self.phase}: memorised at step {fmt(self.memorised_step)}, generalised at step {fmt(self.generalised_step)}"
+        text = (
+            f"{self.phase}: memorised at step {fmt(self.memorised_step)}, "
+            f"generalised at step {fmt(self.generalised_step)}"
+        )
         if self.lag is not None:
             text += f" (lag {self.lag:,} steps, ratio {self.ratio:.1f})"
         return text

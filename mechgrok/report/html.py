@@ -27,7 +27,8 @@ class Section:
 
 
 _CSS = """
-body { font-family: -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; margin: 0; color: #222; background: #fafafa; }
+body { font-family: -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif;
+       margin: 0; color: #222; background: #fafafa; }
 header { background: #1d2b3a; color: #fff; padding: 18px 32px; }
 header h1 { margin: 0 0 4px 0; font-size: 24px; }
 header .sub { color: #c9d6e3; font-size: 14px; }
@@ -37,7 +38,8 @@ section h2 { font-size: 18px; margin: 6px 0 8px 0; }
 nav { font-size: 13px; margin: 10px 0; }
 nav a { margin-right: 14px; color: #1d5fa8; text-decoration: none; }
 table.kv { border-collapse: collapse; font-size: 13px; margin: 6px 0; }
-table.kv td, table.kv th { border-bottom: 1px solid #eee; padding: 3px 10px 3px 0; text-align: left; vertical-align: top; }
+table.kv td, table.kv th { border-bottom: 1px solid #eee; padding: 3px 10px 3px 0;
+                           text-align: left; vertical-align: top; }
 table.kv th { color: #555; font-weight: 600; }
 .phase { display: inline-block; padding: 2px 10px; border-radius: 12px; color: #fff; font-weight: 600; }
 .grid { display: flex; flex-wrap: wrap; gap: 28px; }

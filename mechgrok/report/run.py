@@ -48,7 +48,10 @@ def _describe_task(cfg) -> str:
             f"sparse parity of bits {list(t.relevant_bits)} in {t.n_bits}-bit strings, {t.n_train:,} training strings"
         )
     else:
-        task = f"(a {dict(add='+', sub='−', mul='×', div='÷')[t.op]} b) mod {t.p}, {t.pairs} pairs, {t.train_fraction:.0%} for training"
+        task = (
+            f"(a {dict(add='+', sub='−', mul='×', div='÷')[t.op]} b) mod {t.p}, {t.pairs} pairs, "
+            f"{t.train_fraction:.0%} for training"
+        )
     sizes = {
         "mlp": f"d_model {m.d_model}, {m.d_mlp} neurons" + (", tied embedding" if m.tied_embed else ""),
         "cossin_mlp": f"fixed cos/sin embedding (k={m.frequency}), {m.d_mlp} neurons",
@@ -108,7 +111,8 @@ def run_header_html(run: Run, events: dict[str, Any], analysis: Any = None) -> s
         + "<div><h3>settings</h3>"
         + html_table(settings)
         + "</div></div>"
-        + f"<details><summary>full config</summary><pre>{html.escape(json.dumps(cfg.to_dict(), indent=2))}</pre></details>"
+        + "<details><summary>full config</summary>"
+        + f"<pre>{html.escape(json.dumps(cfg.to_dict(), indent=2))}</pre></details>"
         + "</section>"
     )
 
@@ -228,8 +232,9 @@ def _parity_sections(
                     max_frames=max_frames,
                     events=events,
                 ),
-                "Each row is a hidden neuron, each column an input bit (relevant bits starred and outlined). Move the slider: "
-                "weights on irrelevant bits decay away while a few neurons keep reading the relevant bits.",
+                "Each row is a hidden neuron, each column an input bit (relevant bits starred and outlined). "
+                "Move the slider: weights on irrelevant bits decay away "
+                "while a few neurons keep reading the relevant bits.",
                 "weights",
             )
         )
@@ -252,8 +257,9 @@ def _parity_sections(
                     ratio=tensors.get("bits/irrelevant_weight_ratio"),
                     prune_threshold=(events.get("extra") or {}).get("prune_threshold"),
                 ),
-                "How much the network depends on each input bit, three ways. Irrelevant bits (grey) must fall to zero before the "
-                "network can generalise. Last row: the pruning rule - the irrelevant bits count as pruned once their largest "
+                "How much the network depends on each input bit, three ways. "
+                "Irrelevant bits (grey) must fall to zero before the network can generalise. "
+                "Last row: the pruning rule - the irrelevant bits count as pruned once their largest "
                 "weight stays below the threshold times the largest relevant-bit weight.",
                 "bits",
             )
@@ -263,8 +269,9 @@ def _parity_sections(
             Section(
                 "Prune-now causal check",
                 prune_now_accuracy_figure(steps, tensors["bits/prune_now_acc"], metrics, events=events),
-                "At every checkpoint, a copy of the network with its irrelevant-bit weights zeroed is evaluated on the test set. "
-                "Where this curve is high long before the real test accuracy, pruning alone is what the run was waiting for.",
+                "At every checkpoint, a copy of the network with its irrelevant-bit weights zeroed "
+                "is evaluated on the test set. Where this curve is high long before the real test accuracy, "
+                "pruning alone is what the run was waiting for.",
                 "prune",
             )
         )
@@ -306,7 +313,8 @@ def _modular_sections(
                 Section(
                     "Weights over the operand",
                     fig,
-                    "Rows: the operand a = 0..p−1. Noisy at first; after grokking each column becomes a wave of a few frequencies.",
+                    "Rows: the operand a = 0..p−1. Noisy at first; "
+                    "after grokking each column becomes a wave of a few frequencies.",
                     "weights",
                 )
             )
@@ -338,7 +346,8 @@ def _modular_sections(
             Section(
                 "Progress measures",
                 progress_measures_figure(steps, tensors, events=events),
-                "Restricted loss keeps only the key-frequency part of the logits; excluded loss removes it (on the training set). "
+                "Restricted loss keeps only the key-frequency part of the logits; "
+                "excluded loss removes it (on the training set). "
                 "Restricted loss falls before the test loss does: the circuit forms before it shows.",
                 "progress",
             )
@@ -398,7 +407,8 @@ def _group_sections(analysis: Any, steps: Any, tensors: dict[str, Any], events: 
                 progress_measures_figure(
                     steps, tensors, events=events, title="Progress measures (key irreps)" if group else "Losses"
                 ),
-                "Restricted loss keeps only the key irreps' part of the logits; excluded loss removes it (on the training set)."
+                "Restricted loss keeps only the key irreps' part of the logits; "
+                "excluded loss removes it (on the training set)."
                 if group
                 else "Losses and weight norm at every checkpoint.",
                 "progress",

@@ -419,8 +419,8 @@ class Pool:
             params = self.rows.take("param", chunk)
             x, y, mask, count, shared = self.bank.full(split, [self.slots[r].data_id for r in chunk])
             lo, ac = self.model.evaluate(params, x, y, mask, count, shared)
-            for r, l, a in zip(chunk, lo.tolist(), ac.tolist()):
-                loss[r], acc[r] = l, a
+            for r, lv, av in zip(chunk, lo.tolist(), ac.tolist()):
+                loss[r], acc[r] = lv, av
         return [loss[r] for r in rows], [acc[r] for r in rows]
 
     # -- outputs -------------------------------------------------------------------------------
