@@ -39,6 +39,21 @@ def _parity_l1() -> RunConfig:
     )
 
 
+def _pair_task(train_fraction: float, seed: int) -> TaskConfig:
+    """The dataset of PAIR's modular-addition notebooks: a + b mod 67 over the pairs a <= b, split
+    by numpy's permutation with ``seed`` (``int(train_fraction * n)`` training pairs)."""
+    return TaskConfig(
+        kind="modular",
+        p=67,
+        op="add",
+        pairs="unordered",
+        format="pairs",
+        train_fraction=train_fraction,
+        split="numpy",
+        seed=seed,
+    )
+
+
 def _modadd_mlp24() -> RunConfig:
     # PAIR's main model as its notebook (server-side/grokking/MLP_Modular_Addition.ipynb in
     # PAIR-code/ai-explorables) trains it: the pairs a <= b, numpy's permutation with seed 165 and
@@ -48,16 +63,7 @@ def _modadd_mlp24() -> RunConfig:
     # in float32 there (haiku's parameter default), 50,001 updates there (RESULTS.md).
     return RunConfig(
         name="modadd-mlp24",
-        task=TaskConfig(
-            kind="modular",
-            p=67,
-            op="add",
-            pairs="unordered",
-            format="pairs",
-            train_fraction=0.4,
-            split="numpy",
-            seed=165,
-        ),
+        task=_pair_task(train_fraction=0.4, seed=165),
         model=ModelConfig(kind="mlp", d_model=500, d_mlp=24, tied_embed=True, bias=False, init="pair", dtype="float64"),
         optim=OptimConfig(lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0, loss_reduction="mean_classes"),
         train=TrainConfig(
@@ -72,16 +78,7 @@ def _modadd_cossin5() -> RunConfig:
     # initialisers, loss over batch and classes, float64, optax.adamw(1e-2, wd 1e-3).
     return RunConfig(
         name="modadd-cossin5",
-        task=TaskConfig(
-            kind="modular",
-            p=67,
-            op="add",
-            pairs="unordered",
-            format="pairs",
-            train_fraction=0.3,
-            split="numpy",
-            seed=86,
-        ),
+        task=_pair_task(train_fraction=0.3, seed=86),
         model=ModelConfig(
             kind="cossin_mlp", d_mlp=5, frequency=1, bias=False, init="pair", dtype="float64", embed_norm="columns"
         ),
