@@ -419,6 +419,24 @@ class _Job:
             raise StoreError(f"{self.run.path}: no readable checkpoints")
         return last
 
+    def over_chunks(
+        self,
+        probe: Callable[[Trajectory], dict[str, torch.Tensor]],
+        timing: str,
+        since: float,
+        keep: tuple[str, ...] = (),
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The checkpoints' steps and ``probe`` of every chunk, joined (:func:`_concat`, ``keep``
+        keys per-run); the time since ``since`` less the load time is ``timings[timing]``."""
+        parts, step_parts = [], []
+        for chunk in self.chunks():
+            parts.append(probe(chunk))
+            step_parts.append(chunk.steps)
+        if not parts:
+            raise StoreError(f"{self.where}: no readable checkpoints")
+        self.timings[timing] = time.perf_counter() - since - self.timings["load"]
+        return torch.cat(step_parts), _concat(parts, keep)
+
     def events_metrics(self, fallback: Callable[[], dict[str, torch.Tensor]], steps: torch.Tensor) -> dict[str, Any]:
         return _metrics_for_events(self.run, fallback, steps)
 
@@ -603,11 +621,11 @@ def _analyze_parity(
     """Bit dependence, the prune-now check and the pruning events of a parity run; fills ``records``."""
     records["task"] = "parity"
     data, need_acc = job.data, _needs_checkpoint_accuracy(job.run)
-    parts: list[dict[str, torch.Tensor]] = []
-    step_parts: list[torch.Tensor] = []
     t = time.perf_counter()
     relevant = None
-    for chunk in job.chunks():
+
+    def probe(chunk: Trajectory) -> dict[str, torch.Tensor]:
+        nonlocal relevant
         bits = bit_dependence(chunk, data, n_eval=n_eval)
         relevant = bits["relevant"] if relevant is None else relevant
         part = {k: v for k, v in bits.items() if k != "relevant"}
@@ -615,13 +633,9 @@ def _analyze_parity(
         if need_acc:
             part["_train_acc"] = _checkpoint_acc(chunk, data, "train")
             part["_test_acc"] = _checkpoint_acc(chunk, data, "test")
-        parts.append(part)
-        step_parts.append(chunk.steps)
-    if not parts:
-        raise StoreError(f"{job.where}: no readable checkpoints")
-    job.timings["bits"] = time.perf_counter() - t - job.timings["load"]
-    cat = _concat(parts)
-    steps = torch.cat(step_parts)
+        return part
+
+    steps, cat = job.over_chunks(probe, "bits", t)
     acc = {k[1:]: cat.pop(k) for k in ("_train_acc", "_test_acc") if k in cat}
     bits = {**{k: v for k, v in cat.items() if k != "prune_now_acc"}, "relevant": relevant}
     tensors = {f"bits/{key}": value for key, value in bits.items()}
@@ -682,19 +696,14 @@ def _analyze_modular(
     # the key frequencies are the last checkpoint's: found first so every chunk uses them
     lastres = modular_sweep(job.last_checkpoint(), None, ("logits",), min_gap=min_gap, min_explained=min_explained)
     key_freqs = [int(k) + 1 for k in torch.nonzero(lastres["key_freq_mask"][0], as_tuple=False)[:, 0]]
-    parts, step_parts = [], []
-    for chunk in job.chunks():
-        parts.append(
-            modular_sweep(
-                chunk, job.data, parts_wanted, key_freqs=key_freqs, min_gap=min_gap, min_explained=min_explained
-            )
-        )
-        step_parts.append(chunk.steps)
-    if not parts:
-        raise StoreError(f"{job.where}: no readable checkpoints")
-    job.timings["modular_sweep"] = time.perf_counter() - t - job.timings["load"]
-    res = _concat(parts, keep=("key_frequencies",))
-    steps = torch.cat(step_parts)
+    steps, res = job.over_chunks(
+        lambda chunk: modular_sweep(
+            chunk, job.data, parts_wanted, key_freqs=key_freqs, min_gap=min_gap, min_explained=min_explained
+        ),
+        "modular_sweep",
+        t,
+        keep=("key_frequencies",),
+    )
     key_freqs = [int(k) for k in res.pop("key_frequencies")]
     tensors = {f"fourier/{key}": res[key] for key in FOURIER_KEYS if key in res}
     tensors.update({f"progress/{key}": res[key] for key in PROGRESS_KEYS})
@@ -741,15 +750,12 @@ def _analyze_group(
     t = time.perf_counter()
     last = irrep_sweep(job.last_checkpoint(), None, ("logits",), min_gap=min_gap, min_explained=min_explained)
     key = [int(k) + 1 for k in torch.nonzero(last["key_irrep_mask"][0], as_tuple=False)[:, 0]]
-    parts, step_parts = [], []
-    for chunk in job.chunks():
-        parts.append(irrep_sweep(chunk, job.data, key_irreps=key, min_gap=min_gap, min_explained=min_explained))
-        step_parts.append(chunk.steps)
-    if not parts:
-        raise StoreError(f"{job.where}: no readable checkpoints")
-    job.timings["irrep_sweep"] = time.perf_counter() - t - job.timings["load"]
-    res = _concat(parts, keep=("key_irreps",))
-    steps = torch.cat(step_parts)
+    steps, res = job.over_chunks(
+        lambda chunk: irrep_sweep(chunk, job.data, key_irreps=key, min_gap=min_gap, min_explained=min_explained),
+        "irrep_sweep",
+        t,
+        keep=("key_irreps",),
+    )
     res.pop("key_irreps")
     tensors = {f"irreps/{k}": res[k] for k in _IRREP_KEYS if k in res}
     tensors.update({f"progress/{k}": res[k] for k in PROGRESS_KEYS})
@@ -785,9 +791,9 @@ def _analyze_custom(
 
     records["task"] = "custom"
     data = job.data
-    parts, step_parts = [], []
     t = time.perf_counter()
-    for chunk in job.chunks():
+
+    def probe(chunk: Trajectory) -> dict[str, torch.Tensor]:
         part: dict[str, list[float]] = {}
         for i in range(len(chunk)):
             model = chunk.model(i)
@@ -797,13 +803,9 @@ def _analyze_custom(
                 part.setdefault(f"{split}_acc", []).append(float(acc))
         res = {k: torch.tensor(v, dtype=torch.float64) for k, v in part.items()}
         res["sum_sq_weights"] = sum_sq_weights(chunk)
-        parts.append(res)
-        step_parts.append(chunk.steps)
-    if not parts:
-        raise StoreError(f"{job.where}: no readable checkpoints")
-    job.timings["custom"] = time.perf_counter() - t - job.timings["load"]
-    res = _concat(parts)
-    steps = torch.cat(step_parts)
+        return res
+
+    steps, res = job.over_chunks(probe, "custom", t)
     tensors = {f"progress/{k}": v for k, v in res.items()}
     records["key_frequencies"] = []
     records["factory"] = job.config.task.factory
