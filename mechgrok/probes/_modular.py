@@ -9,6 +9,7 @@ checkpoints of a small model take seconds. The public functions in :mod:`.fourie
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Iterable, Sequence
@@ -208,27 +209,11 @@ def modular_sweep(
     out: dict[str, torch.Tensor] = {}
 
     if "fourier" in parts:
-        out["embed_freq_norms"] = frequency_norms(embed_matrix(traj), dim=1, batch_dims=1)
-        out["sparsity"] = gini(out["embed_freq_norms"])
-        if kind in ("mlp", "cossin_mlp"):
-            h = (
-                embed_matrix(traj)
-                if kind == "cossin_mlp"
-                else torch.einsum("nad,ndm->nam", traj.params["embed.W_E"], traj.params["blocks.0.mlp.W_in"])
-            )
-            out["input_freq_norms"] = frequency_norms(h, dim=1, batch_dims=1)
+        out.update(_weight_freq_norms(traj))
     if "progress" in parts:
         if data is None:
             raise ValueError("progress measures: need the run's dataset (train / test split)")
-        if key_freqs is None:
-            last = modular_sweep(
-                traj.subset([n - 1]), None, ("logits",), min_gap=min_gap, min_explained=min_explained, budget=budget
-            )
-            key_freqs = [int(k) + 1 for k in torch.nonzero(last["key_freq_mask"][0], as_tuple=False)[:, 0]]
-        key_freqs = sorted({int(k) for k in key_freqs})
-        bad_k = [k for k in key_freqs if not 1 <= k <= p // 2]
-        if bad_k:
-            raise ValueError(f"key_freqs: frequencies must be in [1, {p // 2}], got {bad_k}")
+        key_freqs = _checked_key_freqs(traj, key_freqs, min_gap=min_gap, min_explained=min_explained, budget=budget)
         out["sum_sq_weights"] = sum_sq_weights(traj)
 
     need_neurons = "fourier" in parts or ("circles" in parts and kind != "cossin_mlp")
@@ -238,83 +223,203 @@ def modular_sweep(
         return out
 
     a_t, b_t, y_t = modular_table(task)
-    idx_S = a_t * p + b_t
     space = _LabelSpace(y_t, p) if need_logits else None
-    # logits are computed only on the inputs some probe reads (the task's table and the run's
-    # split, usually the same set: half the grid for unordered pairs); pos_* index into them
+    rows = _logit_rows(a_t * p + b_t, data if "progress" in parts else None, p)
+    chunks = list(row_chunks(n, grid_row_cost(config), budget)) if (need_neurons or need_logits or need_pre) else []
+    loss_freqs = key_freqs if "progress" in parts else None
+    out.update(_sweep_chunks(traj, chunks, space, rows, need_neurons, need_pre, loss_freqs, data, progress))
+
+    if need_logits:
+        energy, variance = out.pop("_logit_energy"), out.pop("_logit_variance")
+        out.update(_logit_freq_summary(energy, variance, space.n_inputs, min_gap=min_gap, min_explained=min_explained))
+    if "progress" in parts:
+        out["key_frequencies"] = torch.tensor(key_freqs, dtype=torch.int64)
+    coef = out.pop("_circle_coef", None)
+    if "circles" in parts:
+        out.update(_circle_waves(traj, coef, out.get("neuron_dominant_freq")))
+    return out
+
+
+def _weight_freq_norms(traj: Trajectory) -> dict[str, torch.Tensor]:
+    """The weight-only keys of the ``fourier`` part: the embedding's (and, for MLP models, the
+    first layer's input) frequency norms and the embedding's sparsity."""
+    kind = traj.config.model.kind
+    out = {"embed_freq_norms": frequency_norms(embed_matrix(traj), dim=1, batch_dims=1)}
+    out["sparsity"] = gini(out["embed_freq_norms"])
+    if kind in ("mlp", "cossin_mlp"):
+        h = (
+            embed_matrix(traj)
+            if kind == "cossin_mlp"
+            else torch.einsum("nad,ndm->nam", traj.params["embed.W_E"], traj.params["blocks.0.mlp.W_in"])
+        )
+        out["input_freq_norms"] = frequency_norms(h, dim=1, batch_dims=1)
+    return out
+
+
+def _checked_key_freqs(
+    traj: Trajectory, key_freqs: Sequence[int] | None, *, min_gap: float, min_explained: float, budget: int
+) -> list[int]:
+    """The progress measures' key frequencies, sorted and unique (default: the key frequencies
+    of the last checkpoint's logits); raises if one is outside ``[1, p // 2]``."""
+    p = traj.config.task.p
+    if key_freqs is None:
+        last = modular_sweep(
+            traj.subset([len(traj) - 1]), None, ("logits",), min_gap=min_gap, min_explained=min_explained, budget=budget
+        )
+        key_freqs = [int(k) + 1 for k in torch.nonzero(last["key_freq_mask"][0], as_tuple=False)[:, 0]]
+    key_freqs = sorted({int(k) for k in key_freqs})
+    bad_k = [k for k in key_freqs if not 1 <= k <= p // 2]
+    if bad_k:
+        raise ValueError(f"key_freqs: frequencies must be in [1, {p // 2}], got {bad_k}")
+    return key_freqs
+
+
+@dataclasses.dataclass(frozen=True)
+class _LogitRows:
+    """The grid inputs (``a * p + b``) whose logits are computed, and where the probes' inputs sit
+    among them: ``pos_S`` the task's table, ``pos_train`` / ``pos_test`` the run's split (or None)."""
+
+    rows: torch.Tensor
+    pos_S: torch.Tensor
+    pos_train: torch.Tensor | None
+    pos_test: torch.Tensor | None
+    table_is_all: bool  # the table is every computed row, in order (pos_S is the identity)
+
+
+def _logit_rows(idx_S: torch.Tensor, data: Dataset | None, p: int) -> _LogitRows:
+    """Logits are computed only on the inputs some probe reads: the table ``idx_S`` and, with
+    ``data``, the run's split (usually the same set: half the grid for unordered pairs)."""
     wanted = [idx_S]
-    if data is not None and "progress" in parts:
+    if data is not None:
         wanted += [data.train_ab[:, 0] * p + data.train_ab[:, 1], data.test_ab[:, 0] * p + data.test_ab[:, 1]]
     logit_rows, inverse = torch.unique(torch.cat(wanted), return_inverse=True)
     pos_S, pos_train, pos_test = (list(inverse.split([len(w) for w in wanted])) + [None, None])[:3]
     # the table is sorted (row-major) and usually holds the split: then it is every computed row
     table_is_all = bool(torch.equal(pos_S, torch.arange(len(logit_rows))))
+    return _LogitRows(logit_rows, pos_S, pos_train, pos_test, table_is_all)
 
-    buffers: dict[str, list[torch.Tensor]] = {}
 
-    def put(key: str, value: torch.Tensor) -> None:
-        buffers.setdefault(key, []).append(value)
-
-    chunks = list(row_chunks(n, grid_row_cost(config), budget)) if (need_neurons or need_logits or need_pre) else []
+def _sweep_chunks(
+    traj: Trajectory,
+    chunks: Sequence[slice],
+    space: _LabelSpace | None,
+    rows: _LogitRows,
+    need_neurons: bool,
+    need_pre: bool,
+    loss_freqs: Sequence[int] | None,
+    data: Dataset | None,
+    progress: bool,
+) -> dict[str, torch.Tensor]:
+    """The grid forward pass per chunk of checkpoints, each chunk reduced to per-checkpoint
+    tensors before the next (concatenated over chunks). Logit probes run iff ``space`` is given,
+    the losses of the progress measures iff ``loss_freqs`` (the key frequencies) is."""
     from tqdm.auto import tqdm
 
-    for rows in tqdm(chunks, disable=not progress, desc="grid probes", unit="chunk", leave=False):
-        fw = grid_forward(traj, rows, need_logits=need_logits, logit_rows=logit_rows)
+    buffers: dict[str, list[torch.Tensor]] = {}
+    for chunk in tqdm(chunks, disable=not progress, desc="grid probes", unit="chunk", leave=False):
+        fw = grid_forward(traj, chunk, need_logits=space is not None, logit_rows=rows.rows)
+        found: dict[str, torch.Tensor] = {}
         if need_neurons:
-            frac = _neuron_frac_explained(fw["post"])  # [c, m, K]
-            best, arg = frac.max(dim=-1)
-            put("neuron_frac_explained", best)
-            put("neuron_dominant_freq", torch.where(best > 0, arg + 1, torch.zeros_like(arg)))
+            found.update(_chunk_neuron_freqs(fw["post"]))
         if need_pre:
-            put("_circle_coef", circle_coefficients(fw["pre"]))
-        if need_logits:
-            L = fw["logits"][..., :p]  # [c, logit_rows, p]
-            L_S = (L if table_is_all else L[:, pos_S]).double()  # [c, inputs of the table, p]
-            R = space.inner(L_S)
-            put("_logit_energy", space.freq_energy(R))
-            put("_logit_variance", (L_S - L_S.mean(1, keepdim=True)).pow_(2).sum((1, 2)))
-            if "progress" in parts:
-                restricted = space.projection(R, key_freqs, constant=True)  # [c, p answers, o]
-                # restricted logits depend on the input only through its answer: weight by counts
-                per_answer = -restricted.log_softmax(-1).diagonal(dim1=1, dim2=2)  # [c, p]
-                put("restricted_loss", per_answer @ space.counts / space.n_inputs)
-                key_part = space.projection(R, key_freqs, constant=False)
-                # the losses of batched_loss_acc (cross-entropy with a float64 log-softmax), per
-                # input once for every computed row, then averaged over the train / test rows
-                L_all = L_S if table_is_all else L.double()
-                lse, pred = _logsumexp_argmax(L_all)  # [c, rows] each
-                ex_logits = L_all[:, pos_train] - key_part[:, data.train_y]  # [c, train, p]
-                ex_right = L_all[:, pos_train, data.train_y] - key_part[:, data.train_y, data.train_y]
-                put("excluded_loss", (torch.logsumexp(ex_logits, -1) - ex_right).mean(-1))
-                for split, pos, y in (("train", pos_train, data.train_y), ("test", pos_test, data.test_y)):
-                    put(f"{split}_loss", (lse[:, pos] - L_all[:, pos, y]).mean(-1))
-                    put(f"{split}_acc", (pred[:, pos] == y).double().mean(-1))
+            found["_circle_coef"] = circle_coefficients(fw["pre"])
+        if space is not None:
+            found.update(_chunk_logit_probes(fw["logits"][..., : space.p], space, rows, loss_freqs, data))
         del fw
+        for key, value in found.items():
+            buffers.setdefault(key, []).append(value)
+    return {key: torch.cat(values) for key, values in buffers.items()}
 
-    for key, values in buffers.items():
-        out[key] = torch.cat(values)
-    if need_logits:
-        energy, variance = out.pop("_logit_energy"), out.pop("_logit_variance")
-        out["logit_freq_norms"] = (energy / space.n_inputs).sqrt()
-        out["logit_freq_frac"] = energy / variance.clamp_min(1e-300)[:, None]
-        out["key_freq_mask"] = key_frequency_mask(energy, total=variance, min_gap=min_gap, min_explained=min_explained)
-        out["sparsity_logits"] = gini(out["logit_freq_norms"])
-    if "progress" in parts:
-        out["key_frequencies"] = torch.tensor(key_freqs, dtype=torch.int64)
-    if "circles" in parts:
-        if kind == "cossin_mlp":
-            W_in = traj.params["blocks.0.mlp.W_in"].double()  # [n, 2, m]: rows (cos, sin) weights
-            cos, sin = W_in[:, 0], W_in[:, 1]
-            freq = torch.full(cos.shape, config.model.frequency, dtype=torch.int64)
-        else:
-            coef = out.pop("_circle_coef")  # [n, K, m, 2]
-            freq = out["neuron_dominant_freq"].clone()
-            idx = (freq - 1).clamp_min(0)[:, None, :, None].expand(-1, 1, -1, 2)
-            picked = coef.gather(1, idx)[:, 0]  # [n, m, 2]
-            live = (freq > 0).double()
-            cos, sin = picked[..., 0] * live, picked[..., 1] * live
-        out["circle_freq"] = freq
-        out["circle_cos"] = cos
-        out["circle_sin"] = sin
-    out.pop("_circle_coef", None)
-    return out
+
+def _chunk_neuron_freqs(post: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each neuron's best-explaining frequency (0 if none explains anything) and its fraction."""
+    frac = _neuron_frac_explained(post)  # [c, m, K]
+    best, arg = frac.max(dim=-1)
+    return {
+        "neuron_frac_explained": best,
+        "neuron_dominant_freq": torch.where(best > 0, arg + 1, torch.zeros_like(arg)),
+    }
+
+
+def _chunk_logit_probes(
+    L: torch.Tensor,
+    space: _LabelSpace,
+    rows: _LogitRows,
+    loss_freqs: Sequence[int] | None,
+    data: Dataset | None,
+) -> dict[str, torch.Tensor]:
+    """``L [c, logit_rows, p]`` -> the logits' per-frequency energy and variance over the table
+    (summarised after the last chunk) and, given ``loss_freqs``, the progress-measure losses."""
+    L_S = (L if rows.table_is_all else L[:, rows.pos_S]).double()  # [c, inputs of the table, p]
+    R = space.inner(L_S)
+    found = {
+        "_logit_energy": space.freq_energy(R),
+        "_logit_variance": (L_S - L_S.mean(1, keepdim=True)).pow_(2).sum((1, 2)),
+    }
+    if loss_freqs is not None:
+        found.update(_chunk_losses(L, L_S, R, space, rows, loss_freqs, data))
+    return found
+
+
+def _chunk_losses(
+    L: torch.Tensor,
+    L_S: torch.Tensor,
+    R: torch.Tensor,
+    space: _LabelSpace,
+    rows: _LogitRows,
+    key_freqs: Sequence[int],
+    data: Dataset,
+) -> dict[str, torch.Tensor]:
+    """The progress measures' losses of a chunk: restricted (key frequencies and the constant
+    only), excluded (key frequencies removed, on the train inputs), and the train / test loss and
+    accuracy."""
+    restricted = space.projection(R, key_freqs, constant=True)  # [c, p answers, o]
+    # restricted logits depend on the input only through its answer: weight by counts
+    per_answer = -restricted.log_softmax(-1).diagonal(dim1=1, dim2=2)  # [c, p]
+    found = {"restricted_loss": per_answer @ space.counts / space.n_inputs}
+    key_part = space.projection(R, key_freqs, constant=False)
+    # the losses of batched_loss_acc (cross-entropy with a float64 log-softmax), per
+    # input once for every computed row, then averaged over the train / test rows
+    L_all = L_S if rows.table_is_all else L.double()
+    lse, pred = _logsumexp_argmax(L_all)  # [c, rows] each
+    pos_train = rows.pos_train
+    ex_logits = L_all[:, pos_train] - key_part[:, data.train_y]  # [c, train, p]
+    ex_right = L_all[:, pos_train, data.train_y] - key_part[:, data.train_y, data.train_y]
+    found["excluded_loss"] = (torch.logsumexp(ex_logits, -1) - ex_right).mean(-1)
+    for split, pos, y in (("train", pos_train, data.train_y), ("test", rows.pos_test, data.test_y)):
+        found[f"{split}_loss"] = (lse[:, pos] - L_all[:, pos, y]).mean(-1)
+        found[f"{split}_acc"] = (pred[:, pos] == y).double().mean(-1)
+    return found
+
+
+def _logit_freq_summary(
+    energy: torch.Tensor, variance: torch.Tensor, n_inputs: int, *, min_gap: float, min_explained: float
+) -> dict[str, torch.Tensor]:
+    """The ``logits`` part's keys from the per-frequency energies ``[n, K]`` and variances ``[n]``."""
+    norms = (energy / n_inputs).sqrt()
+    return {
+        "logit_freq_norms": norms,
+        "logit_freq_frac": energy / variance.clamp_min(1e-300)[:, None],
+        "key_freq_mask": key_frequency_mask(energy, total=variance, min_gap=min_gap, min_explained=min_explained),
+        "sparsity_logits": gini(norms),
+    }
+
+
+def _circle_waves(
+    traj: Trajectory, coef: torch.Tensor | None, dominant: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """The ``circles`` part: each neuron's input wave (frequency, cos and sin amplitudes). The
+    cos/sin model's are its input weights at the model's one frequency; otherwise the operand-a
+    wave ``coef [n, K, m, 2]`` at the neuron's ``dominant`` frequency (zero for a dead neuron)."""
+    config = traj.config
+    if config.model.kind == "cossin_mlp":
+        W_in = traj.params["blocks.0.mlp.W_in"].double()  # [n, 2, m]: rows (cos, sin) weights
+        cos, sin = W_in[:, 0], W_in[:, 1]
+        freq = torch.full(cos.shape, config.model.frequency, dtype=torch.int64)
+    else:
+        freq = dominant.clone()
+        idx = (freq - 1).clamp_min(0)[:, None, :, None].expand(-1, 1, -1, 2)
+        picked = coef.gather(1, idx)[:, 0]  # [n, m, 2]
+        live = (freq > 0).double()
+        cos, sin = picked[..., 0] * live, picked[..., 1] * live
+    return {"circle_freq": freq, "circle_cos": cos, "circle_sin": sin}
