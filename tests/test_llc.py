@@ -20,6 +20,7 @@ Exact values used (``t`` = n*beta, ``gamma`` the localisation, ``eps`` the step 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -207,6 +208,39 @@ def test_config_validation_names_the_field():
         LLCConfig(device="nonsense")
     assert default_nbeta(100) == pytest.approx(100 / math.log(100))
     assert LLCConfig(burnin=10, draws=5, steps_between_draws=3).n_steps == 10 + 4 * 3 + 1
+
+
+def test_lockstep_slices_and_calls_match_one_call(modadd_traj):
+    """Small budgets split the rows into several objective calls per step (lockstep) and several
+    sampler calls: the same streams, so the same estimates as one call over every row."""
+    cfg = LLCConfig(epsilon=1e-4, chains=2, burnin=2, draws=4)
+    whole = llc(modadd_traj, cfg)
+    sliced = llc(modadd_traj, cfg, budget=1)  # one checkpoint's chains per objective call
+    torch.testing.assert_close(sliced.trace, whole.trace, rtol=1e-4, atol=1e-6)
+    import mechgrok.probes.llc as llc_module
+
+    objective = llc_module._ModelObjective(modadd_traj.config, cfg.engine, cfg.device, cfg.dtype)
+    w_star = {k: objective.cast(modadd_traj.params[k]) for k in objective.names}
+    K = len(modadd_traj)
+    full = lambda x: torch.full((K,), float(x), dtype=torch.float64)
+    args = (objective, w_star, full(cfg.epsilon), full(cfg.gamma), full(whole.nbeta), objective.n, cfg, 1, True)
+    _, trace, _ = llc_module._run_rows(*args, state_budget=1)  # one checkpoint per sampler call
+    torch.testing.assert_close(trace.view_as(whole.trace), whole.trace, rtol=1e-4, atol=1e-6)
+
+
+def test_float32_chains_follow_the_float64_streams(modadd_traj):
+    """LLCConfig.dtype: float32 chains of a float64 run draw the same normals as the run's own
+    float64 chains, so the estimates differ by rounding only."""
+    config = modadd_traj.config
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float64"))
+    traj = Trajectory(modadd_traj.steps, {k: v.double() for k, v in modadd_traj.params.items()}, config)
+    cfg = LLCConfig(epsilon=1e-4, chains=2, burnin=2, draws=4)
+    a, b = llc(traj, cfg), llc(traj, dataclasses.replace(cfg, dtype="model"))
+    assert a.trace.dtype == b.trace.dtype == torch.float64
+    assert not torch.equal(a.trace, b.trace)  # float32 vs float64 arithmetic
+    torch.testing.assert_close(a.llc, b.llc, rtol=1e-3, atol=1e-2)
+    with pytest.raises(ConfigError, match="llc.dtype"):
+        LLCConfig(dtype="half")
 
 
 def test_chunks_of_checkpoints_concatenate_to_the_whole(modadd_traj):

@@ -24,7 +24,8 @@ Where this differs from ``devinterp`` (1.x ``SGLD`` + ``LLCEstimator``): the upd
 same (its ``lr`` is our ``epsilon``, ``localization`` our ``gamma``, ``noise_level`` 1,
 ``weight_decay`` 0); its default ``nbeta`` is ``batch_size / log(batch_size)`` where ours is ``n /
 log n`` over the training set; its ``init_loss`` is a minibatch loss at ``w*`` where ours is the
-full-batch ``L_n(w*)`` (identical with full batches); losses are our float64 cross-entropy.
+full-batch ``L_n(w*)`` (identical with full batches); losses are our cross-entropy, by default
+computed in float32 and averaged in float64 (:attr:`LLCConfig.dtype`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,17 @@ class LLCConfig:
     flagged ``diverged`` (step too large): 10 nats is worse than guessing among 10^4 classes."""
     device: str = "cpu"
     """torch device the chains run on (results come back on the CPU)."""
+    dtype: str = "float32"
+    """Precision of the chains: ``float32`` (default) runs their weights, the update, the models'
+    forward/backward and the soft-max in float32, also for a ``model.dtype="float64"`` run (twice
+    the matmul throughput and half the memory traffic); ``model`` runs them in the run's own
+    ``model.dtype`` with a float64 soft-max (mechgrok's training arithmetic). The normals are
+    drawn in the run's own precision either way (both settings follow the same streams) and the
+    recorded losses are float64 means of the per-example losses. float32 is enough for SGLD: its
+    rounding (~1e-7 relative) is far below the injected noise (std sqrt(eps) per step), ``w*`` is
+    rounded once and the chain localised at the rounded point, and a recorded loss moves by ~1e-7
+    nats, alike at ``w*`` and at the draws (lambda_hat moves by ~1e-4 on mlp24 against chain
+    spreads of ~1; ``benchmarks/bench_llc.py`` prints the difference to a float64 loop)."""
 
     def __post_init__(self) -> None:
         def positive(name: str, value, integer: bool = False) -> None:
@@ -107,6 +119,8 @@ class LLCConfig:
             positive("batch_size", self.batch_size, integer=True)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"llc.seed: must be an integer >= 0, got {self.seed!r}")
+        if self.dtype not in ("float32", "model"):
+            raise ConfigError(f"llc.dtype: must be float32 or model, got {self.dtype!r}")
         if self.engine not in ("auto", "fused", "vmap", "loop"):
             raise ConfigError(f"llc.engine: must be auto, fused, vmap or loop, got {self.engine!r}")
         try:
@@ -228,12 +242,19 @@ def _sample(
     nbeta: torch.Tensor,
     n: int,
     config: LLCConfig,
+    rows_per_call: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run SGLD from ``w_star`` (rows ``[R, ...]``); returns ``L_n(w*)`` [R] and the trace [R, T].
 
+    ``rows_per_call`` (a multiple of the number of chains; None = all rows) bounds the rows of one
+    objective call (its activations); the steps run in lockstep over those slices, so every
+    chain's normals are drawn once per step for all rows.
+
     Row ``r`` follows the stream of chain ``chain_of_row[r]``: per step, that chain's generator
     draws the minibatch (if any) and then one standard normal per parameter entry, in the order
-    of ``w_star``'s names. Rows of the same chain share those numbers.
+    of ``w_star``'s names. Rows of the same chain share those numbers. The normals are drawn in
+    ``objective.noise_dtype`` if it has one (the checkpoints' own precision) and rounded to the
+    chains' dtype, so float32 chains of a float64 run follow the float64 chains' streams.
     """
     names = list(w_star)
     first = w_star[names[0]]
@@ -243,33 +264,58 @@ def _sample(
     pick = torch.tensor([chains.index(c) for c in chain_of_row.tolist()], device=device)  # row -> chain slot
     batch = None if config.batch_size is None or config.batch_size >= n else config.batch_size
 
+    step = R if rows_per_call is None else max(1, rows_per_call)
+    slices = [slice(a, min(R, a + step)) for a in range(0, R, step)]
     with torch.no_grad():
-        init_loss, _ = objective(w_star, None)
+        init_loss = torch.cat([objective({k: v[sl] for k, v in w_star.items()}, None)[0] for sl in slices])
     w = {k: v.detach().clone() for k, v in w_star.items()}
     trace = torch.empty(R, config.n_steps, dtype=torch.float64, device=device)
 
     def col(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return t.to(device=like.device, dtype=like.dtype).view((R,) + (1,) * (like.dim() - 1))
 
-    half_eps = {k: col(eps, v) / 2 for k, v in w.items()}
-    gam = {k: col(gamma, v) for k, v in w.items()}
-    nb = {k: col(nbeta, v) for k, v in w.items()}
+    # the update w <- w - (eps/2) * (nbeta * g + gamma * (w - w*)) + sqrt(eps) * noise, written as
+    # in-place ops on buffers this function owns: every row's parameters are touched once per
+    # step, and temporaries of [R, ...] each step cost as much as the arithmetic at this size
+    step_g = {k: col(eps / 2 * nbeta, v) for k, v in w.items()}  # (eps/2) * nbeta
+    step_pull = {k: col(eps / 2 * gamma, v) for k, v in w.items()}  # (eps/2) * gamma
     noise_scale = {k: col(eps.sqrt(), v) for k, v in w.items()}
+    # rows checkpoint-major over all chains (row r is chain slot r % C): the chains' noise
+    # broadcasts over [R/C, C, ...] instead of being gathered into an [R, ...] copy every step
+    C = len(chains)
+    tiled = step % C == 0 and R % C == 0 and torch.equal(pick.cpu(), torch.arange(C).repeat(R // C))
+    pull = {k: torch.empty_like(v) for k, v in w.items()}
+    # the checkpoints' own precision: a float64 run's chains in float32 draw the same normals
+    noise_dtype = getattr(objective, "noise_dtype", None)
     for t in range(config.n_steps):
         idx = None
         if batch is not None:
             per_chain = torch.stack([torch.randperm(n, generator=gens[c], device=device)[:batch] for c in chains])
             idx = per_chain[pick]  # [R, b]
         noise = {
-            k: torch.stack([torch.randn(v.shape[1:], generator=gens[c], device=device, dtype=v.dtype) for c in chains])
+            k: torch.stack(
+                [
+                    torch.randn(v.shape[1:], generator=gens[c], device=device, dtype=noise_dtype or v.dtype)
+                    for c in chains
+                ]
+            ).to(v.dtype)
             for k, v in w.items()
         }
-        loss, grads = objective(w, idx)
-        trace[:, t] = loss
-        with torch.no_grad():
-            for k in names:
-                drift = nb[k] * grads[k] + gam[k] * (w[k] - w_star[k])
-                w[k] = w[k] - half_eps[k] * drift + noise_scale[k] * noise[k][pick]
+        for sl in slices:
+            loss, grads = objective({k: v[sl] for k, v in w.items()}, None if idx is None else idx[sl])
+            trace[sl, t] = loss
+            r = sl.stop - sl.start
+            with torch.no_grad():
+                for k in names:
+                    wk, pk = w[k][sl], pull[k][sl]  # views: the update writes w in place
+                    torch.sub(wk, w_star[k][sl], out=pk).mul_(step_pull[k][sl])
+                    wk.sub_(pk).addcmul_(grads[k], step_g[k][sl], value=-1.0)
+                    if tiled:
+                        ones = (1,) * (wk.dim() - 1)
+                        scale = noise_scale[k][sl].view(r // C, C, *ones)  # [r/C, C, 1...]
+                        wk.view(r // C, C, *wk.shape[1:]).addcmul_(noise[k][None], scale)
+                    else:
+                        wk.addcmul_(noise[k][pick[sl]], noise_scale[k][sl])
     return init_loss.to(torch.float64).cpu(), trace.cpu()
 
 
@@ -321,18 +367,25 @@ def _run_rows(
     rows_per_chunk: int,
     vectorize: bool,
     progress: Callable[[int], None] | None = None,
+    state_budget: int = 1 << 26,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All (row x chain) chains, ``rows_per_chunk`` rows at a time (or one chain at a time)."""
+    """All (row x chain) chains, ``rows_per_chunk`` rows per objective call (or one chain at a
+    time). As many rows as ``state_budget`` floats of chain state (weights, ``w*`` and a buffer)
+    allow run in lockstep, so the chains' noise is drawn once per step for all of them."""
     C = config.chains
     K = next(iter(w_star.values())).shape[0]
     init, traces = [], []
     if vectorize:
-        for start in range(0, K, rows_per_chunk):
-            sl = slice(start, min(K, start + rows_per_chunk))
+        per_row_state = 3 * C * sum(v[0].numel() for v in w_star.values())
+        fit = max(rows_per_chunk, state_budget // max(1, per_row_state))
+        calls = -(-K // fit)
+        per_call = -(-K // calls)  # balanced: 100 rows as 2 x 50, not 97 + 3
+        for start in range(0, K, per_call):
+            sl = slice(start, min(K, start + per_call))
             rows = _rows({k: v[sl] for k, v in w_star.items()}, C)
             per_row = [t[sl].repeat_interleave(C) for t in (eps, gamma, nbeta)]
             chain_of_row = torch.arange(C).repeat(sl.stop - sl.start)
-            i, tr = _sample(objective, rows, chain_of_row, *per_row, n, config)
+            i, tr = _sample(objective, rows, chain_of_row, *per_row, n, config, rows_per_chunk * C)
             init.append(i)
             traces.append(tr)
             if progress is not None:
@@ -400,11 +453,14 @@ def llc_of_potential(
 class _ModelObjective:
     """Training-set loss and gradient of stacked checkpoints through the sweep engine's forward."""
 
-    def __init__(self, run_config: RunConfig, engine: str, device: str = "cpu"):
+    def __init__(self, run_config: RunConfig, engine: str, device: str = "cpu", dtype: str = "model"):
         from ..models import build_model
         from ..sweep._kernels import make_model
         from ..tasks import make_dataset
 
+        self.noise_dtype = torch.float64 if run_config.model.dtype == "float64" else torch.float32
+        if dtype == "float32":  # LLCConfig.dtype: a float64 run's kernels (and buffers) in float32
+            run_config = replace(run_config, model=replace(run_config.model, dtype="float32"))
         with torch.random.fork_rng(devices=[]):  # a template only: do not advance the caller's RNG
             template = build_model(run_config.model, run_config.task, seed=0).to(device)
         self.names = [k for k, _ in template.named_parameters()]
@@ -412,6 +468,9 @@ class _ModelObjective:
         # the likelihood is per example: optim.loss_reduction="mean_classes" divides the training
         # loss by the number of classes, which would silently divide n*beta by it too
         self.model.loss_div = 1.0
+        self.dtype = self.model.dtype
+        if dtype == "float32":  # the soft-max too; ce_loss_grad still sums the examples' losses in float64
+            self.model.softmax_dtype = torch.float32
         data = make_dataset(run_config.task).to(device)
         self.x, self.y = data.train_x, data.train_y
         self.n = int(self.y.shape[0])
@@ -427,6 +486,10 @@ class _ModelObjective:
         count = torch.full((R,), y.shape[1], device=y.device)
         loss, _, grads = self.model.loss_grad(params, x, y, None, count, shared)
         return loss, grads
+
+    def cast(self, t: torch.Tensor) -> torch.Tensor:
+        """A checkpoint's floating-point weights in the kernels' precision (the chains' weights)."""
+        return t.to(self.dtype) if t.is_floating_point() else t
 
 
 def _rows_per_chunk(obj: _ModelObjective, config: LLCConfig, budget: int) -> int:
@@ -452,7 +515,7 @@ def llc(
 
     ``obj`` is a :class:`~mechgrok.store.Trajectory`, a :class:`~mechgrok.store.Run` or a live
     mechgrok model (its own training set is rebuilt from the run's task config). The loss is the
-    per-example negative log-likelihood on the training set (float64 mean cross-entropy, or BCE
+    per-example negative log-likelihood on the training set (mean cross-entropy in float64, or BCE
     for one logit), whatever ``optim.loss_reduction`` the run trained with, and without weight
     decay. ``vectorize=False`` loops over checkpoints and chains (the
     reference the vectorised pass is checked against). ``progress(k)`` is called after every
@@ -464,9 +527,9 @@ def llc(
     traj = as_trajectory(obj)
     if rows is not None:
         traj = traj.subset(list(rows))
-    objective = _ModelObjective(traj.config, config.engine, config.device)
+    objective = _ModelObjective(traj.config, config.engine, config.device, config.dtype)
     nbeta = config.nbeta if config.nbeta is not None else default_nbeta(objective.n)
-    w_star = {k: traj.params[k].to(config.device) for k in objective.names}
+    w_star = {k: objective.cast(traj.params[k]).to(config.device) for k in objective.names}
     K = len(traj)
     full = lambda x: torch.full((K,), float(x), dtype=torch.float64)
     init, trace, nb = _run_rows(
@@ -535,7 +598,7 @@ def llc_calibration(
     estimate is stable (:attr:`LLCCalibration.stable`) before reading a curve."""
     traj = as_trajectory(obj)
     row = checkpoint % len(traj)
-    objective = _ModelObjective(traj.config, config.engine, config.device)
+    objective = _ModelObjective(traj.config, config.engine, config.device, config.dtype)
     if nbetas is None:
         nbetas = [config.nbeta if config.nbeta is not None else default_nbeta(objective.n)]
     grid = [(b, e, g) for b in nbetas for e in epsilons for g in gammas]
@@ -543,7 +606,10 @@ def llc_calibration(
         replace(config, nbeta=float(b), epsilon=float(e), gamma=float(g))
     K = len(grid)
     w_star = {
-        k: traj.params[k][row : row + 1].expand(K, *traj.params[k].shape[1:]).to(config.device).contiguous()
+        k: objective.cast(traj.params[k][row : row + 1])
+        .expand(K, *traj.params[k].shape[1:])
+        .to(config.device)
+        .contiguous()
         for k in objective.names
     }
     nb = torch.tensor([b for b, _, _ in grid], dtype=torch.float64)

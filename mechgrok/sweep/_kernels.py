@@ -63,6 +63,9 @@ class BatchedModel:
     """``optim.loss`` and ``optim.loss_dtype`` as :func:`ce_loss_grad`'s ``loss`` / ``dtype`` (set by make_model)."""
     dtype = torch.float32
     """``model.dtype`` of the parameters; prepared inputs are made in it (set by make_model)."""
+    softmax_dtype = torch.float64
+    """Precision of :func:`ce_loss_grad`'s soft-max (its ``work``): float64 for training; the LLC
+    sampler sets float32, where a gradient that only feeds a noisy SGLD step needs no more."""
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -91,7 +94,9 @@ class BatchedModel:
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
             logits = self(leaves, x, shared)
-        loss, acc, g = ce_loss_grad(logits, y, mask, count, div=self.loss_div, **self.loss_opts)
+        loss, acc, g = ce_loss_grad(
+            logits, y, mask, count, div=self.loss_div, work=self.softmax_dtype, **self.loss_opts
+        )
         names = list(leaves)
         grads = torch.autograd.grad(logits, [leaves[k] for k in names], g, allow_unused=True)
         return loss, acc, {k: gr if gr is not None else torch.zeros_like(leaves[k]) for k, gr in zip(names, grads)}
@@ -185,7 +190,9 @@ class _FusedModular(BatchedModel):
             h, u_t = hu[..., :m], hu[..., m:]
             post = torch.matmul(S, h).relu_()  # [c, n, m]
             logits = torch.bmm(post, u_t.transpose(1, 2))  # [c, n, p]
-            loss, acc, g = ce_loss_grad(logits, y, mask, count, div=self.loss_div, **self.loss_opts)  # g [c, n, p]
+            loss, acc, g = ce_loss_grad(
+                logits, y, mask, count, div=self.loss_div, work=self.softmax_dtype, **self.loss_opts
+            )  # g [c, n, p]
             g_ut = torch.bmm(g.transpose(1, 2), post)  # dL/dU^T [c, p, m]
             g_post = torch.bmm(g, u_t)  # [c, n, m]
             g_pre = g_post.mul_(post.sign_())  # ReLU derivative: post >= 0, so sign is 0/1
@@ -492,6 +499,7 @@ def ce_loss_grad(
     div: float = 1.0,
     loss: str = "cross_entropy",
     dtype: str = "float64",
+    work: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-member mean loss, accuracy and d(loss)/d(logits), as :func:`mechgrok.metrics.loss_and_accuracy`.
 
@@ -504,6 +512,8 @@ def ce_loss_grad(
     ``loss`` / ``dtype`` (``optim.loss``, ``optim.loss_dtype``; several logits only): anything but
     float64 cross-entropy goes through autograd on :func:`mechgrok.metrics.example_nll`, the single
     trainer's own arithmetic (StableMax, or a collapse-prone precision, is not the hot path).
+    ``work`` (several logits only): the soft-max's precision; float32 (the LLC sampler) rounds
+    log-probs near 0 and per-example losses to ~1e-7, the sum over examples stays float64.
     """
     if logits.shape[-1] > 1 and (loss != "cross_entropy" or dtype != "float64"):
         return _autograd_loss_grad(logits, y, mask, count, want_grad, div, loss, dtype)
@@ -517,7 +527,7 @@ def ce_loss_grad(
     # a copy even when the logits are float64 already (model.dtype): the in-place ops below must
     # not overwrite z, which the tie check reads. Exact for float32 logits: a difference of two
     # float32 values fits a float64
-    zd = z.to(torch.float64, copy=True).sub_(zmax)
+    zd = z.to(work, copy=True).sub_(zmax)
     zy = zd.gather(-1, y[..., None])[..., 0]  # <= 0; == 0 where the label is a maximum
     s = zd.exp_().sum(-1)  # in place: zd now holds exp(z - max); s >= 1
     nll = s.log().sub_(zy)
@@ -535,13 +545,13 @@ def ce_loss_grad(
         correct = correct & mask
     else:
         w = (1.0 / (n * div))[:, None].expand_as(nll)
-    loss = nll.sum(1) / n / div  # the single trainer's order: the batch mean, then / div
+    loss = nll.sum(1, dtype=torch.float64) / n / div  # the single trainer's order: the batch mean, then / div
     acc = correct.sum(1).double() / n  # count / n exactly, so 100% is exactly 1.0
     g = None
     if want_grad:
         # softmax / n - onehot / n, as autograd's log-softmax backward forms it
         g = zd.mul_((w / s)[..., None])
-        g.scatter_add_(-1, y[..., None], -w[..., None].contiguous())
+        g.scatter_add_(-1, y[..., None], -w[..., None].to(zd.dtype).contiguous())
         g = g.to(z.dtype)
     return loss, acc, g
 
