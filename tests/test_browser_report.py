@@ -138,7 +138,7 @@ def _train_and_report(cfg: RunConfig, tmp_path: Path) -> Path:
 def test_parity_report_in_browser(browser, tiny_parity, tmp_path, shot_dir):
     report = _train_and_report(tiny_parity, tmp_path)
     page, errors, remote, n_figs = _open(browser, report)
-    assert n_figs == 4  # curves, weights, bits, prune-now
+    assert n_figs == 5  # curves, weights, bits, prune-now, numerical stability
     _check_all_drawn(page, n_figs)
     before = _state(page, "fig-weights")
     assert before["image"] and before["image"].startswith("data:image")
