@@ -16,6 +16,8 @@ from mechgrok import ModelConfig, OptimConfig, RunConfig, TaskConfig, TrainConfi
 from mechgrok.analysis import analyze
 from mechgrok.report import write_run_report
 
+pytestmark = pytest.mark.integration  # a real headless browser
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

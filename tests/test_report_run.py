@@ -133,6 +133,7 @@ def test_headline_formats():
     assert "from step 500" in text and "from step 144" in text
 
 
+@pytest.mark.integration
 def test_demo_cli_quick(tmp_path, capsys):
     assert [c.name for c in demo_configs()] == ["parity", "modadd-mlp24", "modadd-cossin5"]
     main(["demo", "--out", str(tmp_path), "--quick", "--quiet"])

@@ -83,6 +83,7 @@ def test_corrupted_checkpoint_names_the_file(tiny_modadd, tmp_path):
         Run.open(tmp_path)
 
 
+@pytest.mark.integration
 def test_resume_after_kill_gives_identical_final_weights(tiny_modadd, tmp_path):
     cfg = tiny_modadd.with_overrides(
         {

@@ -14,6 +14,8 @@ from mechgrok import train  # noqa: E402
 from mechgrok.sweep import EngineConfig, SweepSpec, run_sweep  # noqa: E402
 from mechgrok.sweep.ray_backend import split_for_tasks  # noqa: E402
 
+pytestmark = pytest.mark.integration  # a real local Ray cluster
+
 
 @pytest.fixture(scope="module")
 def ray_cluster():

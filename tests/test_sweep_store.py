@@ -162,6 +162,7 @@ SETS = {
 GRID = ["weight_decay=0.1,1", "lr=0.003,0.01"]
 
 
+@pytest.mark.integration
 def test_sweep_resume_after_kill(tmp_path):
     """kill -9 in the middle of a sweep, resume it: the same members, metrics and weights as a
     sweep that was never interrupted."""
