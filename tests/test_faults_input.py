@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -530,3 +531,22 @@ def test_import_into_nonempty_folder_refused(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert import_nanda_checkpoint(f, empty).path == empty
+
+
+def test_every_importer_reads_through_the_unpacked_size_check(tmp_path):
+    # the deflate-bomb check lives in the one weights-only loader that the Nanda, Zhong and
+    # Chughtai importers all call, so no importer can skip it
+    import torch
+
+    from mechgrok.importers import _common
+    from mechgrok.store import StoreError
+
+    path = tmp_path / "w.pt"
+    torch.save({"W": torch.zeros(1000)}, path)
+    with pytest.raises(StoreError, match="unpacks to .* over the limit"):
+        _common.load_weights_only(path, max_memory_gb=1e-6)
+    assert set(_common.load_weights_only(path)) == {"W"}
+    for name in ("nanda", "zhong", "chughtai"):
+        src = (Path(_common.__file__).parent / f"{name}.py").read_text()
+        calls = re.findall(r"^\s+[^#\n]*\btorch\.load\(", src, flags=re.M)  # code lines, not docstrings
+        assert "load_weights_only(" in src and not [c for c in calls if "``" not in c], name

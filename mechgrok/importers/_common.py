@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import uuid
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -186,8 +187,28 @@ def run_name(prefix: str, path: Path) -> str:
     return f"{prefix}-{stem}"[:MAX_NAME]
 
 
-def load_weights_only(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)`` onto the CPU; any failure as a :class:`StoreError`."""
+DEFAULT_MAX_UNPACKED_GB = 16.0
+"""What an imported torch file may unpack to by default (``TrainConfig.max_memory_gb``'s default)."""
+
+
+def check_unpacked_size(path: Path, max_memory_gb: float) -> None:
+    """Refuse a torch zip file whose members unpack to more than the limit, before loading it
+    (torch reads deflate-compressed members: a 3 MB crafted file can unpack to gigabytes)."""
+    if not max_memory_gb or not zipfile.is_zipfile(path):
+        return  # legacy (non-zip) files are read as stored: their size on disk bounds them
+    try:
+        with zipfile.ZipFile(path) as z:
+            total = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise StoreError(f"{path}: damaged torch zip file ({e})") from None
+    if total > max_memory_gb * 1e9:
+        raise StoreError(f"{path}: unpacks to {total / 1e9:,.3g} GB, over the limit of {max_memory_gb:g} GB")
+
+
+def load_weights_only(path: Path, max_memory_gb: float = DEFAULT_MAX_UNPACKED_GB) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU after :func:`check_unpacked_size`
+    (0 = no limit); any failure as a :class:`StoreError`. Every importer reads through here."""
+    check_unpacked_size(path, max_memory_gb)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises pickle / runtime errors of many types

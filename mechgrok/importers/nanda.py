@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +183,7 @@ def import_nanda_checkpoint(
 
 def _load(path: Path, max_memory_gb: float) -> dict[str, Any]:
     """Their file, read weights-only after checking what it unpacks to."""
-    _check_unpacked_size(path, max_memory_gb)
-    obj = load_weights_only(path)
+    obj = load_weights_only(path, max_memory_gb)
     if not isinstance(obj, dict) or not any(k in obj for k in ("model", "state_dicts", "checkpoints")):
         raise StoreError(f"{path}: not a progress-measures-paper run (expected a dict with a 'model' state dict)")
     return obj
@@ -288,20 +286,6 @@ def _check_converted_size(path: Path, states: list[tuple[int, Any]], max_disk_gb
             f"{path}: {len(states):,} checkpoints of {n_params:,} parameters would take "
             f"~{need / 1e9:,.3g} GB, over the limit of {max_disk_gb:g} GB"
         )
-
-
-def _check_unpacked_size(path: Path, max_memory_gb: float) -> None:
-    """Refuse a torch zip file whose members unpack to more than the limit, before loading it
-    (torch reads deflate-compressed members: a 3 MB crafted file can unpack to gigabytes)."""
-    if not max_memory_gb or not zipfile.is_zipfile(path):
-        return  # legacy (non-zip) files are read as stored: their size on disk bounds them
-    try:
-        with zipfile.ZipFile(path) as z:
-            total = sum(i.file_size for i in z.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise StoreError(f"{path}: damaged torch zip file ({e})") from None
-    if total > max_memory_gb * 1e9:
-        raise StoreError(f"{path}: unpacks to {total / 1e9:,.3g} GB, over the limit of {max_memory_gb:g} GB")
 
 
 def _states(obj: dict[str, Any], cfg: dict[str, Any], path: Path) -> list[tuple[tuple[int, str], Any]]:

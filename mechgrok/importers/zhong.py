@@ -62,7 +62,6 @@ from ._common import (
     split_losses,
     write_import,
 )
-from .nanda import _check_unpacked_size
 
 __all__ = ["ZHONG_FORMAT", "import_zhong_checkpoint", "zhong_state_to_mechgrok"]
 
@@ -218,8 +217,7 @@ def import_zhong_checkpoint(
     existing = existing_import(out, digest)
     if existing is not None:
         return existing
-    _check_unpacked_size(path, max_memory_gb)
-    state = load_weights_only(path)
+    state = load_weights_only(path, max_memory_gb)
     if not isinstance(state, dict):
         raise StoreError(f"{path}: not a state dict (their torch.save(model.state_dict()))")
     run_config, step = _run_config(path, config_path, cfg, state, max_memory_gb)
