@@ -468,6 +468,7 @@ class _ModelObjective:
         # the likelihood is per example: optim.loss_reduction="mean_classes" divides the training
         # loss by the number of classes, which would silently divide n*beta by it too
         self.model.loss_div = 1.0
+        self.model.sampler = True  # loss without accuracy; operand indices instead of one-hot GEMMs
         self.dtype = self.model.dtype
         if dtype == "float32":  # the soft-max too; ce_loss_grad still sums the examples' losses in float64
             self.model.softmax_dtype = torch.float32

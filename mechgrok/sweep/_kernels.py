@@ -36,6 +36,7 @@ __all__ = [
     "BatchedModel",
     "make_model",
     "ce_loss_grad",
+    "ce_loss_grad_sampler",
     "orthograd_rows_",
     "adamw_step",
     "clip_grad_norms",
@@ -66,6 +67,11 @@ class BatchedModel:
     softmax_dtype = torch.float64
     """Precision of :func:`ce_loss_grad`'s soft-max (its ``work``): float64 for training; the LLC
     sampler sets float32, where a gradient that only feeds a noisy SGLD step needs no more."""
+    sampler = False
+    """Set by the LLC sampler: the loss and its gradient come from :func:`ce_loss_grad_sampler`
+    (per-example cross-entropy in ``softmax_dtype``, no accuracy: ``None``), and the fused modular
+    MLP reads operand indices (gather / index_add) instead of one-hot GEMMs. Same function,
+    different rounding; training never sets it, so the engine's numbers do not move."""
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -94,12 +100,22 @@ class BatchedModel:
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
             logits = self(leaves, x, shared)
-        loss, acc, g = ce_loss_grad(
-            logits, y, mask, count, div=self.loss_div, work=self.softmax_dtype, **self.loss_opts
-        )
+        loss, acc, g = self._loss_grad(logits, y, mask, count, owned=False)
         names = list(leaves)
         grads = torch.autograd.grad(logits, [leaves[k] for k in names], g, allow_unused=True)
         return loss, acc, {k: gr if gr is not None else torch.zeros_like(leaves[k]) for k, gr in zip(names, grads)}
+
+    def _loss_grad(self, logits, y, mask, count, owned=True):
+        """:func:`ce_loss_grad`, or :func:`ce_loss_grad_sampler` in sampler mode (plain float64-option
+        cross-entropy, no mask); ``owned=False``: ``logits`` may not be overwritten."""
+        plain = self.loss_opts.get("loss", "cross_entropy") == "cross_entropy" and (
+            self.loss_opts.get("dtype", "float64") == "float64"
+        )
+        if self.sampler and plain and mask is None and logits.shape[-1] > 1:
+            z = logits.detach()
+            loss, g = ce_loss_grad_sampler(z if owned else z.clone(), y, self.loss_div, self.softmax_dtype)
+            return loss, None, g
+        return ce_loss_grad(logits, y, mask, count, div=self.loss_div, work=self.softmax_dtype, **self.loss_opts)
 
     @torch.no_grad()
     def evaluate(
@@ -141,6 +157,8 @@ class _FusedModular(BatchedModel):
         self.fold = m * d * p + n * m * p <= n * m * d + n * d * p
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sampler:  # the operands themselves: [(c,) n, 2] int64
+            return x
         # one-hot counts of the two operands: S @ h == h[a] + h[b] exactly (sums of zeros)
         a, b = x[..., 0], x[..., 1]
         return F.one_hot(a, self.vocab).to(self.dtype) + F.one_hot(b, self.vocab).to(self.dtype)  # [(c,) n, vocab]
@@ -153,7 +171,7 @@ class _FusedModular(BatchedModel):
             E = params["embed.W_E"]  # [c, p, d]
         h = torch.matmul(E, W_in)  # [c, p, m]
         # a GEMM with one-hot rows measured as fast as index_select + index_add here, and is exact
-        pre = torch.matmul(S, h)  # [c, n, m]
+        pre = self._gather(h, S) if self.sampler else torch.matmul(S, h)  # [c, n, m]
         if self.bias:
             pre = pre + params["blocks.0.mlp.b_in"][:, None]
         post = F.relu(pre)
@@ -170,6 +188,25 @@ class _FusedModular(BatchedModel):
                 out = out + b_out[:, None]
             logits = torch.matmul(out, W_U)
         return logits
+
+    @staticmethod
+    def _gather(h: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+        """``h[a] + h[b]`` per member: ``h [c, vocab, m]``, operands ``ab`` shared ``[n, 2]`` or ``[c, n, 2]``."""
+        if ab.dim() == 2:
+            return h.index_select(1, ab[:, 0]).add_(h.index_select(1, ab[:, 1]))
+        m = h.shape[-1]
+        a, b = (ab[..., i, None].expand(-1, -1, m) for i in (0, 1))
+        return h.gather(1, a).add_(h.gather(1, b))
+
+    @staticmethod
+    def _scatter(g_pre: torch.Tensor, ab: torch.Tensor, vocab: int) -> torch.Tensor:
+        """The adjoint of :meth:`_gather`: ``dL/dh [c, vocab, m]`` from ``dL/dpre [c, n, m]``."""
+        out = g_pre.new_zeros(g_pre.shape[0], vocab, g_pre.shape[-1])
+        if ab.dim() == 2:
+            return out.index_add_(1, ab[:, 0], g_pre).index_add_(1, ab[:, 1], g_pre)
+        m = g_pre.shape[-1]
+        a, b = (ab[..., i, None].expand(-1, -1, m) for i in (0, 1))
+        return out.scatter_add_(1, a, g_pre).scatter_add_(1, b, g_pre)
 
     def loss_grad(self, params, x, y, mask, count, shared, metrics=True):
         if self.cossin or not self.tied or self.bias or not self.fold:
@@ -188,15 +225,16 @@ class _FusedModular(BatchedModel):
             W_cat = torch.cat([W_in, W_out.transpose(1, 2)], dim=-1)  # [c, d, 2m]
             hu = torch.bmm(E, W_cat)  # [c, p, 2m]: h | U^T
             h, u_t = hu[..., :m], hu[..., m:]
-            post = torch.matmul(S, h).relu_()  # [c, n, m]
+            post = (self._gather(h, S) if self.sampler else torch.matmul(S, h)).relu_()  # [c, n, m]
             logits = torch.bmm(post, u_t.transpose(1, 2))  # [c, n, p]
-            loss, acc, g = ce_loss_grad(
-                logits, y, mask, count, div=self.loss_div, work=self.softmax_dtype, **self.loss_opts
-            )  # g [c, n, p]
+            loss, acc, g = self._loss_grad(logits, y, mask, count)  # g [c, n, p]
             g_ut = torch.bmm(g.transpose(1, 2), post)  # dL/dU^T [c, p, m]
             g_post = torch.bmm(g, u_t)  # [c, n, m]
             g_pre = g_post.mul_(post.sign_())  # ReLU derivative: post >= 0, so sign is 0/1
-            g_h = torch.matmul(S.transpose(-1, -2), g_pre)  # dL/dh [c, p, m]
+            if self.sampler:
+                g_h = self._scatter(g_pre, S, h.shape[1])  # dL/dh [c, p, m]
+            else:
+                g_h = torch.matmul(S.transpose(-1, -2), g_pre)
             g_hu = torch.cat([g_h, g_ut], dim=-1)  # [c, p, 2m]
             g_E = torch.bmm(g_hu, W_cat.transpose(1, 2))  # [c, p, d]
             g_cat = torch.bmm(E.transpose(1, 2), g_hu)  # [c, d, 2m]
@@ -554,6 +592,24 @@ def ce_loss_grad(
         g.scatter_add_(-1, y[..., None], -w[..., None].to(zd.dtype).contiguous())
         g = g.to(z.dtype)
     return loss, acc, g
+
+
+def ce_loss_grad_sampler(
+    logits: torch.Tensor, y: torch.Tensor, div: float = 1.0, work: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member mean cross-entropy [c] (float64) and its gradient ``[c, n, k]`` for the LLC
+    sampler: :func:`ce_loss_grad` without the accuracy and the mask, every pass in ``work`` and in
+    place where that is float32 (per-example losses are summed in float64). ``logits`` may be
+    overwritten: the caller owns them."""
+    n = y.shape[-1]
+    z = logits if logits.dtype == work else logits.to(work)
+    z = z.sub_(z.amax(-1, keepdim=True))
+    zy = z.gather(-1, y[..., None])[..., 0]  # <= 0
+    s = z.exp_().sum(-1)  # z now holds exp(z - max)
+    loss = s.log().sub_(zy).sum(1, dtype=torch.float64) / n / div
+    g = z.mul_(s.reciprocal_().mul_(1.0 / (n * div))[..., None])
+    g.scatter_add_(-1, y[..., None], g.new_full(y.shape + (1,), -1.0 / (n * div)))
+    return loss, g.to(logits.dtype)
 
 
 def _autograd_loss_grad(logits, y, mask, count, want_grad, div, loss, dtype):
