@@ -124,8 +124,8 @@ def main() -> None:
         "--preset-steps",
         nargs="+",
         metavar="N",
-        help="the preset's steps to >= 99%% test per seed, measured elsewhere ('-': not within --preset-max-steps), "
-        "instead of training the untuned baseline again",
+        help="the preset's steps to >= 99%% test per seed, measured elsewhere ('-': not within --preset-max-steps, "
+        "'?': unknown), instead of training the untuned baseline again",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--eval-every", type=int, default=10)
@@ -164,8 +164,10 @@ def main() -> None:
         "train.checkpoint_every": args.preset_max_steps or args.max_steps,
     }
     preset_budget = args.preset_max_steps or args.max_steps
+    unknown: set[int] = set()  # seeds whose preset run is unknown: left out of "vs preset"
     if args.preset_steps is not None:
-        preset_steps = [None if v == "-" else int(v) for v in args.preset_steps]
+        unknown = {i for i, v in enumerate(args.preset_steps) if v == "?"}
+        preset_steps = [None if v in ("-", "?") else int(v) for v in args.preset_steps]
         print(f"  preset plain (given): {preset_steps} steps", flush=True)
     else:
         preset_steps = steps_to_grok(
@@ -211,9 +213,15 @@ def main() -> None:
         got = [v for v in per_seed.values() if v is not None]
         # a preset run that did not grok within its budget counts at the budget: a lower bound (">")
         vs_preset = [
-            (preset_steps[i] or preset_budget) / per_seed[s] for i, s in enumerate(args.seeds) if per_seed.get(s)
+            (preset_steps[i] or preset_budget) / per_seed[s]
+            for i, s in enumerate(args.seeds)
+            if per_seed.get(s) and i not in unknown
         ]
-        bound = ">" if any(preset_steps[i] is None for i, s in enumerate(args.seeds) if per_seed.get(s)) else ""
+        bound = (
+            ">"
+            if any(preset_steps[i] is None and i not in unknown for i, s in enumerate(args.seeds) if per_seed.get(s))
+            else ""
+        )
         vs_tuned = [tuned[s][0] / per_seed[s] for s in args.seeds if per_seed.get(s) and tuned.get(s)]
         secs = spread([v / rate for v in got], 2) if rate else "-"
         miss = f" ({len(args.seeds) - len(got)} not)" if len(got) < len(args.seeds) else ""

@@ -22,7 +22,7 @@ def test_tiny_grid_records_every_member_and_the_given_preset(tmp_path):
     out = tmp_path / "fair.json"
     cmd = [sys.executable, str(SCRIPT), "modadd-mlp24", *TINY, "--methods", "plain", "orthograd"]
     res = subprocess.run(
-        [*cmd, "--preset-steps", "250", "-", "--json", str(out)], capture_output=True, text=True, timeout=600
+        [*cmd, "--preset-steps", "250", "?", "--json", str(out)], capture_output=True, text=True, timeout=600
     )
     assert res.returncode == 0, res.stderr
     record = json.loads(out.read_text())
