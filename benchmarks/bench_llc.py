@@ -20,6 +20,7 @@ checkpoints are used instead (the headline: seconds for the whole run's curve).
     python benchmarks/bench_llc.py --preset parity --checkpoints 50
     python benchmarks/bench_llc.py --loop-engine loop                # kernel loop through functional_call
     python benchmarks/bench_llc.py --run checkpoints/modadd-mlp24 --no-loop
+    python benchmarks/bench_llc.py --device cuda --no-kernel-loop    # on a GPU (benchmarks/gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def plain_loop(traj: Trajectory, cfg: LLCConfig) -> torch.Tensor:
     model with autograd. Same update rule and chain streams as mechgrok's (minibatch indices, then
     one normal per parameter entry in ``named_parameters`` order), so the estimates agree."""
     config = traj.config
-    model = build_model(config.model, config.task, seed=0)
-    data = make_dataset(config.task)
+    device = torch.device(cfg.device)
+    model = build_model(config.model, config.task, seed=0).to(device)
+    data = make_dataset(config.task).to(device)
     x, y = data.train_x, data.train_y
     n = int(y.shape[0])
     nbeta = cfg.nbeta if cfg.nbeta is not None else default_nbeta(n)
@@ -69,19 +71,22 @@ def plain_loop(traj: Trajectory, cfg: LLCConfig) -> torch.Tensor:
     for k in range(len(traj)):
         chain_llc = []
         for c in range(cfg.chains):
-            gen = _chain_generator(cfg.seed, c, torch.device("cpu"))
+            gen = _chain_generator(cfg.seed, c, device)
             with torch.no_grad():
                 for name, p in params.items():
-                    p.copy_(traj.params[name][k])
+                    p.copy_(traj.params[name][k].to(device))
                 w_star = {name: p.detach().clone() for name, p in params.items()}
                 init = float(F.cross_entropy(model(x).double(), y))
             total = 0.0
             for t in range(cfg.n_steps):
                 xb, yb = (x, y)
                 if batch is not None:
-                    idx = torch.randperm(n, generator=gen)[:batch]
+                    idx = torch.randperm(n, generator=gen, device=device)[:batch]
                     xb, yb = x[idx], y[idx]
-                noise = {name: torch.randn(p.shape, generator=gen, dtype=p.dtype) for name, p in params.items()}
+                noise = {
+                    name: torch.randn(p.shape, generator=gen, dtype=p.dtype, device=device)
+                    for name, p in params.items()
+                }
                 model.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(xb).double(), yb)
                 loss.backward()
@@ -106,6 +111,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="torch device of every variant (LLCConfig.device), e.g. cuda")
     ap.add_argument("--dtype", default="float32", help="LLCConfig.dtype: float32 (default) or model")
     ap.add_argument("--no-loop", action="store_true", help="skip both (slow) loops")
     ap.add_argument("--no-kernel-loop", action="store_true", help="skip the loop over mechgrok's per-row kernel")
@@ -120,12 +126,17 @@ def main() -> None:
 
     traj = Run.open(args.run).trajectory() if args.run else synthetic(args.preset, args.checkpoints)
     cfg = LLCConfig(
-        chains=args.chains, burnin=args.burnin, draws=args.draws, batch_size=args.batch_size, dtype=args.dtype
+        chains=args.chains,
+        burnin=args.burnin,
+        draws=args.draws,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
     )
     what = args.run or f"{args.preset} (synthetic)"
     print(
         f"{what}: {len(traj)} checkpoints x {cfg.chains} chains x {cfg.n_steps} SGLD steps, "
-        f"batch {cfg.batch_size or 'full'}, chains in {cfg.dtype}, {args.threads} thread(s), "
+        f"batch {cfg.batch_size or 'full'}, chains in {cfg.dtype} on {cfg.device}, {args.threads} thread(s), "
         f"load {os.getloadavg()[0]:.1f}"
     )
 

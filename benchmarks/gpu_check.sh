@@ -14,7 +14,9 @@
 # 3. a 1,024-member parity sweep (32 weight decays x 32 learning rates) on CUDA;
 # 4. the transformer's time to grok (modadd-transformer, seed 0) on CUDA: steps and seconds to
 #    >= 99% test accuracy;
-# 5. the whole test suite with MECHGROK_TEST_DEVICE=cuda, in the time that is left.
+# 5. the LLC estimator's vectorised pass against a plain loop over checkpoints x chains on CUDA
+#    (100 modadd-mlp24 checkpoints x 4 chains: the speed-up that stacking rows should give on a GPU);
+# 6. the whole test suite with MECHGROK_TEST_DEVICE=cuda, in the time that is left.
 # Each stage has a time limit inside an overall 470 s budget; the summary at the end prints every
 # stage's status and seconds (also in OUT_DIR/gpu_check.log).
 set -u -o pipefail
@@ -139,7 +141,10 @@ stage "parity sweep 1024 (cuda)" 150 "$PY" -m mechgrok.cli sweep parity \
 # -- 4. transformer time to grok ------------------------------------------------------------------
 stage "transformer time to grok" 150 ttg
 
-# -- 5. the whole suite on CUDA -------------------------------------------------------------------
+# -- 5. the LLC: vectorised chains against a loop over checkpoints x chains -----------------------
+stage "llc vectorised vs loop (cuda)" 120 "$PY" benchmarks/bench_llc.py --device cuda --no-kernel-loop
+
+# -- 6. the whole suite on CUDA -------------------------------------------------------------------
 stage "test suite (cuda)" 600 "$PY" -m pytest -q -p no:cacheprovider --durations=10
 
 echo
