@@ -3,9 +3,10 @@
 For one preset (default ``modadd-mlp24``; ``--set`` scales it down) every method below is trained
 on the same grid of learning rate x weight decay x warmup (``--lrs``, ``--wds``, ``--warmups``;
 the defaults are stated in ``--help``) for every seed (``--seeds``, at least 3 for a claim), with
-the batched sweep engine, each member stopping as soon as train and test accuracy are >= 99%
-(evaluated every ``--eval-every`` steps) or at ``--max-steps``. Per method and seed the best grid
-point (fewest steps to >= 99% test accuracy) is kept; the table gives the mean and spread over
+the batched sweep engine. A member counts as grokked at the first evaluation (every
+``--eval-every`` steps) from which train and test accuracy stay >= 99% for ``--hold`` steps (a
+crossing that falls back is a transient, not grokking), and stops there; it gets ``--max-steps``
+plus the hold. Per method and seed the best grid point (fewest steps) is kept; the table gives the mean and spread over
 seeds of those steps and of the seconds they take (steps / the method's measured single-model
 steps per second, timed separately on one thread: members of a batch share their wall time, so
 their own seconds are not separable), and two ratios:
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -77,12 +79,34 @@ def scaled(base: mg.RunConfig, overrides: dict[str, object]) -> dict[str, object
     return out
 
 
-def steps_to_grok(configs: list[mg.RunConfig], eval_every: int) -> list[int | None]:
-    """Steps to >= 99% test accuracy of each config (None: not within its steps)."""
+def held_step(metrics: dict[str, list[float]], hold: int, threshold: float = 0.99) -> int | None:
+    """First evaluated step from which train and test accuracy stay >= ``threshold`` for at least
+    ``hold`` steps (every evaluation in between); None if there is none within the run.
+
+    ``hold=0`` is the first crossing. A run that crosses and falls back (a transient solution: a
+    fast ⊥AdamW transformer run reaches 99.7% test accuracy at step 120 and 9% at 300) does not
+    count until it crosses for good."""
+    start = None
+    for step, tr, te in zip(metrics["step"], metrics["train_acc"], metrics["test_acc"]):
+        if te is None or not math.isfinite(te):
+            continue  # not an evaluation step
+        if tr >= threshold and te >= threshold:
+            start = step if start is None else start
+            if step - start >= hold:
+                return int(start)
+        else:
+            start = None
+    return None
+
+
+def steps_to_grok(configs: list[mg.RunConfig], eval_every: int, hold: int) -> list[int | None]:
+    """Steps to >= 99% test accuracy, held for ``hold`` steps, of each config (None: not within its
+    steps; callers give ``hold`` extra steps so that a crossing at the budget can still be held)."""
     if configs[0].optim.grokfast_lambda > 0 and configs[0].optim.grokfast_filter == "ma":
-        return [mg.train(c, progress=False).summary["step_test_acc_99"] for c in configs]
-    engine = EngineConfig(early_stop=True, patience=0, threshold=0.99, workers=1, log_every=eval_every)
-    return [r.summary["step_test_acc_99"] for r in train_batch(configs, engine=engine, progress=False)]
+        return [held_step(mg.train(c, progress=False).metrics, hold) for c in configs]
+    # a member stops once it has held (the engine's patience); its metrics then end at start + hold
+    engine = EngineConfig(early_stop=True, patience=hold, threshold=0.99, workers=1, log_every=eval_every)
+    return [held_step(r.metrics, hold) for r in train_batch(configs, engine=engine, progress=False)]
 
 
 def steps_per_second(config: mg.RunConfig, steps: int = 200) -> float:
@@ -118,6 +142,13 @@ def main() -> None:
     parser.add_argument("--warmups", type=int, nargs="+", default=[0, 100], help="grid (default 0 100)")
     parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument(
+        "--hold",
+        type=int,
+        default=200,
+        help="steps test accuracy must stay >= 99%% for a member to count as grokked at its crossing (default 200; "
+        "0 = the first crossing)",
+    )
+    parser.add_argument(
         "--preset-max-steps", type=int, help="budget of the untuned preset baseline (default --max-steps)"
     )
     parser.add_argument(
@@ -143,9 +174,9 @@ def main() -> None:
         base = mg.preset(args.preset).with_overrides(
             {
                 **parse_sets(args.set),
-                "train.steps": args.max_steps,
+                "train.steps": args.max_steps + args.hold,
                 "train.eval_every": args.eval_every,
-                "train.checkpoint_every": args.max_steps,
+                "train.checkpoint_every": args.max_steps + args.hold,
                 "train.log_checkpoints": 0,
             }
         )
@@ -154,14 +185,15 @@ def main() -> None:
     grid = [(lr, wd, w) for lr in args.lrs for wd in args.wds for w in args.warmups]
     print(
         f"{args.preset} {parse_sets(args.set) or ''}: grid {len(grid)} points (lr {args.lrs} x wd {args.wds} x "
-        f"warmup {args.warmups}), seeds {args.seeds}, <= {args.max_steps:,} steps, eval every {args.eval_every}"
+        f"warmup {args.warmups}), seeds {args.seeds}, <= {args.max_steps:,} steps (+ {args.hold} to hold 99%), "
+        f"eval every {args.eval_every}"
     )
     t_all = time.perf_counter()
 
     # the preset's own plain run per seed: the untuned baseline
     long = {
-        "train.steps": args.preset_max_steps or args.max_steps,
-        "train.checkpoint_every": args.preset_max_steps or args.max_steps,
+        "train.steps": (args.preset_max_steps or args.max_steps) + args.hold,
+        "train.checkpoint_every": (args.preset_max_steps or args.max_steps) + args.hold,
     }
     preset_budget = args.preset_max_steps or args.max_steps
     unknown: set[int] = set()  # seeds whose preset run is unknown: left out of "vs preset"
@@ -171,10 +203,10 @@ def main() -> None:
         print(f"  preset plain (given): {preset_steps} steps", flush=True)
     else:
         preset_steps = steps_to_grok(
-            [base.with_overrides({**long, "train.seed": s}) for s in args.seeds], args.eval_every
+            [base.with_overrides({**long, "train.seed": s}) for s in args.seeds], args.eval_every, args.hold
         )
         print(f"  preset plain: {preset_steps} steps", flush=True)
-    record: dict[str, object] = {"preset": dict(zip(args.seeds, preset_steps)), "methods": {}}
+    record: dict[str, object] = {"preset": dict(zip(args.seeds, preset_steps)), "hold": args.hold, "methods": {}}
     best: dict[str, dict[int, tuple[int, tuple] | None]] = {}
     rates: dict[str, float] = {}
     for method in args.methods:
@@ -185,7 +217,7 @@ def main() -> None:
             for s in args.seeds
             for lr, wd, w in grid
         ]
-        steps = steps_to_grok(configs, args.eval_every)
+        steps = steps_to_grok(configs, args.eval_every, args.hold)
         record["methods"][method] = [
             {
                 "seed": c.train.seed,
@@ -238,7 +270,7 @@ def main() -> None:
     if args.ablation:
         for name, over in ABLATION.items():
             cfgs = [base.with_overrides({**long, **scaled(base, over), "train.seed": s}) for s in args.seeds]
-            row(name, dict(zip(args.seeds, steps_to_grok(cfgs, args.eval_every))), "fixed", None)
+            row(name, dict(zip(args.seeds, steps_to_grok(cfgs, args.eval_every, args.hold))), "fixed", None)
     print(
         f"\n(vs preset / vs tuned: mean over seeds of the per-seed ratios; seconds: steps / single-model steps/s on "
         f"one thread; total wall time {time.perf_counter() - t_all:.0f} s)"
@@ -255,7 +287,7 @@ def main() -> None:
                     "optim.weight_decay": wd,
                     "optim.warmup_steps": w,
                     "train.seed": args.seeds[0],
-                    "train.steps": int(st * 1.5) + 50,
+                    "train.steps": int(st * 1.5) + args.hold + 50,
                     "train.checkpoint_every": max(10, st // 40),
                     "train.log_checkpoints": 10,
                 }

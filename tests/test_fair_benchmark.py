@@ -46,3 +46,24 @@ def test_preset_steps_need_one_value_per_seed():
     )
     assert res.returncode != 0
     assert res.stderr.strip().splitlines()[-1] == "error: --preset-steps needs one value per seed (2), got 1"
+
+
+def test_held_step_ignores_a_transient_crossing():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fair", SCRIPT)
+    fair = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fair)
+    nan = float("nan")
+    metrics = {
+        "step": [0, 5, 10, 20, 30, 40, 50, 60, 70],
+        "train_acc": [0.1, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        "test_acc": [0.0, nan, 0.995, 0.5, 0.99, 0.999, 1.0, 0.998, 1.0],
+    }
+    assert fair.held_step(metrics, hold=0) == 10  # the first crossing
+    assert fair.held_step(metrics, hold=20) == 30  # 10 falls back at 20; 30..50 holds
+    assert fair.held_step(metrics, hold=40) == 30
+    assert fair.held_step(metrics, hold=41) is None  # the run ends before 30 + 41
+    metrics["train_acc"][6] = 0.98  # train accuracy must hold too
+    assert fair.held_step(metrics, hold=20) is None
+    assert fair.held_step(metrics, hold=10) == 30  # 30..40 held before 50 fell back
