@@ -50,8 +50,12 @@ class Writer:
             raise err
 
     def close(self) -> None:
+        """Wait for every submitted write, then stop the threads and wait for them to end, so that
+        none of them is still alive when the interpreter shuts down."""
         try:
             self.join()
         finally:
             for q in self.queues:
                 q.put(None)
+            for t in self.threads:
+                t.join()
